@@ -1,0 +1,16 @@
+//! adaptive-eds: an xDS control plane that weights Envoy endpoints by their real load.
+//!
+//! Data flows one way (see `ARCHITECTURE.md`): `discovery` and (later) `metrics` feed the
+//! `engine`, which calls the pure `weighting` functions and publishes immutable `snapshot`s;
+//! `xds`, `inspect` and `admin` only ever read snapshots.
+
+pub mod admin;
+pub mod config;
+pub mod discovery;
+pub mod engine;
+pub mod inspect;
+pub mod server;
+pub mod snapshot;
+pub mod telemetry;
+pub mod weighting;
+pub mod xds;

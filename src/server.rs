@@ -1,0 +1,140 @@
+//! Wires the pipeline: file source -> engine -> snapshots -> gRPC and admin listeners.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::{self, AdminState};
+use crate::config;
+use crate::discovery::file::FileSource;
+use crate::engine::Engine;
+use crate::inspect::{self, InspectService};
+use crate::snapshot::SnapshotStore;
+use crate::telemetry::Metrics;
+use crate::xds::{self, registry::ClientRegistry, service::XdsService, stream::XdsContext};
+
+/// The addresses a running server actually bound (useful when the config says port 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// gRPC (xDS, reflection, health, Inspect).
+    pub xds: SocketAddr,
+    /// Admin HTTP.
+    pub admin: SocketAddr,
+}
+
+/// Loads `config_path`, binds both listeners and serves until `shutdown` completes.
+///
+/// `on_bound` is called once both listeners are bound.
+pub async fn serve(
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: cannot read the config file", config_path.display()))?;
+    let config = config::load(&config_path)?;
+    let (metrics, registry) = Metrics::registered();
+    let store = SnapshotStore::new();
+    let clients = Arc::new(ClientRegistry::default());
+
+    let source = FileSource::new(config_path.clone(), config.clone(), &text, metrics.clone());
+    let mut engine = Engine::new(store.clone(), metrics.clone());
+    engine.apply(source.initial_updates());
+    engine.publish();
+    let (updates_sender, updates) = mpsc::channel(16);
+    tokio::spawn(source.run(updates_sender));
+    tokio::spawn(engine.run(updates));
+
+    let xds_listener = TcpListener::bind(config.xds_listen)
+        .await
+        .with_context(|| format!("xds.listen: cannot bind {}", config.xds_listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("admin.listen: cannot bind {}", config.admin_listen))?;
+    let bound = Bound {
+        xds: xds_listener.local_addr().context("xds listener address")?,
+        admin: admin_listener.local_addr().context("admin listener address")?,
+    };
+    tracing::info!(xds = %bound.xds, admin = %bound.admin, config = %config_path.display(), "adaptive-eds serving");
+    on_bound(bound);
+
+    let context = XdsContext {
+        store: store.clone(),
+        registry: Arc::clone(&clients),
+        metrics,
+        max_resource_names: config.raw.xds.max_resource_names,
+    };
+    let grpc = grpc_router(context, clients)?;
+    let admin_app = admin::router(AdminState {
+        registry: Arc::new(registry),
+        store,
+    });
+
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_sender.send(true);
+    });
+    let mut grpc_stop = stop.clone();
+    let mut admin_stop = stop;
+    let grpc = grpc.serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
+        let _ = grpc_stop.wait_for(|stopped| *stopped).await;
+    });
+    let admin = axum::serve(admin_listener, admin_app).with_graceful_shutdown(async move {
+        let _ = admin_stop.wait_for(|stopped| *stopped).await;
+    });
+    let (grpc_result, admin_result) = tokio::join!(grpc, admin);
+    grpc_result.context("gRPC server failed")?;
+    admin_result.context("admin server failed")?;
+    tracing::info!("adaptive-eds stopped");
+    Ok(())
+}
+
+fn grpc_router(context: XdsContext, clients: Arc<ClientRegistry>) -> anyhow::Result<tonic::transport::server::Router> {
+    let xds_service = XdsService::new(context.clone());
+    let inspect_service = InspectService::new(context.store.clone(), clients);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let names = [
+        "",
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        "envoy.service.endpoint.v3.EndpointDiscoveryService",
+        "adaptive_eds.inspect.v1.Inspect",
+    ];
+    for name in names {
+        tokio::spawn({
+            let reporter = health_reporter.clone();
+            async move {
+                reporter
+                    .set_service_status(name, tonic_health::ServingStatus::Serving)
+                    .await
+            }
+        });
+    }
+    let reflection_v1 = reflection_builder()
+        .build_v1()
+        .context("building gRPC reflection (v1)")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building gRPC reflection (v1alpha)")?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(xds_service.ads())
+        .add_service(xds_service.eds())
+        .add_service(inspect_service.server())
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
+}
+
+/// Reflection over every service on the port, so both reflection versions list all of them
+/// (grpcurl 1.8.6 speaks only `v1alpha`).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(xds::ENVOY_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(inspect::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .include_reflection_service(false)
+}

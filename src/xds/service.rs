@@ -1,0 +1,136 @@
+//! The tonic services (ADS and EDS): thin adapters from gRPC calls to the stream driver.
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{
+    ads_server::aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+    delta::DeltaState,
+    eds_server::endpoint_discovery_service_server::{
+        EndpointDiscoveryService, EndpointDiscoveryServiceServer,
+    },
+    registry::StreamKind,
+    sotw::{SotwState, WILDCARD},
+    stream::{serve, ResponseStream, XdsContext},
+    wire::{DeltaResponse, SotwResponse},
+};
+use crate::snapshot::{combined_version, CLUSTER_LOAD_ASSIGNMENT};
+
+/// Serves ADS (SotW and delta) and the EDS service from the same snapshots.
+#[derive(Clone, Debug)]
+pub struct XdsService {
+    context: XdsContext,
+}
+
+impl XdsService {
+    /// A service over `context`.
+    pub fn new(context: XdsContext) -> Self {
+        Self { context }
+    }
+
+    /// The ADS gRPC service.
+    pub fn ads(&self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// The EDS gRPC service.
+    pub fn eds(&self) -> EndpointDiscoveryServiceServer<Self> {
+        EndpointDiscoveryServiceServer::new(self.clone())
+    }
+
+    fn fetch(&self, request: &DiscoveryRequest) -> Result<SotwResponse, Status> {
+        if !request.type_url.is_empty() && request.type_url != CLUSTER_LOAD_ASSIGNMENT {
+            return Err(Status::invalid_argument(format!(
+                "the EDS service serves {CLUSTER_LOAD_ASSIGNMENT} only, got type_url {:?}",
+                request.type_url
+            )));
+        }
+        if request.resource_names.len() > self.context.max_resource_names {
+            return Err(Status::resource_exhausted(format!(
+                "request names {} resources; at most {} allowed (xds.max_resource_names)",
+                request.resource_names.len(),
+                self.context.max_resource_names
+            )));
+        }
+        let snapshot = self.context.store.current();
+        let all = request.resource_names.is_empty()
+            || request.resource_names.iter().any(|name| name == WILDCARD);
+        let resources: Vec<_> = if all {
+            snapshot.clusters.values().collect()
+        } else {
+            request
+                .resource_names
+                .iter()
+                .filter_map(|name| snapshot.clusters.get(name))
+                .collect()
+        };
+        Ok(SotwResponse {
+            version_info: combined_version(
+                resources
+                    .iter()
+                    .map(|resource| (resource.name.as_str(), resource.version.as_str())),
+            ),
+            resources: resources.iter().map(|resource| resource.any.clone()).collect(),
+            type_url: CLUSTER_LOAD_ASSIGNMENT.into(),
+            nonce: String::new(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsService {
+    type StreamAggregatedResourcesStream = ResponseStream<SotwResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let stream = serve::<SotwState>(self.context.clone(), StreamKind::AdsSotw, request.into_inner());
+        Ok(Response::new(stream))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let stream = serve::<DeltaState>(self.context.clone(), StreamKind::AdsDelta, request.into_inner());
+        Ok(Response::new(stream))
+    }
+}
+
+#[tonic::async_trait]
+impl EndpointDiscoveryService for XdsService {
+    type StreamEndpointsStream = ResponseStream<SotwResponse>;
+    type DeltaEndpointsStream = ResponseStream<DeltaResponse>;
+
+    async fn stream_endpoints(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamEndpointsStream>, Status> {
+        let stream = serve::<SotwState>(self.context.clone(), StreamKind::EdsSotw, request.into_inner());
+        Ok(Response::new(stream))
+    }
+
+    async fn delta_endpoints(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaEndpointsStream>, Status> {
+        let stream = serve::<DeltaState>(self.context.clone(), StreamKind::EdsDelta, request.into_inner());
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_endpoints(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<SotwResponse>, Status> {
+        self.context
+            .metrics
+            .pushes
+            .get_or_create(&crate::telemetry::Metrics::kind("eds-fetch"))
+            .inc();
+        self.fetch(request.get_ref()).map(Response::new)
+    }
+}
