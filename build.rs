@@ -18,7 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
 
     let inspect = protox::compile(["adaptive_eds/inspect/v1/inspect.proto"], ["proto"])?;
-    fs::write(out_dir.join("inspect_descriptor.bin"), inspect.encode_to_vec())?;
+    fs::write(
+        out_dir.join("inspect_descriptor.bin"),
+        inspect.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -66,8 +69,14 @@ fn generate_discovery_servers() {
     let ads = Service::builder()
         .name("AggregatedDiscoveryService")
         .package("envoy.service.discovery.v3")
-        .method(sotw("stream_aggregated_resources", "StreamAggregatedResources"))
-        .method(delta("delta_aggregated_resources", "DeltaAggregatedResources"))
+        .method(sotw(
+            "stream_aggregated_resources",
+            "StreamAggregatedResources",
+        ))
+        .method(delta(
+            "delta_aggregated_resources",
+            "DeltaAggregatedResources",
+        ))
         .build();
     let eds = Service::builder()
         .name("EndpointDiscoveryService")
@@ -84,7 +93,5 @@ fn generate_discovery_servers() {
                 .build(),
         )
         .build();
-    Builder::new()
-        .build_client(false)
-        .compile(&[ads, eds]);
+    Builder::new().build_client(false).compile(&[ads, eds]);
 }

@@ -211,7 +211,10 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
         }
     }
     if raw.xds.max_resource_names == 0 {
-        problems.push(problem("xds.max_resource_names", "expected at least 1, got 0"));
+        problems.push(problem(
+            "xds.max_resource_names",
+            "expected at least 1, got 0",
+        ));
     }
     let mut clusters = BTreeMap::new();
     let mut first_index: HashMap<&str, usize> = HashMap::new();
@@ -303,7 +306,10 @@ fn validate_endpoint(
     if address.is_none() {
         problems.push(problem(
             format!("{field}.address"),
-            format!("expected an IPv4 or IPv6 address, got {:?}", endpoint.address),
+            format!(
+                "expected an IPv4 or IPv6 address, got {:?}",
+                endpoint.address
+            ),
         ));
     }
     let port = u16::try_from(endpoint.port).ok().filter(|port| *port != 0);
@@ -423,7 +429,10 @@ clusters:
     fn unknown_keys_are_named() {
         let found = problems("clusters:\n  - name: a\n    endpoints:\n      - { address: 10.0.0.1, port: 80, wieght: 3 }\n");
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("clusters[0].endpoints[0]"), "{found:?}");
+        assert!(
+            found[0].starts_with("clusters[0].endpoints[0]"),
+            "{found:?}"
+        );
         assert!(found[0].contains("wieght"), "{found:?}");
     }
 
@@ -466,7 +475,10 @@ clusters:
         ];
         assert_eq!(found.len(), expected.len(), "{found:#?}");
         for (found, expected) in found.iter().zip(expected) {
-            assert!(found.starts_with(expected), "{found} should start with {expected}");
+            assert!(
+                found.starts_with(expected),
+                "{found} should start with {expected}"
+            );
         }
     }
 
@@ -483,20 +495,32 @@ clusters:
 "#,
         );
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("clusters[0].endpoints: weights in locality zone=a add up to 4294967296"), "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "clusters[0].endpoints: weights in locality zone=a add up to 4294967296"
+            ),
+            "{found:?}"
+        );
     }
 
     #[test]
     fn listeners_must_differ() {
-        let found = problems("xds: { listen: \"127.0.0.1:1\" }\nadmin: { listen: \"127.0.0.1:1\" }\n");
-        assert_eq!(found, vec!["admin.listen: must differ from xds.listen, both are 127.0.0.1:1"]);
+        let found =
+            problems("xds: { listen: \"127.0.0.1:1\" }\nadmin: { listen: \"127.0.0.1:1\" }\n");
+        assert_eq!(
+            found,
+            vec!["admin.listen: must differ from xds.listen, both are 127.0.0.1:1"]
+        );
     }
 
     #[test]
     fn error_display_names_the_file() {
         let error = ConfigError {
             file: PathBuf::from("config.yaml"),
-            problems: vec![problem("clusters[2].endpoints[0].port", "expected 1..65535, got 0")],
+            problems: vec![problem(
+                "clusters[2].endpoints[0].port",
+                "expected 1..65535, got 0",
+            )],
         };
         assert_eq!(
             error.to_string(),

@@ -117,9 +117,15 @@ mod tests {
         assert!(engine.publish());
         assert!(!engine.publish(), "same content publishes nothing");
         let snapshot = store.current();
-        let weights: Vec<u32> = snapshot.clusters["a"].endpoints.iter().map(|e| e.weight).collect();
+        let weights: Vec<u32> = snapshot.clusters["a"]
+            .endpoints
+            .iter()
+            .map(|e| e.weight)
+            .collect();
         assert_eq!(weights, vec![30, 30]);
-        engine.apply(vec![ClusterUpdate::Removed { cluster: "a".into() }]);
+        engine.apply(vec![ClusterUpdate::Removed {
+            cluster: "a".into(),
+        }]);
         assert!(engine.publish());
         assert!(store.current().clusters.is_empty());
     }

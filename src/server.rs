@@ -55,7 +55,9 @@ pub async fn serve(
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin_listen))?;
     let bound = Bound {
         xds: xds_listener.local_addr().context("xds listener address")?,
-        admin: admin_listener.local_addr().context("admin listener address")?,
+        admin: admin_listener
+            .local_addr()
+            .context("admin listener address")?,
     };
     tracing::info!(xds = %bound.xds, admin = %bound.admin, config = %config_path.display(), "adaptive-eds serving");
     on_bound(bound);
@@ -79,9 +81,10 @@ pub async fn serve(
     });
     let mut grpc_stop = stop.clone();
     let mut admin_stop = stop;
-    let grpc = grpc.serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
-        let _ = grpc_stop.wait_for(|stopped| *stopped).await;
-    });
+    let grpc =
+        grpc.serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
+            let _ = grpc_stop.wait_for(|stopped| *stopped).await;
+        });
     let admin = axum::serve(admin_listener, admin_app).with_graceful_shutdown(async move {
         let _ = admin_stop.wait_for(|stopped| *stopped).await;
     });
@@ -92,7 +95,10 @@ pub async fn serve(
     Ok(())
 }
 
-fn grpc_router(context: XdsContext, clients: Arc<ClientRegistry>) -> anyhow::Result<tonic::transport::server::Router> {
+fn grpc_router(
+    context: XdsContext,
+    clients: Arc<ClientRegistry>,
+) -> anyhow::Result<tonic::transport::server::Router> {
     let xds_service = XdsService::new(context.clone());
     let inspect_service = InspectService::new(context.store.clone(), clients);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -64,10 +64,26 @@ impl Metrics {
             "Config file reloads, by result (error = rejected, last good config kept)",
             metrics.config_reloads.clone(),
         );
-        registry.register("xds_streams", "Open xDS streams, by kind", metrics.streams.clone());
-        registry.register("xds_pushes", "xDS responses sent, by stream kind", metrics.pushes.clone());
-        registry.register("xds_acks", "xDS ACKs received, by stream kind", metrics.acks.clone());
-        registry.register("xds_nacks", "xDS NACKs received, by stream kind", metrics.nacks.clone());
+        registry.register(
+            "xds_streams",
+            "Open xDS streams, by kind",
+            metrics.streams.clone(),
+        );
+        registry.register(
+            "xds_pushes",
+            "xDS responses sent, by stream kind",
+            metrics.pushes.clone(),
+        );
+        registry.register(
+            "xds_acks",
+            "xDS ACKs received, by stream kind",
+            metrics.acks.clone(),
+        );
+        registry.register(
+            "xds_nacks",
+            "xDS NACKs received, by stream kind",
+            metrics.nacks.clone(),
+        );
         registry.register(
             "xds_rejected_requests",
             "xDS requests refused or ignored as malformed, by stream kind",
@@ -78,8 +94,16 @@ impl Metrics {
             "load_balancing_weight currently served, per endpoint",
             metrics.endpoint_weight.clone(),
         );
-        registry.register("snapshots", "Snapshots published (one per content change)", metrics.snapshots.clone());
-        registry.register("clusters", "Clusters in the current snapshot", metrics.clusters.clone());
+        registry.register(
+            "snapshots",
+            "Snapshots published (one per content change)",
+            metrics.snapshots.clone(),
+        );
+        registry.register(
+            "clusters",
+            "Clusters in the current snapshot",
+            metrics.clusters.clone(),
+        );
         (metrics, registry)
     }
 

@@ -36,20 +36,33 @@ async fn endpoints_follow_the_config(bootstrap: &str, kind: &str, streams: usize
     let mut envoy = Envoy::start(bootstrap, server.xds_port).await;
     let startup = Duration::from_secs(15);
     envoy
-        .wait_for_hosts("checkout", &[("127.0.0.1:9001", 300), ("127.0.0.1:9002", 300)], startup)
+        .wait_for_hosts(
+            "checkout",
+            &[("127.0.0.1:9001", 300), ("127.0.0.1:9002", 300)],
+            startup,
+        )
         .await;
-    envoy.wait_for_hosts("payments", &[("127.0.0.1:9101", 7)], startup).await;
+    envoy
+        .wait_for_hosts("payments", &[("127.0.0.1:9101", 7)], startup)
+        .await;
 
     server.rewrite_clusters(CHANGED);
     let change_seen = std::time::Instant::now();
     envoy
         .wait_for_hosts(
             "checkout",
-            &[("127.0.0.1:9001", 50), ("127.0.0.1:9002", 950), ("127.0.0.1:9003", 1)],
+            &[
+                ("127.0.0.1:9001", 50),
+                ("127.0.0.1:9002", 950),
+                ("127.0.0.1:9003", 1),
+            ],
             Duration::from_secs(5),
         )
         .await;
-    eprintln!("{bootstrap}: config edit reached Envoy in {:?}", change_seen.elapsed());
+    eprintln!(
+        "{bootstrap}: config edit reached Envoy in {:?}",
+        change_seen.elapsed()
+    );
 
     // An invalid edit is rejected with a log naming the file and field; Envoy keeps the last good.
     server.rewrite_clusters(
@@ -60,34 +73,61 @@ async fn endpoints_follow_the_config(bootstrap: &str, kind: &str, streams: usize
         async move { log.contains("config change rejected").then_some(log) }
     })
     .await;
-    assert!(log.contains("clusters[0].endpoints[0].port: expected 1..65535, got 0"), "{log}");
-    assert!(log.contains(&server.config.display().to_string()), "the log names the file: {log}");
+    assert!(
+        log.contains("clusters[0].endpoints[0].port: expected 1..65535, got 0"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&server.config.display().to_string()),
+        "the log names the file: {log}"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     envoy
         .wait_for_hosts(
             "checkout",
-            &[("127.0.0.1:9001", 50), ("127.0.0.1:9002", 950), ("127.0.0.1:9003", 1)],
+            &[
+                ("127.0.0.1:9001", 50),
+                ("127.0.0.1:9002", 950),
+                ("127.0.0.1:9003", 1),
+            ],
             Duration::from_secs(1),
         )
         .await;
 
     // Envoy ACKed what we sent: its config dump holds the same assignment.
-    let dumped = envoy.dumped_weights("checkout").await.expect("checkout in config_dump");
+    let dumped = envoy
+        .dumped_weights("checkout")
+        .await
+        .expect("checkout in config_dump");
     assert_eq!(
         dumped,
-        vec![("127.0.0.1:9001".to_string(), 50), ("127.0.0.1:9002".to_string(), 950), ("127.0.0.1:9003".to_string(), 1)]
+        vec![
+            ("127.0.0.1:9001".to_string(), 50),
+            ("127.0.0.1:9002".to_string(), 950),
+            ("127.0.0.1:9003".to_string(), 1)
+        ]
     );
-    let (_, metrics) = http_get(&server.admin_url("/metrics")).await.expect("metrics");
+    let (_, metrics) = http_get(&server.admin_url("/metrics"))
+        .await
+        .expect("metrics");
     assert!(
         metrics.contains(&format!("adaptive_eds_xds_acks_total{{kind=\"{kind}\"}}")),
         "ACKs counted for {kind}:\n{metrics}"
     );
     assert!(
-        metrics.contains(&format!("adaptive_eds_xds_streams{{kind=\"{kind}\"}} {streams}")),
+        metrics.contains(&format!(
+            "adaptive_eds_xds_streams{{kind=\"{kind}\"}} {streams}"
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains("adaptive_eds_config_reloads_total{result=\"error\"} 1"), "{metrics}");
-    assert!(!metrics.contains("adaptive_eds_xds_nacks_total"), "Envoy NACKed something:\n{metrics}");
+    assert!(
+        metrics.contains("adaptive_eds_config_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("adaptive_eds_xds_nacks_total"),
+        "Envoy NACKed something:\n{metrics}"
+    );
     envoy.process.assert_running();
 }
 

@@ -63,7 +63,10 @@ impl InProcess {
                 let _ = bound_sender.send(bound);
             },
         ));
-        let bound = tokio::time::timeout(SOON, bound).await.expect("server bound in time").expect("bound");
+        let bound = tokio::time::timeout(SOON, bound)
+            .await
+            .expect("server bound in time")
+            .expect("bound");
         Self {
             _directory: directory,
             config,
@@ -79,14 +82,20 @@ impl InProcess {
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone()).expect("url").connect().await.expect("connect")
+        Channel::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
     }
 
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let result = tokio::time::timeout(SOON, &mut self.task).await.expect("server stops in time");
+        let result = tokio::time::timeout(SOON, &mut self.task)
+            .await
+            .expect("server stops in time");
         result.expect("task").expect("server ran cleanly");
     }
 }
@@ -112,14 +121,24 @@ impl Sotw {
             .await
             .expect("open ADS")
             .into_inner();
-        Self { requests, responses }
+        Self {
+            requests,
+            responses,
+        }
     }
 
     async fn eds(channel: Channel) -> Self {
         let (requests, receiver) = mpsc::channel(16);
         let mut client = EndpointDiscoveryServiceClient::new(channel);
-        let responses = client.stream_endpoints(ReceiverStream::new(receiver)).await.expect("open EDS").into_inner();
-        Self { requests, responses }
+        let responses = client
+            .stream_endpoints(ReceiverStream::new(receiver))
+            .await
+            .expect("open EDS")
+            .into_inner();
+        Self {
+            requests,
+            responses,
+        }
     }
 
     async fn send(&self, request: DiscoveryRequest) {
@@ -161,26 +180,47 @@ fn ack(names: &[&str], response: &DiscoveryResponse) -> DiscoveryRequest {
 }
 
 /// `cluster -> [(address:port, weight)]` from a response's resources.
-fn weights(resources: &[envoy_types::pb::google::protobuf::Any]) -> HashMap<String, Vec<(String, u32)>> {
+fn weights(
+    resources: &[envoy_types::pb::google::protobuf::Any],
+) -> HashMap<String, Vec<(String, u32)>> {
     resources
         .iter()
         .map(|any| {
             assert_eq!(any.type_url, CLA);
-            let assignment = ClusterLoadAssignment::decode(any.value.as_slice()).expect("decode CLA");
-            (assignment.cluster_name.clone(), endpoint_weights(&assignment))
+            let assignment =
+                ClusterLoadAssignment::decode(any.value.as_slice()).expect("decode CLA");
+            (
+                assignment.cluster_name.clone(),
+                endpoint_weights(&assignment),
+            )
         })
         .collect()
 }
 
 fn endpoint_weights(assignment: &ClusterLoadAssignment) -> Vec<(String, u32)> {
-    use envoy_types::pb::envoy::config::{core::v3::address, core::v3::socket_address, endpoint::v3::lb_endpoint};
+    use envoy_types::pb::envoy::config::{
+        core::v3::address, core::v3::socket_address, endpoint::v3::lb_endpoint,
+    };
     let mut weights = Vec::new();
     for locality in &assignment.endpoints {
         for endpoint in &locality.lb_endpoints {
-            let Some(lb_endpoint::HostIdentifier::Endpoint(host)) = &endpoint.host_identifier else { continue };
-            let Some(address::Address::SocketAddress(socket)) = host.address.as_ref().and_then(|a| a.address.as_ref()) else { continue };
-            let Some(socket_address::PortSpecifier::PortValue(port)) = socket.port_specifier else { continue };
-            let weight = endpoint.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(0);
+            let Some(lb_endpoint::HostIdentifier::Endpoint(host)) = &endpoint.host_identifier
+            else {
+                continue;
+            };
+            let Some(address::Address::SocketAddress(socket)) =
+                host.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                continue;
+            };
+            let Some(socket_address::PortSpecifier::PortValue(port)) = socket.port_specifier else {
+                continue;
+            };
+            let weight = endpoint
+                .load_balancing_weight
+                .as_ref()
+                .map(|w| w.value)
+                .unwrap_or(0);
             weights.push((format!("{}:{port}", socket.address), weight));
         }
     }
@@ -189,7 +229,10 @@ fn endpoint_weights(assignment: &ClusterLoadAssignment) -> Vec<(String, u32)> {
 }
 
 fn pairs(items: &[(&str, u32)]) -> Vec<(String, u32)> {
-    items.iter().map(|(address, weight)| (address.to_string(), *weight)).collect()
+    items
+        .iter()
+        .map(|(address, weight)| (address.to_string(), *weight))
+        .collect()
 }
 
 #[tokio::test]
@@ -273,17 +316,29 @@ async fn sotw_nack_keeps_the_last_good_version_without_resending() {
 async fn sotw_reconnect_with_the_current_version_gets_no_push() {
     let server = InProcess::start(CLUSTERS).await;
     let mut stream = Sotw::ads(server.channel().await).await;
-    stream.send(request(CLA, &["checkout", "payments"], "", "")).await;
+    stream
+        .send(request(CLA, &["checkout", "payments"], "", ""))
+        .await;
     let first = stream.recv().await;
     assert_eq!(first.resources.len(), 2);
     drop(stream);
 
     let mut again = Sotw::ads(server.channel().await).await;
-    again.send(request(CLA, &["checkout", "payments"], &first.version_info, "")).await;
+    again
+        .send(request(
+            CLA,
+            &["checkout", "payments"],
+            &first.version_info,
+            "",
+        ))
+        .await;
     again.assert_quiet().await;
     server.rewrite(&CLUSTERS.replace("weight: 5", "weight: 9"));
     let update = again.recv().await;
-    assert_eq!(weights(&update.resources)["payments"], pairs(&[("10.0.1.1:8080", 9)]));
+    assert_eq!(
+        weights(&update.resources)["payments"],
+        pairs(&[("10.0.1.1:8080", 9)])
+    );
     drop(again);
     server.stop().await;
 }
@@ -292,13 +347,18 @@ async fn sotw_reconnect_with_the_current_version_gets_no_push() {
 async fn unknown_names_get_no_invented_endpoints() {
     let server = InProcess::start(CLUSTERS).await;
     let mut stream = Sotw::ads(server.channel().await).await;
-    stream.send(request(CLA, &["no-such-cluster"], "", "")).await;
+    stream
+        .send(request(CLA, &["no-such-cluster"], "", ""))
+        .await;
     stream.assert_quiet().await;
     server.rewrite(&format!(
         "{CLUSTERS}  - name: no-such-cluster\n    endpoints:\n      - {{ address: 10.9.9.9, port: 1 }}\n"
     ));
     let appeared = stream.recv().await;
-    assert_eq!(weights(&appeared.resources)["no-such-cluster"], pairs(&[("10.9.9.9:1", 100)]));
+    assert_eq!(
+        weights(&appeared.resources)["no-such-cluster"],
+        pairs(&[("10.9.9.9:1", 100)])
+    );
     drop(stream);
     server.stop().await;
 }
@@ -311,11 +371,16 @@ async fn other_types_on_ads_are_answered_without_breaking_eds() {
     let clusters = stream.recv().await;
     assert_eq!(clusters.type_url, CDS);
     assert!(clusters.resources.is_empty());
-    stream.send(request(CDS, &[], &clusters.version_info, &clusters.nonce)).await;
+    stream
+        .send(request(CDS, &[], &clusters.version_info, &clusters.nonce))
+        .await;
     stream.send(request(CLA, &["payments"], "", "")).await;
     let endpoints = stream.recv().await;
     assert_eq!(endpoints.type_url, CLA);
-    assert_eq!(weights(&endpoints.resources)["payments"], pairs(&[("10.0.1.1:8080", 5)]));
+    assert_eq!(
+        weights(&endpoints.resources)["payments"],
+        pairs(&[("10.0.1.1:8080", 5)])
+    );
     stream.send(request("garbage", &[], "", "")).await;
     let garbage = stream.recv().await;
     assert_eq!(garbage.type_url, "garbage");
@@ -334,13 +399,19 @@ async fn two_clients_both_get_updates() {
     ads.send(request(CLA, &["checkout"], "", "")).await;
     eds.send(request(CLA, &["checkout"], "", "")).await;
     let (first_ads, first_eds) = (ads.recv().await, eds.recv().await);
-    assert_eq!(first_ads.version_info, first_eds.version_info, "same content, same version");
+    assert_eq!(
+        first_ads.version_info, first_eds.version_info,
+        "same content, same version"
+    );
     ads.send(ack(&["checkout"], &first_ads)).await;
     eds.send(ack(&["checkout"], &first_eds)).await;
     server.rewrite(&CLUSTERS.replace("weight: 300", "weight: 77"));
     for stream in [&mut ads, &mut eds] {
         let update = stream.recv().await;
-        assert_eq!(weights(&update.resources)["checkout"][0], ("10.0.0.1:8080".to_string(), 77));
+        assert_eq!(
+            weights(&update.resources)["checkout"][0],
+            ("10.0.0.1:8080".to_string(), 77)
+        );
     }
     drop((ads, eds));
     server.stop().await;
@@ -356,7 +427,11 @@ async fn eds_service_refuses_other_types_and_fetch_works() {
         .expect("answer in time")
         .expect_err("refused");
     assert_eq!(error.code(), Code::InvalidArgument);
-    assert!(error.message().contains("ClusterLoadAssignment"), "{}", error.message());
+    assert!(
+        error.message().contains("ClusterLoadAssignment"),
+        "{}",
+        error.message()
+    );
 
     let mut client = EndpointDiscoveryServiceClient::new(server.channel().await);
     let fetched = client
@@ -374,7 +449,9 @@ async fn eds_service_refuses_other_types_and_fetch_works() {
 async fn hostile_requests_get_clear_statuses_and_empty_nodes_are_served() {
     let server = InProcess::start(CLUSTERS).await;
     let mut stream = Sotw::ads(server.channel().await).await;
-    let names: Vec<String> = (0..20_000).map(|index| format!("cluster-{index}")).collect();
+    let names: Vec<String> = (0..20_000)
+        .map(|index| format!("cluster-{index}"))
+        .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     stream.send(request(CLA, &names, "", "")).await;
     let error = tokio::time::timeout(SOON, stream.responses.message())
@@ -382,7 +459,11 @@ async fn hostile_requests_get_clear_statuses_and_empty_nodes_are_served() {
         .expect("answer in time")
         .expect_err("refused");
     assert_eq!(error.code(), Code::ResourceExhausted);
-    assert!(error.message().contains("max_resource_names"), "{}", error.message());
+    assert!(
+        error.message().contains("max_resource_names"),
+        "{}",
+        error.message()
+    );
 
     let mut anonymous = Sotw::ads(server.channel().await).await;
     let mut no_node = request(CLA, &["payments"], "", "");
@@ -408,14 +489,24 @@ impl Delta {
             .await
             .expect("open delta ADS")
             .into_inner();
-        Self { requests, responses }
+        Self {
+            requests,
+            responses,
+        }
     }
 
     async fn eds(channel: Channel) -> Self {
         let (requests, receiver) = mpsc::channel(16);
         let mut client = EndpointDiscoveryServiceClient::new(channel);
-        let responses = client.delta_endpoints(ReceiverStream::new(receiver)).await.expect("open delta EDS").into_inner();
-        Self { requests, responses }
+        let responses = client
+            .delta_endpoints(ReceiverStream::new(receiver))
+            .await
+            .expect("open delta EDS")
+            .into_inner();
+        Self {
+            requests,
+            responses,
+        }
     }
 
     async fn send(&self, request: DeltaDiscoveryRequest) {
@@ -447,7 +538,9 @@ fn delta_request(subscribe: &[&str], unsubscribe: &[&str], nonce: &str) -> Delta
     }
 }
 
-fn delta_weights(response: &DeltaDiscoveryResponse) -> HashMap<String, (String, Vec<(String, u32)>)> {
+fn delta_weights(
+    response: &DeltaDiscoveryResponse,
+) -> HashMap<String, (String, Vec<(String, u32)>)> {
     response
         .resources
         .iter()
@@ -455,7 +548,10 @@ fn delta_weights(response: &DeltaDiscoveryResponse) -> HashMap<String, (String, 
             let any = resource.resource.as_ref().expect("resource body");
             let assignment = ClusterLoadAssignment::decode(any.value.as_slice()).expect("decode");
             assert_eq!(assignment.cluster_name, resource.name);
-            (resource.name.clone(), (resource.version.clone(), endpoint_weights(&assignment)))
+            (
+                resource.name.clone(),
+                (resource.version.clone(), endpoint_weights(&assignment)),
+            )
         })
         .collect()
 }
@@ -464,7 +560,9 @@ fn delta_weights(response: &DeltaDiscoveryResponse) -> HashMap<String, (String, 
 async fn delta_subscribe_update_remove_unsubscribe_and_reconnect() {
     let server = InProcess::start(CLUSTERS).await;
     let mut stream = Delta::ads(server.channel().await).await;
-    stream.send(delta_request(&["checkout", "payments"], &[], "")).await;
+    stream
+        .send(delta_request(&["checkout", "payments"], &[], ""))
+        .await;
     let first = stream.recv().await;
     let served = delta_weights(&first);
     assert_eq!(served.len(), 2);
@@ -480,7 +578,11 @@ async fn delta_subscribe_update_remove_unsubscribe_and_reconnect() {
     stream.send(delta_request(&[], &[], &update.nonce)).await;
 
     // A removed cluster is announced in removed_resources.
-    let without_payments = CLUSTERS.split("  - name: payments").next().expect("split").to_string();
+    let without_payments = CLUSTERS
+        .split("  - name: payments")
+        .next()
+        .expect("split")
+        .to_string();
     server.rewrite(&without_payments);
     let removal = stream.recv().await;
     assert!(removal.resources.is_empty());
@@ -498,7 +600,9 @@ async fn delta_subscribe_update_remove_unsubscribe_and_reconnect() {
     let checkout_version = served["checkout"].0.clone();
     let mut again = Delta::eds(server.channel().await).await;
     let mut reconnect = delta_request(&["checkout"], &[], "");
-    reconnect.initial_resource_versions.insert("checkout".into(), checkout_version);
+    reconnect
+        .initial_resource_versions
+        .insert("checkout".into(), checkout_version);
     again.send(reconnect).await;
     let refreshed = again.recv().await;
     assert_eq!(
@@ -509,7 +613,9 @@ async fn delta_subscribe_update_remove_unsubscribe_and_reconnect() {
     drop(again);
     let mut third = Delta::eds(server.channel().await).await;
     let mut up_to_date = delta_request(&["checkout"], &[], "");
-    up_to_date.initial_resource_versions.insert("checkout".into(), current);
+    up_to_date
+        .initial_resource_versions
+        .insert("checkout".into(), current);
     third.send(up_to_date).await;
     third.assert_quiet().await;
     drop(third);

@@ -58,6 +58,9 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
     if state.store.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no snapshot published yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no snapshot published yet\n",
+        )
     }
 }

@@ -107,7 +107,10 @@ impl FileSource {
                     problems,
                 };
                 tracing::error!(error = %error, "config change rejected; the last good config stays in service");
-                self.metrics.config_reloads.get_or_create(&error_label()).inc();
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&error_label())
+                    .inc();
                 None
             }
         }
@@ -166,16 +169,30 @@ mod tests {
         std::fs::write(&path, first).expect("write");
         let loaded = config::load(&path).expect("valid");
         let mut source = FileSource::new(path.clone(), loaded, first, Metrics::default());
-        assert!(source.poll().await.is_none(), "unchanged file sends nothing");
+        assert!(
+            source.poll().await.is_none(),
+            "unchanged file sends nothing"
+        );
 
-        std::fs::write(&path, "clusters:\n- name: a\n  endpoints: [{address: 10.0.0.1, port: 0}]\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "clusters:\n- name: a\n  endpoints: [{address: 10.0.0.1, port: 0}]\n",
+        )
+        .expect("write");
         assert!(source.poll().await.is_none(), "invalid file sends nothing");
-        assert_eq!(source.current.clusters["a"][0].port, 1, "last good config kept");
+        assert_eq!(
+            source.current.clusters["a"][0].port, 1,
+            "last good config kept"
+        );
 
-        std::fs::write(&path, "clusters:\n- name: a\n  endpoints: [{address: 10.0.0.1, port: 3}]\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "clusters:\n- name: a\n  endpoints: [{address: 10.0.0.1, port: 3}]\n",
+        )
+        .expect("write");
         let updates = source.poll().await.expect("valid change is sent");
-        assert!(matches!(&updates[..], [ClusterUpdate::Reset { endpoints, .. }] if endpoints[0].port == 3));
+        assert!(
+            matches!(&updates[..], [ClusterUpdate::Reset { endpoints, .. }] if endpoints[0].port == 3)
+        );
     }
 }

@@ -14,7 +14,8 @@ pub mod pb {
 }
 
 /// Encoded descriptor of `inspect.proto`, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inspect_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/inspect_descriptor.bin"));
 
 /// Reads snapshots and the client registry; never changes anything.
 #[derive(Clone, Debug)]
@@ -73,7 +74,9 @@ impl pb::inspect_server::Inspect for InspectService {
         let name = &request.get_ref().name;
         let snapshot = self.store.current();
         let cluster = snapshot.clusters.get(name).ok_or_else(|| {
-            Status::not_found(format!("no cluster named {name:?}; ListClusters shows the served ones"))
+            Status::not_found(format!(
+                "no cluster named {name:?}; ListClusters shows the served ones"
+            ))
         })?;
         let endpoints = cluster
             .endpoints

@@ -98,7 +98,6 @@ fn assignment(name: &str, endpoints: &[ServedEndpoint]) -> endpoint::ClusterLoad
                     region: locality.region.clone(),
                     zone: locality.zone.clone(),
                     sub_zone: locality.sub_zone.clone(),
-                    ..Default::default()
                 }),
                 lb_endpoints,
                 ..Default::default()
@@ -143,7 +142,10 @@ fn health_status(health: HealthStatus) -> core::HealthStatus {
 /// First 16 hex digits of the SHA-256 of `bytes`: stable across processes and restarts.
 pub fn short_hash(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
-    digest[..8].iter().map(|byte| format!("{byte:02x}")).collect()
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// A content-derived version for a set of `(name, version)` pairs (order-independent).
@@ -158,7 +160,10 @@ pub fn combined_version<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>)
         hasher.update([b'\n']);
     }
     let digest = hasher.finalize();
-    digest[..8].iter().map(|byte| format!("{byte:02x}")).collect()
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Every cluster served at one moment, with a version derived from their content.
@@ -262,13 +267,20 @@ mod tests {
     fn assignment_groups_by_locality_and_carries_weights() {
         let resource = ClusterResource::build(
             "checkout",
-            vec![served(9001, 300, "z1"), served(9002, 100, "z2"), served(9003, 5, "z1")],
+            vec![
+                served(9001, 300, "z1"),
+                served(9002, 100, "z2"),
+                served(9003, 5, "z1"),
+            ],
         );
         let assignment = resource.assignment().expect("decodes");
         assert_eq!(assignment.cluster_name, "checkout");
         assert_eq!(assignment.endpoints.len(), 2);
         let zone_one = &assignment.endpoints[0];
-        assert_eq!(zone_one.locality.as_ref().map(|l| l.zone.as_str()), Some("z1"));
+        assert_eq!(
+            zone_one.locality.as_ref().map(|l| l.zone.as_str()),
+            Some("z1")
+        );
         let weights: Vec<u32> = zone_one
             .lb_endpoints
             .iter()
@@ -289,7 +301,10 @@ mod tests {
             combined_version([("a", "1"), ("b", "2")]),
             combined_version([("b", "2"), ("a", "1")])
         );
-        assert_ne!(combined_version([("a", "1")]), combined_version([("a", "2")]));
+        assert_ne!(
+            combined_version([("a", "1")]),
+            combined_version([("a", "2")])
+        );
     }
 
     #[test]
@@ -298,7 +313,10 @@ mod tests {
         assert!(!store.is_ready());
         let build = || {
             let mut clusters = BTreeMap::new();
-            clusters.insert("a".to_string(), Arc::new(ClusterResource::build("a", vec![served(1, 10, "")])));
+            clusters.insert(
+                "a".to_string(),
+                Arc::new(ClusterResource::build("a", vec![served(1, 10, "")])),
+            );
             Snapshot::new(clusters)
         };
         assert!(store.publish(build()));

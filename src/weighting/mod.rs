@@ -68,23 +68,37 @@ mod tests {
     }
 
     fn weights(endpoints: &[Endpoint]) -> Vec<u32> {
-        static_weights(endpoints).into_iter().map(|weight| weight.weight).collect()
+        static_weights(endpoints)
+            .into_iter()
+            .map(|weight| weight.weight)
+            .collect()
     }
 
     #[test]
     fn all_unset_get_the_default_share() {
-        assert_eq!(weights(&[endpoint(1, None), endpoint(2, None)]), vec![100, 100]);
+        assert_eq!(
+            weights(&[endpoint(1, None), endpoint(2, None)]),
+            vec![100, 100]
+        );
     }
 
     #[test]
     fn unset_get_the_mean_of_the_configured() {
-        let endpoints = [endpoint(1, Some(300)), endpoint(2, None), endpoint(3, Some(100))];
+        let endpoints = [
+            endpoint(1, Some(300)),
+            endpoint(2, None),
+            endpoint(3, Some(100)),
+        ];
         assert_eq!(weights(&endpoints), vec![300, 200, 100]);
     }
 
     #[test]
     fn huge_weights_do_not_overflow() {
-        let endpoints = [endpoint(1, Some(u32::MAX)), endpoint(2, Some(u32::MAX)), endpoint(3, None)];
+        let endpoints = [
+            endpoint(1, Some(u32::MAX)),
+            endpoint(2, Some(u32::MAX)),
+            endpoint(3, None),
+        ];
         assert_eq!(weights(&endpoints), vec![u32::MAX, u32::MAX, u32::MAX]);
     }
 

@@ -45,7 +45,10 @@ impl DeltaState {
     /// Subscribed names, sorted (`*` when wildcard).
     pub fn subscribed(&self) -> Vec<String> {
         let wildcard = self.wildcard.then(|| WILDCARD.to_string());
-        wildcard.into_iter().chain(self.subscribed.iter().cloned()).collect()
+        wildcard
+            .into_iter()
+            .chain(self.subscribed.iter().cloned())
+            .collect()
     }
 
     /// Snapshot version of the last response sent, if any.
@@ -97,7 +100,11 @@ impl DeltaState {
     }
 
     /// Handles a new snapshot: sends what changed for this client, if anything.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<DeltaResponse> {
+    pub fn on_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        nonces: &mut Nonces,
+    ) -> Option<DeltaResponse> {
         if !self.serves_resources {
             return None;
         }
@@ -151,12 +158,15 @@ impl DeltaState {
         for name in &removed {
             self.client_versions.remove(name);
         }
-        let nonce = nonces.next();
+        let nonce = nonces.issue();
         self.last_nonce = Some(nonce.clone());
         self.last_sent_version = Some(snapshot.version.clone());
         Some(DeltaResponse {
             system_version_info: snapshot.version.clone(),
-            resources: changed.iter().map(|resource| resource.delta_resource.clone()).collect(),
+            resources: changed
+                .iter()
+                .map(|resource| resource.delta_resource.clone())
+                .collect(),
             type_url: self.type_url.clone(),
             nonce,
             removed_resources: removed,
@@ -167,7 +177,7 @@ impl DeltaState {
         if self.last_nonce.is_some() {
             return None;
         }
-        let nonce = nonces.next();
+        let nonce = nonces.issue();
         self.last_nonce = Some(nonce.clone());
         Some(DeltaResponse {
             type_url: self.type_url.clone(),
@@ -200,7 +210,10 @@ mod tests {
                 weight: *weight,
                 reason: String::new(),
             };
-            map.insert(name.to_string(), Arc::new(ClusterResource::build(name, vec![served])));
+            map.insert(
+                name.to_string(),
+                Arc::new(ClusterResource::build(name, vec![served])),
+            );
         }
         Snapshot::new(map)
     }
@@ -266,7 +279,10 @@ mod tests {
             .initial_resource_versions
             .insert("gone".into(), "v0".into());
         let newer = snapshot(&[("a", 1), ("b", 7)]);
-        let response = stale.on_request(&request, &newer, &mut nonces).1.expect("differences");
+        let response = stale
+            .on_request(&request, &newer, &mut nonces)
+            .1
+            .expect("differences");
         assert_eq!(response.resources.len(), 1);
         assert_eq!(response.removed_resources, vec!["gone"]);
     }
@@ -278,7 +294,10 @@ mod tests {
         let snap = snapshot(&[("a", 1)]);
         let (_, none) = state.on_request(&subscribe(&["unknown"]), &snap, &mut nonces);
         assert!(none.is_none(), "unknown names get nothing invented");
-        let response = state.on_request(&subscribe(&["a"]), &snap, &mut nonces).1.expect("a");
+        let response = state
+            .on_request(&subscribe(&["a"]), &snap, &mut nonces)
+            .1
+            .expect("a");
         let mut nack = ack(&response.nonce);
         nack.error_detail = Some(Status {
             code: 3,
@@ -293,7 +312,10 @@ mod tests {
         unsubscribe.resource_names_unsubscribe = vec!["a".into()];
         state.on_request(&unsubscribe, &snap, &mut nonces);
         let changed = snapshot(&[("a", 9)]);
-        assert!(state.on_snapshot(&changed, &mut nonces).is_none(), "unsubscribed");
+        assert!(
+            state.on_snapshot(&changed, &mut nonces).is_none(),
+            "unsubscribed"
+        );
         assert_eq!(state.subscribed(), vec!["unknown"]);
     }
 }

@@ -58,7 +58,7 @@ pub struct Nonces {
 
 impl Nonces {
     /// The next nonce.
-    pub fn next(&mut self) -> String {
+    pub fn issue(&mut self) -> String {
         self.last += 1;
         self.last.to_string()
     }

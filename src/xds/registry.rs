@@ -102,7 +102,10 @@ impl ClientRegistry {
                 connected_at: Instant::now(),
             },
         );
-        metrics.streams.get_or_create(&Metrics::kind(kind.label())).inc();
+        metrics
+            .streams
+            .get_or_create(&Metrics::kind(kind.label()))
+            .inc();
         ClientGuard {
             registry: Arc::clone(self),
             stream_id,
@@ -113,8 +116,11 @@ impl ClientRegistry {
 
     /// A copy of every entry, ordered by stream id.
     pub fn list(&self) -> Vec<ClientInfo> {
-        let mut clients: Vec<ClientInfo> =
-            self.clients.iter().map(|entry| entry.value().clone()).collect();
+        let mut clients: Vec<ClientInfo> = self
+            .clients
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect();
         clients.sort_by_key(|client| client.stream_id);
         clients
     }

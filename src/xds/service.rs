@@ -72,7 +72,10 @@ impl XdsService {
                     .iter()
                     .map(|resource| (resource.name.as_str(), resource.version.as_str())),
             ),
-            resources: resources.iter().map(|resource| resource.any.clone()).collect(),
+            resources: resources
+                .iter()
+                .map(|resource| resource.any.clone())
+                .collect(),
             type_url: CLUSTER_LOAD_ASSIGNMENT.into(),
             nonce: String::new(),
         })
@@ -88,7 +91,11 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let stream = serve::<SotwState>(self.context.clone(), StreamKind::AdsSotw, request.into_inner());
+        let stream = serve::<SotwState>(
+            self.context.clone(),
+            StreamKind::AdsSotw,
+            request.into_inner(),
+        );
         Ok(Response::new(stream))
     }
 
@@ -96,7 +103,11 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let stream = serve::<DeltaState>(self.context.clone(), StreamKind::AdsDelta, request.into_inner());
+        let stream = serve::<DeltaState>(
+            self.context.clone(),
+            StreamKind::AdsDelta,
+            request.into_inner(),
+        );
         Ok(Response::new(stream))
     }
 }
@@ -110,7 +121,11 @@ impl EndpointDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamEndpointsStream>, Status> {
-        let stream = serve::<SotwState>(self.context.clone(), StreamKind::EdsSotw, request.into_inner());
+        let stream = serve::<SotwState>(
+            self.context.clone(),
+            StreamKind::EdsSotw,
+            request.into_inner(),
+        );
         Ok(Response::new(stream))
     }
 
@@ -118,7 +133,11 @@ impl EndpointDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaEndpointsStream>, Status> {
-        let stream = serve::<DeltaState>(self.context.clone(), StreamKind::EdsDelta, request.into_inner());
+        let stream = serve::<DeltaState>(
+            self.context.clone(),
+            StreamKind::EdsDelta,
+            request.into_inner(),
+        );
         Ok(Response::new(stream))
     }
 

@@ -90,7 +90,11 @@ impl SotwState {
     }
 
     /// Handles a new snapshot; returns a response if what this client subscribed to changed.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<SotwResponse> {
+    pub fn on_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        nonces: &mut Nonces,
+    ) -> Option<SotwResponse> {
         if !self.serves_resources {
             return None;
         }
@@ -136,22 +140,29 @@ impl SotwState {
             // Only unknown names so far: say nothing rather than invent an empty answer.
             return None;
         }
-        let nonce = nonces.next();
+        let nonce = nonces.issue();
         self.last_nonce = Some(nonce.clone());
         self.last_sent_version = Some(version.clone());
         Some(SotwResponse {
             version_info: version,
-            resources: resources.iter().map(|resource| resource.any.clone()).collect(),
+            resources: resources
+                .iter()
+                .map(|resource| resource.any.clone())
+                .collect(),
             type_url: self.type_url.clone(),
             nonce,
         })
     }
 
-    fn unserved_response(&mut self, event: &RequestEvent, nonces: &mut Nonces) -> Option<SotwResponse> {
+    fn unserved_response(
+        &mut self,
+        event: &RequestEvent,
+        nonces: &mut Nonces,
+    ) -> Option<SotwResponse> {
         if !matches!(event, RequestEvent::Initial) && self.last_nonce.is_some() {
             return None;
         }
-        let nonce = nonces.next();
+        let nonce = nonces.issue();
         let version = combined_version([]);
         self.last_nonce = Some(nonce.clone());
         self.last_sent_version = Some(version.clone());
@@ -187,7 +198,10 @@ mod tests {
                 weight: *weight,
                 reason: String::new(),
             };
-            map.insert(name.to_string(), Arc::new(ClusterResource::build(name, vec![served])));
+            map.insert(
+                name.to_string(),
+                Arc::new(ClusterResource::build(name, vec![served])),
+            );
         }
         Snapshot::new(map)
     }
@@ -218,7 +232,10 @@ mod tests {
         assert!(again.is_none(), "an ACK is not answered");
 
         let unrelated = snapshot(&[("a", 1), ("b", 2)]);
-        assert!(state.on_snapshot(&unrelated, &mut nonces).is_none(), "b is not subscribed");
+        assert!(
+            state.on_snapshot(&unrelated, &mut nonces).is_none(),
+            "b is not subscribed"
+        );
 
         let changed = snapshot(&[("a", 5), ("b", 2)]);
         let update = state.on_snapshot(&changed, &mut nonces).expect("a changed");
@@ -238,7 +255,10 @@ mod tests {
                 message: "bad weights".into()
             }
         );
-        assert!(resend.is_none(), "a NACK is never answered with the same version");
+        assert!(
+            resend.is_none(),
+            "a NACK is never answered with the same version"
+        );
         assert!(state.on_snapshot(&changed, &mut nonces).is_none());
         assert_eq!(state.acked_version(), Some(response.version_info.as_str()));
     }
@@ -250,12 +270,18 @@ mod tests {
         let snap = snapshot(&[("a", 1), ("b", 1)]);
         let (_, first) = state.on_request(&request(&["a"], "", ""), &snap, &mut nonces);
         let first = first.expect("response");
-        let (_, second) = state.on_request(&request(&["a", "b"], "", &first.nonce), &snap, &mut nonces);
+        let (_, second) =
+            state.on_request(&request(&["a", "b"], "", &first.nonce), &snap, &mut nonces);
         assert!(second.is_some(), "subscription change is answered");
-        let (event, none) = state.on_request(&request(&["b"], "", &first.nonce), &snap, &mut nonces);
+        let (event, none) =
+            state.on_request(&request(&["b"], "", &first.nonce), &snap, &mut nonces);
         assert_eq!(event, RequestEvent::Stale);
         assert!(none.is_none());
-        assert_eq!(state.subscribed(), vec!["a", "b"], "stale request changes nothing");
+        assert_eq!(
+            state.subscribed(),
+            vec!["a", "b"],
+            "stale request changes nothing"
+        );
     }
 
     #[test]
@@ -277,10 +303,16 @@ mod tests {
     fn unknown_names_get_nothing_invented() {
         let mut nonces = Nonces::default();
         let mut state = SotwState::for_assignments(CLUSTER_LOAD_ASSIGNMENT);
-        let (_, response) = state.on_request(&request(&["nope"], "", ""), &snapshot(&[("a", 1)]), &mut nonces);
+        let (_, response) = state.on_request(
+            &request(&["nope"], "", ""),
+            &snapshot(&[("a", 1)]),
+            &mut nonces,
+        );
         assert!(response.is_none());
         let later = snapshot(&[("a", 1), ("nope", 4)]);
-        let response = state.on_snapshot(&later, &mut nonces).expect("appears once it exists");
+        let response = state
+            .on_snapshot(&later, &mut nonces)
+            .expect("appears once it exists");
         assert_eq!(response.resources.len(), 1);
     }
 
@@ -292,7 +324,11 @@ mod tests {
         let (_, all) = state.on_request(&request(&["*"], "", ""), &snap, &mut nonces);
         let all = all.expect("wildcard response");
         assert_eq!(all.resources.len(), 3);
-        let (_, fewer) = state.on_request(&request(&["c"], &all.version_info, &all.nonce), &snap, &mut nonces);
+        let (_, fewer) = state.on_request(
+            &request(&["c"], &all.version_info, &all.nonce),
+            &snap,
+            &mut nonces,
+        );
         assert_eq!(fewer.expect("unsubscribe answered").resources.len(), 1);
     }
 
@@ -300,11 +336,16 @@ mod tests {
     fn unserved_types_get_one_empty_answer_per_request() {
         let mut nonces = Nonces::default();
         let snap = snapshot(&[("a", 1)]);
-        let mut state = SotwState::for_unserved("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+        let mut state =
+            SotwState::for_unserved("type.googleapis.com/envoy.config.cluster.v3.Cluster");
         let (_, response) = state.on_request(&request(&[], "", ""), &snap, &mut nonces);
         let response = response.expect("answered");
         assert!(response.resources.is_empty());
-        let (_, ack) = state.on_request(&request(&[], &response.version_info, &response.nonce), &snap, &mut nonces);
+        let (_, ack) = state.on_request(
+            &request(&[], &response.version_info, &response.nonce),
+            &snap,
+            &mut nonces,
+        );
         assert!(ack.is_none());
         assert!(state.on_snapshot(&snap, &mut nonces).is_none());
     }

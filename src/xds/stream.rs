@@ -118,7 +118,11 @@ macro_rules! forward_protocol {
             ) -> (RequestEvent, Option<Self::Response>) {
                 <$state>::on_request(self, request, snapshot, nonces)
             }
-            fn on_snapshot(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<Self::Response> {
+            fn on_snapshot(
+                &mut self,
+                snapshot: &Snapshot,
+                nonces: &mut Nonces,
+            ) -> Option<Self::Response> {
                 <$state>::on_snapshot(self, snapshot, nonces)
             }
             fn subscribed(&self) -> Vec<String> {
@@ -240,20 +244,34 @@ where
         }
         let snapshot = self.snapshots.borrow_and_update().clone();
         let type_url = request.type_url();
-        let state = if type_url == CLUSTER_LOAD_ASSIGNMENT || (type_url.is_empty() && !self.kind.is_aggregated()) {
+        let state = if type_url == CLUSTER_LOAD_ASSIGNMENT
+            || (type_url.is_empty() && !self.kind.is_aggregated())
+        {
             &mut self.assignments
         } else if !self.kind.is_aggregated() {
             self.reject();
             return Err(Status::invalid_argument(format!(
                 "the EDS service serves {CLUSTER_LOAD_ASSIGNMENT} only, got type_url {type_url:?}"
             )));
-        } else if type_url.is_empty() || (!self.unserved.contains_key(type_url) && self.unserved.len() >= MAX_UNSERVED_TYPES) {
-            tracing::warn!(stream_id = self.guard.stream_id(), kind, type_url, "ignoring request with an empty or one-too-many type_url");
+        } else if type_url.is_empty()
+            || (!self.unserved.contains_key(type_url) && self.unserved.len() >= MAX_UNSERVED_TYPES)
+        {
+            tracing::warn!(
+                stream_id = self.guard.stream_id(),
+                kind,
+                type_url,
+                "ignoring request with an empty or one-too-many type_url"
+            );
             self.reject();
             return Ok(());
         } else {
             if !self.unserved.contains_key(type_url) {
-                tracing::info!(stream_id = self.guard.stream_id(), kind, type_url, "answering a type this server does not serve with no resources");
+                tracing::info!(
+                    stream_id = self.guard.stream_id(),
+                    kind,
+                    type_url,
+                    "answering a type this server does not serve with no resources"
+                );
             }
             self.unserved
                 .entry(type_url.to_string())
@@ -320,8 +338,16 @@ where
 
     fn refresh_info(&self) {
         let subscribed = self.assignments.subscribed();
-        let sent = self.assignments.last_sent_version().unwrap_or_default().to_string();
-        let acked = self.assignments.acked_version().unwrap_or_default().to_string();
+        let sent = self
+            .assignments
+            .last_sent_version()
+            .unwrap_or_default()
+            .to_string();
+        let acked = self
+            .assignments
+            .acked_version()
+            .unwrap_or_default()
+            .to_string();
         self.guard.update(|info| {
             info.subscribed = subscribed;
             info.last_sent_version = sent;

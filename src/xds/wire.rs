@@ -41,7 +41,9 @@ pub struct DeltaResponse {
 fn encoded_bytes_len(tag: u32, items: &[Bytes]) -> usize {
     items
         .iter()
-        .map(|item| encoding::key_len(tag) + encoding::encoded_len_varint(item.len() as u64) + item.len())
+        .map(|item| {
+            encoding::key_len(tag) + encoding::encoded_len_varint(item.len() as u64) + item.len()
+        })
         .sum()
 }
 

@@ -27,7 +27,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -85,7 +88,12 @@ pub struct Server {
 }
 
 /// Writes `clusters_yaml` (the `clusters:` section) into a config with free ports.
-pub fn write_config(directory: &Path, xds_port: u16, admin_port: u16, clusters_yaml: &str) -> PathBuf {
+pub fn write_config(
+    directory: &Path,
+    xds_port: u16,
+    admin_port: u16,
+    clusters_yaml: &str,
+) -> PathBuf {
     let path = directory.join("config.yaml");
     std::fs::write(&path, config_text(xds_port, admin_port, clusters_yaml)).expect("write config");
     path
@@ -143,8 +151,11 @@ impl Server {
 
     /// Replaces the clusters section of the config file.
     pub fn rewrite_clusters(&self, clusters_yaml: &str) {
-        std::fs::write(&self.config, config_text(self.xds_port, self.admin_port, clusters_yaml))
-            .expect("rewrite config");
+        std::fs::write(
+            &self.config,
+            config_text(self.xds_port, self.admin_port, clusters_yaml),
+        )
+        .expect("rewrite config");
     }
 
     /// Writes raw text to the config file.
@@ -176,7 +187,9 @@ pub fn require_tool(name: &str, install: &str) -> PathBuf {
     std::env::split_paths(&path)
         .map(|directory| directory.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{name} is not on PATH; install it with `{install}` (scripts/test does)"))
+        .unwrap_or_else(|| {
+            panic!("{name} is not on PATH; install it with `{install}` (scripts/test does)")
+        })
 }
 
 /// A running Envoy started from one of the bootstraps in `deploy/envoy/`.
@@ -247,7 +260,11 @@ impl Envoy {
             .map(|host| {
                 let socket = &host["address"]["socket_address"];
                 (
-                    format!("{}:{}", socket["address"].as_str().unwrap_or(""), socket["port_value"]),
+                    format!(
+                        "{}:{}",
+                        socket["address"].as_str().unwrap_or(""),
+                        socket["port_value"]
+                    ),
                     host["weight"].as_u64().unwrap_or(0),
                 )
             })
@@ -260,10 +277,9 @@ impl Envoy {
     pub async fn dumped_weights(&self, cluster: &str) -> Option<Vec<(String, u64)>> {
         let (_, body) = http_get(&self.admin_url("/config_dump?include_eds")).await?;
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let dump = json["configs"]
-            .as_array()?
-            .iter()
-            .find(|config| config["@type"] == "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump")?;
+        let dump = json["configs"].as_array()?.iter().find(|config| {
+            config["@type"] == "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump"
+        })?;
         let configs = ["static_endpoint_configs", "dynamic_endpoint_configs"]
             .iter()
             .filter_map(|key| dump[*key].as_array())
@@ -279,7 +295,11 @@ impl Envoy {
             .map(|endpoint| {
                 let socket = &endpoint["endpoint"]["address"]["socket_address"];
                 (
-                    format!("{}:{}", socket["address"].as_str().unwrap_or(""), socket["port_value"]),
+                    format!(
+                        "{}:{}",
+                        socket["address"].as_str().unwrap_or(""),
+                        socket["port_value"]
+                    ),
                     endpoint["load_balancing_weight"].as_u64().unwrap_or(0),
                 )
             })

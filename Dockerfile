@@ -1,0 +1,15 @@
+# Multi-stage build: compile in the Rust image, run as non-root in a minimal glibc image.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+COPY src ./src
+RUN cargo build --release --locked --bin adaptive-eds
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/adaptive-eds /usr/local/bin/adaptive-eds
+USER nonroot:nonroot
+EXPOSE 18000 18080
+ENTRYPOINT ["/usr/local/bin/adaptive-eds"]
+# Mount your config at /etc/adaptive-eds/config.yaml (listen on 0.0.0.0 inside a container).
+CMD ["serve", "--config", "/etc/adaptive-eds/config.yaml"]

@@ -1,0 +1,66 @@
+//! The `check` command: exit 0 for a valid config, exit 1 listing every problem with its field.
+
+mod support;
+
+use std::process::Command;
+
+use support::repo_path;
+
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_adaptive-eds"))
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .expect("run adaptive-eds check")
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let output = check(&repo_path("deploy/examples/static.yaml"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("valid (2 clusters, 4 endpoints)"));
+}
+
+#[test]
+fn every_problem_is_listed_and_the_exit_code_is_one() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "clusters:\n  - name: a\n    endpoints:\n      - { address: 10.0.0.1, port: 0 }\n      - { address: nope, port: 80, weight: 0 }\n  - name: a\n",
+    )
+    .expect("write");
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}: clusters[0].endpoints[0].port: expected 1..65535, got 0"),
+        format!("{file}: clusters[0].endpoints[1].address: expected an IPv4 or IPv6 address, got \"nope\""),
+        format!("{file}: clusters[0].endpoints[1].weight: expected 1..4294967295, got 0"),
+        format!("{file}: clusters[1].name: duplicate cluster name \"a\" (first defined at clusters[0])"),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 4, "{stderr}");
+}
+
+#[test]
+fn a_missing_file_and_bad_yaml_are_reported() {
+    let output = check(std::path::Path::new("/nonexistent/config.yaml"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("/nonexistent/config.yaml: cannot read the file"));
+
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("broken.yaml");
+    std::fs::write(&path, "clusters: [ { name: a, endpoints: [ }\n").expect("write");
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("broken.yaml"));
+}
