@@ -51,6 +51,11 @@ impl DeltaState {
             .collect()
     }
 
+    /// Number of subscribed names (the wildcard counts as one).
+    pub fn subscribed_count(&self) -> usize {
+        self.subscribed.len() + usize::from(self.wildcard)
+    }
+
     /// Snapshot version of the last response sent, if any.
     pub fn last_sent_version(&self) -> Option<&str> {
         self.last_sent_version.as_deref()

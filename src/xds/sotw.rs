@@ -47,6 +47,11 @@ impl SotwState {
         self.subscribed.iter().cloned().collect()
     }
 
+    /// Number of subscribed names.
+    pub fn subscribed_count(&self) -> usize {
+        self.subscribed.len()
+    }
+
     /// Last version sent on this stream, if any.
     pub fn last_sent_version(&self) -> Option<&str> {
         self.last_sent_version.as_deref()

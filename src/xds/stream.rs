@@ -58,6 +58,8 @@ pub trait Protocol: Send + 'static {
     fn on_snapshot(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<Self::Response>;
     /// Subscribed names.
     fn subscribed(&self) -> Vec<String>;
+    /// How many names are subscribed (without copying them).
+    fn subscribed_count(&self) -> usize;
     /// Last version sent.
     fn last_sent_version(&self) -> Option<&str>;
     /// Last version ACKed.
@@ -127,6 +129,9 @@ macro_rules! forward_protocol {
             }
             fn subscribed(&self) -> Vec<String> {
                 <$state>::subscribed(self)
+            }
+            fn subscribed_count(&self) -> usize {
+                <$state>::subscribed_count(self)
             }
             fn last_sent_version(&self) -> Option<&str> {
                 <$state>::last_sent_version(self)
@@ -278,7 +283,7 @@ where
                 .or_insert_with(|| P::new_state(type_url, false))
         };
         let (event, response) = state.on_request(&request, &snapshot, &mut self.nonces);
-        if self.assignments.subscribed().len() > self.context.max_resource_names {
+        if self.assignments.subscribed_count() > self.context.max_resource_names {
             self.reject();
             return Err(Status::resource_exhausted(format!(
                 "stream subscribes to more than {} resources (xds.max_resource_names)",
