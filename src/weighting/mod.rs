@@ -1,19 +1,137 @@
-//! Weight computation: pure functions from endpoints (and later load samples) to weights.
+//! Weight computation: pure functions from endpoints and load samples to weights.
 //!
 //! No clock, no I/O, no globals: the same code runs in the server, the tests and the simulator.
+//! Time enters only as values (`now`, sample ages) passed in by the caller.
+
+pub mod params;
+
+use std::{collections::BTreeMap, time::Duration};
 
 use crate::discovery::Endpoint;
+
+/// One measured value and how old its sample is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reading {
+    /// The value (cores, requests per second, seconds...).
+    pub value: f64,
+    /// Time since the sample was taken.
+    pub age: Duration,
+}
+
+/// The load measured for one endpoint; any part may be missing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointLoad {
+    /// CPU in use, in cores (the rate of CPU seconds).
+    pub cpu: Option<Reading>,
+    /// Requests per second served.
+    pub rps: Option<Reading>,
+    /// CPU limit in cores.
+    pub cpu_limit: Option<Reading>,
+    /// Mean latency per request in seconds (an optional cost signal).
+    pub latency: Option<Reading>,
+}
+
+/// Where an endpoint's weight came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightSource {
+    /// Fixed in the config (static algorithm).
+    #[default]
+    Configured,
+    /// Computed from fresh samples.
+    Fresh,
+    /// No sample yet: started at the median (or the configured percentile), maybe ramping in.
+    NewPod,
+    /// Samples are stale: the last weight is held.
+    Stale,
+    /// Stale for longer than `fallback_after`: equal weights.
+    Fallback,
+    /// The whole cluster is idle: equal weights.
+    Idle,
+}
+
+impl WeightSource {
+    /// The word used in logs, metrics and `Inspect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Configured => "configured",
+            Self::Fresh => "fresh",
+            Self::NewPod => "new-pod",
+            Self::Stale => "stale",
+            Self::Fallback => "fallback",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// The state of a whole cluster's weighting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// Weights from the config.
+    #[default]
+    Static,
+    /// Weights follow fresh samples.
+    Fresh,
+    /// All samples are stale: holding the last weights.
+    Holding,
+    /// Stale past `fallback_after`, or never measured: equal weights.
+    Fallback,
+    /// All CPU near zero: equal weights.
+    Idle,
+}
+
+impl ClusterMode {
+    /// The word used in logs, metrics and `Inspect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Fresh => "fresh",
+            Self::Holding => "holding",
+            Self::Fallback => "fallback",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// What the weighting remembers of one endpoint between ticks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointMemory {
+    /// The weight served after the last tick.
+    pub weight: u32,
+    /// Smoothed cost estimate (algorithm-specific units), if any.
+    pub cost: Option<f64>,
+    /// `now` of the tick that first saw this endpoint.
+    pub first_seen: Duration,
+}
+
+/// What the weighting remembers of one cluster between ticks, keyed by `address:port`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterMemory {
+    /// Per endpoint.
+    pub endpoints: BTreeMap<String, EndpointMemory>,
+}
 
 /// Weight given to every endpoint of a cluster in which no endpoint has a configured weight.
 pub const DEFAULT_WEIGHT: u32 = 100;
 
-/// A computed `load_balancing_weight` and why it has that value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A computed `load_balancing_weight`, the inputs behind it and why it has that value.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Weight {
     /// The weight to serve, at least 1.
     pub weight: u32,
     /// A short human explanation, shown by the `Inspect` API.
     pub reason: String,
+    /// Where the weight came from.
+    pub source: WeightSource,
+    /// The weight served before this tick, if any.
+    pub previous: Option<u32>,
+    /// CPU used (cores), when a valid sample was used.
+    pub cpu: Option<f64>,
+    /// Requests per second, when a valid sample was used.
+    pub rps: Option<f64>,
+    /// CPU / limit, when both are known.
+    pub utilization: Option<f64>,
+    /// Age of the CPU sample, when there is one.
+    pub sample_age: Option<Duration>,
 }
 
 /// Static weights: the configured weight where set; elsewhere an equal share, which is the mean
@@ -42,10 +160,12 @@ pub fn static_weights(endpoints: &[Endpoint]) -> Vec<Weight> {
             Some(weight) => Weight {
                 weight,
                 reason: "configured".into(),
+                ..Weight::default()
             },
             None => Weight {
                 weight: share,
                 reason: share_reason.clone(),
+                ..Weight::default()
             },
         })
         .collect()

@@ -1,0 +1,122 @@
+//! The knobs of every weighting algorithm, with their defaults.
+
+use std::time::Duration;
+
+/// Which algorithm computes a cluster's weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Weights from the config only (the default when no metrics source is configured).
+    Static,
+    /// The published operator's algorithm: move each weight against its CPU's distance from the mean.
+    Distance,
+    /// Estimate each endpoint's cost per request and plan weights for an objective (the default
+    /// when a metrics source is configured).
+    #[default]
+    Capacity,
+}
+
+/// What `capacity` optimises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Objective {
+    /// Minimise expected latency: fill the cheapest endpoints up to the utilization ceiling first.
+    #[default]
+    Latency,
+    /// Even out utilization across the cluster.
+    Balance,
+}
+
+/// Knobs of the `distance` algorithm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DistanceParams {
+    /// `alpha = (cpu - mean) / mean * multiplier`.
+    pub multiplier: f64,
+    /// Distances below this percent of the mean leave the weight unchanged.
+    pub min_distance_percent: f64,
+    /// A new pod starts at this percentile (0..100) of the current weights.
+    pub new_pod_percentile: f64,
+}
+
+impl Default for DistanceParams {
+    fn default() -> Self {
+        Self {
+            multiplier: 1.0,
+            min_distance_percent: 10.0,
+            new_pod_percentile: 50.0,
+        }
+    }
+}
+
+/// Every knob, resolved for one cluster (global config merged with the cluster's overrides).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    /// Algorithm.
+    pub algorithm: Algorithm,
+    /// Objective of `capacity`.
+    pub objective: Objective,
+    /// Samples older than this are not used.
+    pub stale_after: Duration,
+    /// A cluster with only stale samples for this long returns to equal weights.
+    pub fallback_after: Duration,
+    /// Smallest weight served (`None`: the algorithm's default, 100 for distance, 1 for capacity).
+    pub min_weight: Option<u32>,
+    /// Largest weight served (`None`: 600 for distance, 10000 for capacity).
+    pub max_weight: Option<u32>,
+    /// Publish only when some weight moved by more than this fraction of its previous value.
+    pub push_threshold: f64,
+    /// Most a weight may grow or shrink in one tick, as a factor (2.0: at most x2 or /2).
+    pub max_step: f64,
+    /// Weight of the newest cost estimate in the running average (1.0: no smoothing).
+    pub smoothing: f64,
+    /// `latency`: planned utilization never exceeds this (CPU / limit).
+    pub utilization_ceiling: f64,
+    /// `latency`: share of traffic kept on each endpoint outside the plan, so its cost stays measured.
+    pub probe_share: f64,
+    /// CPU limit (cores) assumed for endpoints whose limit is unknown.
+    pub default_cpu_limit: f64,
+    /// A cluster using less CPU than this in total (cores) is idle and keeps equal weights.
+    pub idle_cpu: f64,
+    /// New endpoints ramp from the minimum to their computed weight over this long (zero: off).
+    pub slow_start: Duration,
+    /// Knobs of `distance`.
+    pub distance: DistanceParams,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::Capacity,
+            objective: Objective::Latency,
+            stale_after: Duration::from_secs(30),
+            fallback_after: Duration::from_secs(300),
+            min_weight: None,
+            max_weight: None,
+            push_threshold: 0.05,
+            max_step: 2.0,
+            smoothing: 0.5,
+            utilization_ceiling: 0.7,
+            probe_share: 0.01,
+            default_cpu_limit: 1.0,
+            idle_cpu: 0.01,
+            slow_start: Duration::ZERO,
+            distance: DistanceParams::default(),
+        }
+    }
+}
+
+impl Params {
+    /// The effective minimum weight.
+    pub fn min_weight(&self) -> u32 {
+        self.min_weight.unwrap_or(match self.algorithm {
+            Algorithm::Distance => 100,
+            Algorithm::Static | Algorithm::Capacity => 1,
+        })
+    }
+
+    /// The effective maximum weight.
+    pub fn max_weight(&self) -> u32 {
+        self.max_weight.unwrap_or(match self.algorithm {
+            Algorithm::Distance => 600,
+            Algorithm::Static | Algorithm::Capacity => 10_000,
+        })
+    }
+}
