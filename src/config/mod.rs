@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::discovery::{Endpoint, HealthStatus, Locality};
 use crate::weighting;
 
+pub mod adaptive;
+pub mod duration;
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +25,14 @@ pub struct Config {
     /// The HTTP listener for `/metrics`, `/healthz` and `/readyz`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// How often weights are recomputed (default 10s).
+    pub tick: Option<duration::ConfigDuration>,
+    /// Where load samples come from.
+    #[serde(default)]
+    pub metrics: adaptive::MetricsConfig,
+    /// Weighting algorithm and knobs for every cluster.
+    #[serde(default)]
+    pub weighting: adaptive::WeightingConfig,
     /// Static clusters: each is one EDS resource.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
@@ -56,6 +67,16 @@ pub struct ClusterConfig {
     /// The EDS resource name Envoy asks for (`eds_cluster_config.service_name`, else the cluster
     /// name; Istio uses `outbound|PORT||HOST`).
     pub name: String,
+    /// Kubernetes namespace, for `${namespace}` in queries and remote-write series selection.
+    pub namespace: Option<String>,
+    /// Container name, for `${container}`.
+    pub container: Option<String>,
+    /// Service name, for `${service}`.
+    pub service: Option<String>,
+    /// This cluster's tick (default: the global `tick`).
+    pub tick: Option<duration::ConfigDuration>,
+    /// Overrides of the global `weighting:` keys for this cluster.
+    pub weighting: Option<adaptive::WeightingConfig>,
     /// The cluster's endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
@@ -124,6 +145,8 @@ pub struct ValidConfig {
     pub admin_listen: SocketAddr,
     /// Endpoints per cluster name, in file order.
     pub clusters: BTreeMap<String, Vec<Endpoint>>,
+    /// Tick, metrics sources and weighting settings.
+    pub adaptive: adaptive::AdaptiveConfig,
 }
 
 /// One thing wrong with a configuration, at a field path such as `clusters[2].endpoints[0].port`.
@@ -190,10 +213,13 @@ fn parse_yaml(text: &str) -> Result<Config, Vec<Problem>> {
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let field = error.path().to_string();
         let field = if field == "." { String::new() } else { field };
-        vec![Problem {
-            field,
-            message: error.into_inner().to_string(),
-        }]
+        let message = error.into_inner().to_string();
+        // The YAML error may already start with the path; say it once.
+        let message = message
+            .strip_prefix(&format!("{field}: "))
+            .map(str::to_string)
+            .unwrap_or(message);
+        vec![Problem { field, message }]
     })
 }
 
@@ -236,18 +262,20 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
         let endpoints = validate_endpoints(&field, cluster, &mut problems);
         clusters.insert(cluster.name.clone(), endpoints);
     }
+    let adaptive = adaptive::validate(raw.tick, &raw.metrics, &raw.weighting, &raw.clusters, &mut problems);
     match (xds_listen, admin_listen, problems.is_empty()) {
         (Some(xds_listen), Some(admin_listen), true) => Ok(ValidConfig {
             raw,
             xds_listen,
             admin_listen,
             clusters,
+            adaptive,
         }),
         _ => Err(problems),
     }
 }
 
-fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
+pub(crate) fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem {
         field: field.into(),
         message: message.into(),

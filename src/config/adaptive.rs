@@ -1,0 +1,726 @@
+//! The `tick`, `metrics` and `weighting` sections: load sources and weighting knobs, validated.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Deserialize;
+
+use super::{duration::ConfigDuration, problem, ClusterConfig, Problem};
+use crate::weighting::params::{Algorithm, DistanceParams, Objective, Params};
+
+/// The query the published operator used: CPU cores per pod of the cluster's container.
+pub const DEFAULT_CPU_QUERY: &str = "sum(rate(container_cpu_usage_seconds_total{namespace=\"${namespace}\",container=\"${container}\"}[1m])) by (pod)";
+
+/// `metrics:`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Pull with PromQL from VictoriaMetrics or Prometheus.
+    pub prometheus: Option<PrometheusConfig>,
+    /// Accept Prometheus remote-write on the admin listener.
+    pub remote_write: Option<RemoteWriteConfig>,
+}
+
+/// How a series is matched to an endpoint.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinBy {
+    /// The label's value is the endpoint's `pod`.
+    #[default]
+    Pod,
+    /// The label's value is the endpoint's `address` or `address:port`.
+    Address,
+}
+
+/// `metrics.prometheus:`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Base URL of the HTTP API, e.g. `http://127.0.0.1:8428`.
+    pub url: String,
+    /// PromQL giving CPU cores per series; `${namespace}`, `${container}`, `${service}` and
+    /// `${cluster}` are replaced with the cluster's values.
+    #[serde(default = "default_cpu_query")]
+    pub cpu_query: String,
+    /// PromQL giving requests per second per series.
+    pub rps_query: Option<String>,
+    /// PromQL giving each series' CPU limit in cores.
+    pub cpu_limit_query: Option<String>,
+    /// PromQL giving each series' mean latency per request in seconds.
+    pub latency_query: Option<String>,
+    /// Label matched to endpoints.
+    #[serde(default = "default_join_label")]
+    pub join_label: String,
+    /// What the label holds.
+    #[serde(default)]
+    pub join_by: JoinBy,
+    /// Timeout of one query.
+    pub timeout: Option<ConfigDuration>,
+    /// Extra HTTP headers, e.g. `Authorization: "Bearer ..."`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// TLS settings for `https://` URLs.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `metrics.prometheus.tls:`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with extra CA certificates to trust.
+    pub ca_file: Option<String>,
+    /// Accept any server certificate (testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// `metrics.remote_write:`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteConfig {
+    /// Serve `POST /api/v1/write` on the admin listener.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Counter of CPU seconds (its rate is cores).
+    #[serde(default = "default_cpu_metric")]
+    pub cpu_metric: String,
+    /// Counter of requests (its rate is requests per second).
+    pub rps_metric: Option<String>,
+    /// Label matched to endpoints.
+    #[serde(default = "default_join_label")]
+    pub join_label: String,
+    /// What the label holds.
+    #[serde(default)]
+    pub join_by: JoinBy,
+    /// Window over which counter rates are computed.
+    pub rate_window: Option<ConfigDuration>,
+    /// Most series kept in memory; further new series are dropped and counted.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// Only series with all these labels are kept.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// `weighting:` (global) and `clusters[].weighting:` (overrides); every key optional.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightingConfig {
+    /// `static`, `distance` or `capacity`.
+    pub algorithm: Option<AlgorithmName>,
+    /// `latency` or `balance`.
+    pub objective: Option<ObjectiveName>,
+    /// Samples older than this are not used.
+    pub stale_after: Option<ConfigDuration>,
+    /// Stale this long: back to equal weights.
+    pub fallback_after: Option<ConfigDuration>,
+    /// Smallest weight.
+    pub min_weight: Option<u32>,
+    /// Largest weight.
+    pub max_weight: Option<u32>,
+    /// Push only when a weight moved more than this fraction.
+    pub push_threshold: Option<f64>,
+    /// Largest change factor per tick.
+    pub max_step: Option<f64>,
+    /// Weight of the newest cost estimate.
+    pub smoothing: Option<f64>,
+    /// `latency`: utilization ceiling.
+    pub utilization_ceiling: Option<f64>,
+    /// `latency`: traffic share kept on endpoints outside the plan.
+    pub probe_share: Option<f64>,
+    /// CPU limit (cores) assumed when unknown.
+    pub default_cpu_limit: Option<f64>,
+    /// Total CPU (cores) under which a cluster is idle.
+    pub idle_cpu: Option<f64>,
+    /// Ramp-in time of new endpoints.
+    pub slow_start: Option<ConfigDuration>,
+    /// `distance` knobs.
+    pub distance: Option<DistanceConfig>,
+}
+
+/// `weighting.distance:`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistanceConfig {
+    /// Multiplier of the relative distance.
+    pub multiplier: Option<f64>,
+    /// Distances under this percent leave weights unchanged.
+    pub min_distance_percent: Option<f64>,
+    /// Percentile of current weights a new pod starts at.
+    pub new_pod_percentile: Option<f64>,
+}
+
+/// Config spelling of [`Algorithm`].
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AlgorithmName {
+    /// [`Algorithm::Static`].
+    Static,
+    /// [`Algorithm::Distance`].
+    Distance,
+    /// [`Algorithm::Capacity`].
+    Capacity,
+}
+
+/// Config spelling of [`Objective`].
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectiveName {
+    /// [`Objective::Latency`].
+    Latency,
+    /// [`Objective::Balance`].
+    Balance,
+}
+
+fn default_cpu_query() -> String {
+    DEFAULT_CPU_QUERY.into()
+}
+fn default_join_label() -> String {
+    "pod".into()
+}
+fn default_cpu_metric() -> String {
+    "container_cpu_usage_seconds_total".into()
+}
+fn default_max_series() -> usize {
+    100_000
+}
+
+/// Default tick.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(10);
+
+/// A validated pull source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PullSettings {
+    /// Base URL without a trailing slash.
+    pub url: String,
+    /// Query timeout.
+    pub timeout: Duration,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// Label matched to endpoints.
+    pub join_label: String,
+    /// What the label holds.
+    pub join_by: JoinBy,
+}
+
+/// A validated remote-write receiver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteWriteSettings {
+    /// CPU counter name.
+    pub cpu_metric: String,
+    /// Request counter name.
+    pub rps_metric: Option<String>,
+    /// Label matched to endpoints.
+    pub join_label: String,
+    /// What the label holds.
+    pub join_by: JoinBy,
+    /// Rate window.
+    pub rate_window: Duration,
+    /// Series cap.
+    pub max_series: usize,
+    /// Ingest filter.
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// The PromQL of one cluster, placeholders filled in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterQueries {
+    /// CPU cores per series.
+    pub cpu: String,
+    /// Requests per second per series.
+    pub rps: Option<String>,
+    /// CPU limit per series.
+    pub cpu_limit: Option<String>,
+    /// Latency per series.
+    pub latency: Option<String>,
+}
+
+/// Everything the engine and the metrics sources need to know about one cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSettings {
+    /// Resolved weighting knobs.
+    pub params: Params,
+    /// How often weights are recomputed.
+    pub tick: Duration,
+    /// Rendered PromQL (when a pull source is configured and the cluster is not static).
+    pub queries: Option<ClusterQueries>,
+    /// `namespace`, `container`, `service` labels, for remote-write series selection.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The validated `tick`, `metrics` and `weighting` configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptiveConfig {
+    /// Default tick.
+    pub tick: Duration,
+    /// Pull source, if configured.
+    pub prometheus: Option<PullSettings>,
+    /// Remote-write receiver, if enabled.
+    pub remote_write: Option<RemoteWriteSettings>,
+    /// Settings for clusters the file does not name (e.g. discovered ones).
+    pub defaults: ClusterSettings,
+    /// Settings per cluster named in the file.
+    pub clusters: BTreeMap<String, ClusterSettings>,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        let defaults = ClusterSettings {
+            params: Params {
+                algorithm: Algorithm::Static,
+                ..Params::default()
+            },
+            tick: DEFAULT_TICK,
+            queries: None,
+            labels: BTreeMap::new(),
+        };
+        Self {
+            tick: DEFAULT_TICK,
+            prometheus: None,
+            remote_write: None,
+            defaults,
+            clusters: BTreeMap::new(),
+        }
+    }
+}
+
+impl AdaptiveConfig {
+    /// Settings of `cluster` (its own, else the defaults).
+    pub fn settings(&self, cluster: &str) -> &ClusterSettings {
+        self.clusters.get(cluster).unwrap_or(&self.defaults)
+    }
+
+    /// The shortest tick of any cluster (the engine's wake-up period).
+    pub fn shortest_tick(&self) -> Duration {
+        self.clusters
+            .values()
+            .map(|settings| settings.tick)
+            .chain(std::iter::once(self.tick))
+            .min()
+            .unwrap_or(DEFAULT_TICK)
+    }
+}
+
+/// Validates the adaptive sections against the clusters, appending every problem found.
+pub fn validate(
+    tick: Option<ConfigDuration>,
+    metrics: &MetricsConfig,
+    weighting: &WeightingConfig,
+    clusters: &[ClusterConfig],
+    problems: &mut Vec<Problem>,
+) -> AdaptiveConfig {
+    let tick = tick.map(|value| value.0).unwrap_or(DEFAULT_TICK);
+    check_positive_duration("tick", tick, problems);
+    let prometheus = metrics
+        .prometheus
+        .as_ref()
+        .map(|config| validate_prometheus(config, problems));
+    let remote_write = metrics
+        .remote_write
+        .as_ref()
+        .filter(|config| config.enabled)
+        .map(|config| validate_remote_write(config, problems));
+    let has_source = prometheus.is_some() || remote_write.is_some();
+    let base = params_from(Params {
+        algorithm: if has_source { Algorithm::Capacity } else { Algorithm::Static },
+        ..Params::default()
+    }, weighting, "weighting", problems);
+    if !has_source && base.algorithm != Algorithm::Static {
+        problems.push(problem(
+            "weighting.algorithm",
+            "an adaptive algorithm needs a metrics source: set metrics.prometheus or enable metrics.remote_write",
+        ));
+    }
+    let defaults = ClusterSettings {
+        params: base.clone(),
+        tick,
+        queries: None,
+        labels: BTreeMap::new(),
+    };
+    let mut settings = BTreeMap::new();
+    for (index, cluster) in clusters.iter().enumerate() {
+        let field = format!("clusters[{index}]");
+        let params = match &cluster.weighting {
+            Some(overrides) => params_from(base.clone(), overrides, &format!("{field}.weighting"), problems),
+            None => base.clone(),
+        };
+        let cluster_tick = match cluster.tick {
+            Some(value) => {
+                check_positive_duration(&format!("{field}.tick"), value.0, problems);
+                value.0
+            }
+            None => tick,
+        };
+        let labels = cluster_labels(cluster);
+        let queries = match (&metrics.prometheus, params.algorithm) {
+            (Some(config), algorithm) if algorithm != Algorithm::Static => {
+                Some(render_queries(config, &labels, &field, problems))
+            }
+            _ => None,
+        };
+        settings.insert(
+            cluster.name.clone(),
+            ClusterSettings {
+                params,
+                tick: cluster_tick,
+                queries,
+                labels,
+            },
+        );
+    }
+    AdaptiveConfig {
+        tick,
+        prometheus,
+        remote_write,
+        defaults,
+        clusters: settings,
+    }
+}
+
+fn check_positive_duration(field: &str, value: Duration, problems: &mut Vec<Problem>) {
+    if value.is_zero() {
+        problems.push(problem(field, "expected a duration above zero"));
+    }
+}
+
+fn cluster_labels(cluster: &ClusterConfig) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    labels.insert("cluster".to_string(), cluster.name.clone());
+    for (key, value) in [
+        ("namespace", &cluster.namespace),
+        ("container", &cluster.container),
+        ("service", &cluster.service),
+    ] {
+        if let Some(value) = value {
+            labels.insert(key.to_string(), value.clone());
+        }
+    }
+    labels
+}
+
+fn validate_prometheus(config: &PrometheusConfig, problems: &mut Vec<Problem>) -> PullSettings {
+    let url = config.url.trim().trim_end_matches('/').to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+        problems.push(problem(
+            "metrics.prometheus.url",
+            format!("expected an http:// or https:// URL, got {:?}", config.url),
+        ));
+    }
+    if let Some(path) = &config.tls.ca_file {
+        if !std::path::Path::new(path).is_file() {
+            problems.push(problem("metrics.prometheus.tls.ca_file", format!("no such file: {path}")));
+        }
+    }
+    if config.join_label.trim().is_empty() {
+        problems.push(problem("metrics.prometheus.join_label", "must not be empty"));
+    }
+    let timeout = config.timeout.map(|value| value.0).unwrap_or(Duration::from_secs(5));
+    check_positive_duration("metrics.prometheus.timeout", timeout, problems);
+    PullSettings {
+        url,
+        timeout,
+        headers: config.headers.clone(),
+        tls: config.tls.clone(),
+        join_label: config.join_label.clone(),
+        join_by: config.join_by,
+    }
+}
+
+fn validate_remote_write(config: &RemoteWriteConfig, problems: &mut Vec<Problem>) -> RemoteWriteSettings {
+    if config.max_series == 0 {
+        problems.push(problem("metrics.remote_write.max_series", "expected at least 1, got 0"));
+    }
+    if config.cpu_metric.trim().is_empty() {
+        problems.push(problem("metrics.remote_write.cpu_metric", "must not be empty"));
+    }
+    let rate_window = config.rate_window.map(|value| value.0).unwrap_or(Duration::from_secs(60));
+    check_positive_duration("metrics.remote_write.rate_window", rate_window, problems);
+    RemoteWriteSettings {
+        cpu_metric: config.cpu_metric.clone(),
+        rps_metric: config.rps_metric.clone(),
+        join_label: config.join_label.clone(),
+        join_by: config.join_by,
+        rate_window,
+        max_series: config.max_series,
+        match_labels: config.match_labels.clone(),
+    }
+}
+
+fn render_queries(
+    config: &PrometheusConfig,
+    labels: &BTreeMap<String, String>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> ClusterQueries {
+    let mut render = |key: &str, template: &str| render_template(template, labels, key, field, problems);
+    ClusterQueries {
+        cpu: render("cpu_query", &config.cpu_query),
+        rps: config.rps_query.as_deref().map(|query| render("rps_query", query)),
+        cpu_limit: config
+            .cpu_limit_query
+            .as_deref()
+            .map(|query| render("cpu_limit_query", query)),
+        latency: config
+            .latency_query
+            .as_deref()
+            .map(|query| render("latency_query", query)),
+    }
+}
+
+/// Replaces `${name}` placeholders with the cluster's labels.
+fn render_template(
+    template: &str,
+    labels: &BTreeMap<String, String>,
+    key: &str,
+    cluster_field: &str,
+    problems: &mut Vec<Problem>,
+) -> String {
+    let mut output = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        output.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            problems.push(problem(format!("metrics.prometheus.{key}"), "unclosed ${ placeholder"));
+            return output;
+        };
+        let name = &after[..end];
+        match labels.get(name) {
+            Some(value) => output.push_str(value),
+            None if ["namespace", "container", "service"].contains(&name) => problems.push(problem(
+                format!("{cluster_field}.{name}"),
+                format!("required by metrics.prometheus.{key} (it uses ${{{name}}})"),
+            )),
+            None => problems.push(problem(
+                format!("metrics.prometheus.{key}"),
+                format!("unknown placeholder ${{{name}}}; use ${{namespace}}, ${{container}}, ${{service}} or ${{cluster}}"),
+            )),
+        }
+        rest = &after[end + 1..];
+    }
+    output.push_str(rest);
+    output
+}
+
+fn params_from(mut params: Params, config: &WeightingConfig, field: &str, problems: &mut Vec<Problem>) -> Params {
+    if let Some(algorithm) = config.algorithm {
+        params.algorithm = match algorithm {
+            AlgorithmName::Static => Algorithm::Static,
+            AlgorithmName::Distance => Algorithm::Distance,
+            AlgorithmName::Capacity => Algorithm::Capacity,
+        };
+    }
+    if let Some(objective) = config.objective {
+        params.objective = match objective {
+            ObjectiveName::Latency => Objective::Latency,
+            ObjectiveName::Balance => Objective::Balance,
+        };
+    }
+    let mut set_duration = |target: &mut Duration, value: Option<ConfigDuration>, key: &str, allow_zero: bool| {
+        if let Some(value) = value {
+            if value.0.is_zero() && !allow_zero {
+                problems.push(problem(format!("{field}.{key}"), "expected a duration above zero"));
+            }
+            *target = value.0;
+        }
+    };
+    set_duration(&mut params.stale_after, config.stale_after, "stale_after", false);
+    set_duration(&mut params.fallback_after, config.fallback_after, "fallback_after", false);
+    set_duration(&mut params.slow_start, config.slow_start, "slow_start", true);
+    if params.fallback_after < params.stale_after {
+        problems.push(problem(
+            format!("{field}.fallback_after"),
+            format!(
+                "must be at least stale_after ({:?}), got {:?}",
+                params.stale_after, params.fallback_after
+            ),
+        ));
+    }
+    let mut ranged = |target: &mut f64, value: Option<f64>, key: &str, low: f64, high: f64, text: &str| {
+        if let Some(value) = value {
+            if !(value.is_finite() && value >= low && value <= high) {
+                problems.push(problem(format!("{field}.{key}"), format!("expected {text}, got {value}")));
+            }
+            *target = value;
+        }
+    };
+    ranged(&mut params.push_threshold, config.push_threshold, "push_threshold", 0.0, 0.99, "0..0.99");
+    ranged(&mut params.max_step, config.max_step, "max_step", 1.0, 1e6, "at least 1.0");
+    ranged(&mut params.smoothing, config.smoothing, "smoothing", 0.01, 1.0, "0.01..1");
+    ranged(&mut params.utilization_ceiling, config.utilization_ceiling, "utilization_ceiling", 0.01, 1.0, "0.01..1");
+    ranged(&mut params.probe_share, config.probe_share, "probe_share", 0.0, 0.5, "0..0.5");
+    ranged(&mut params.default_cpu_limit, config.default_cpu_limit, "default_cpu_limit", 0.001, 1e6, "a positive number of cores");
+    ranged(&mut params.idle_cpu, config.idle_cpu, "idle_cpu", 0.0, 1e6, "zero or more cores");
+    if let Some(distance) = &config.distance {
+        params.distance = distance_from(params.distance.clone(), distance, field, &mut ranged);
+    }
+    if let Some(min) = config.min_weight {
+        params.min_weight = Some(min);
+    }
+    if let Some(max) = config.max_weight {
+        params.max_weight = Some(max);
+    }
+    if params.min_weight() == 0 {
+        problems.push(problem(format!("{field}.min_weight"), "expected at least 1, got 0"));
+    }
+    if params.max_weight() < params.min_weight() {
+        problems.push(problem(
+            format!("{field}.max_weight"),
+            format!("must be at least min_weight ({}), got {}", params.min_weight(), params.max_weight()),
+        ));
+    }
+    params
+}
+
+fn distance_from(
+    mut distance: DistanceParams,
+    config: &DistanceConfig,
+    _field: &str,
+    ranged: &mut impl FnMut(&mut f64, Option<f64>, &str, f64, f64, &str),
+) -> DistanceParams {
+    ranged(&mut distance.multiplier, config.multiplier, "distance.multiplier", 0.0001, 1e6, "a positive number");
+    ranged(
+        &mut distance.min_distance_percent,
+        config.min_distance_percent,
+        "distance.min_distance_percent",
+        0.0,
+        1e6,
+        "zero or more percent",
+    );
+    ranged(
+        &mut distance.new_pod_percentile,
+        config.new_pod_percentile,
+        "distance.new_pod_percentile",
+        0.0,
+        100.0,
+        "0..100",
+    );
+    distance
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+    use crate::weighting::params::{Algorithm, Objective};
+    use std::time::Duration;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .into_iter()
+                .map(|problem| format!("{}: {}", problem.field, problem.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_documented_shape_with_overrides() {
+        let config = parse(
+            r#"
+tick: 10s
+metrics:
+  prometheus:
+    url: http://127.0.0.1:8428
+    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{namespace="shop"}[1m])) by (pod)'
+    rps_query: 'sum(rate(http_requests_total{namespace="shop"}[1m])) by (pod)'
+    join_label: pod
+  remote_write: { enabled: true }
+weighting:
+  algorithm: capacity
+  objective: latency
+  stale_after: 30s
+  fallback_after: 5m
+clusters:
+  - name: checkout
+    tick: 2s
+    weighting: { objective: balance, max_weight: 500 }
+    endpoints: [{ address: 10.0.0.1, port: 80, pod: a }]
+  - name: legacy
+    weighting: { algorithm: static }
+"#,
+        )
+        .expect("valid");
+        let adaptive = &config.adaptive;
+        assert_eq!(adaptive.tick, Duration::from_secs(10));
+        assert!(adaptive.prometheus.is_some() && adaptive.remote_write.is_some());
+        let checkout = adaptive.settings("checkout");
+        assert_eq!(checkout.tick, Duration::from_secs(2));
+        assert_eq!(checkout.params.objective, Objective::Balance);
+        assert_eq!(checkout.params.max_weight(), 500);
+        assert_eq!(checkout.params.stale_after, Duration::from_secs(30));
+        let queries = checkout.queries.as_ref().expect("queries");
+        assert!(queries.rps.as_deref().is_some_and(|query| query.contains("http_requests_total")));
+        assert_eq!(adaptive.settings("legacy").params.algorithm, Algorithm::Static);
+        assert!(adaptive.settings("legacy").queries.is_none());
+        assert_eq!(adaptive.shortest_tick(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn no_metrics_means_static_weights() {
+        let config = parse("clusters: [{ name: a }]\n").expect("valid");
+        assert_eq!(config.adaptive.settings("a").params.algorithm, Algorithm::Static);
+        let found = problems("weighting: { algorithm: capacity }\n");
+        assert_eq!(found, vec!["weighting.algorithm: an adaptive algorithm needs a metrics source: set metrics.prometheus or enable metrics.remote_write"]);
+    }
+
+    #[test]
+    fn default_query_is_filled_from_the_cluster() {
+        let config = parse(
+            "metrics: { prometheus: { url: \"http://127.0.0.1:8428\" } }\nclusters: [{ name: a, namespace: shop, container: web }]\n",
+        )
+        .expect("valid");
+        let queries = config.adaptive.settings("a").queries.clone().expect("queries");
+        assert_eq!(
+            queries.cpu,
+            "sum(rate(container_cpu_usage_seconds_total{namespace=\"shop\",container=\"web\"}[1m])) by (pod)"
+        );
+        let found = problems("metrics: { prometheus: { url: \"http://127.0.0.1:8428\" } }\nclusters: [{ name: a, namespace: shop }]\n");
+        assert_eq!(found, vec!["clusters[0].container: required by metrics.prometheus.cpu_query (it uses ${container})"]);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let found = problems(
+            r#"
+tick: 0s
+metrics:
+  prometheus: { url: "ftp://x", cpu_query: "up{job=\"${job}\"}", timeout: soon }
+weighting: { objective: fastest }
+"#,
+        );
+        assert_eq!(found.len(), 1, "serde stops at the first type error: {found:?}");
+        assert!(found[0].starts_with("metrics.prometheus.timeout"), "{found:?}");
+        let found = problems(
+            r#"
+tick: 0s
+metrics:
+  prometheus: { url: "ftp://x", cpu_query: "up{job=\"${job}\"}" }
+weighting: { stale_after: 10m, fallback_after: 1m, utilization_ceiling: 1.5, min_weight: 50, max_weight: 10, smoothing: 0 }
+clusters: [{ name: a }]
+"#,
+        );
+        let expected = [
+            "tick: expected a duration above zero",
+            "metrics.prometheus.url: expected an http:// or https:// URL",
+            "weighting.fallback_after: must be at least stale_after",
+            "weighting.smoothing: expected 0.01..1, got 0",
+            "weighting.utilization_ceiling: expected 0.01..1, got 1.5",
+            "weighting.max_weight: must be at least min_weight (50), got 10",
+            "metrics.prometheus.cpu_query: unknown placeholder ${job}",
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for (found, expected) in found.iter().zip(expected) {
+            assert!(found.starts_with(expected), "{found} should start with {expected}");
+        }
+    }
+
+    #[test]
+    fn unknown_enum_values_list_the_allowed_ones() {
+        let found = problems("weighting: { objective: fastest }\n");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("weighting.objective: unknown variant `fastest`, expected `latency` or `balance`"), "{found:?}");
+    }
+}
