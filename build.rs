@@ -27,6 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_fds(inspect)?;
 
+    let remote_write = protox::compile(["prometheus/remote.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(remote_write)?;
+
     let envoy = protox::compile(ENVOY_REFLECTION_PROTOS, ["proto/vendor"])?;
     fs::write(out_dir.join("envoy_descriptor.bin"), envoy.encode_to_vec())?;
 

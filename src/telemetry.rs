@@ -31,6 +31,17 @@ pub struct EndpointLabels {
     pub pod: String,
 }
 
+/// Label set for metrics-source queries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    /// EDS resource name.
+    pub cluster: String,
+    /// `cpu`, `rps`, `cpu_limit` or `latency`.
+    pub signal: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
 /// Handles to every metric. Cloning is cheap and shares the underlying values.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -50,6 +61,10 @@ pub struct Metrics {
     pub endpoint_weight: Family<EndpointLabels, Gauge>,
     /// Snapshots published (one per content change).
     pub snapshots: Counter,
+    /// Remote-write samples by result (accepted, filtered, over_limit, invalid).
+    pub remote_write_samples: Family<ResultLabels, Counter>,
+    /// PromQL queries by cluster, signal and result.
+    pub metric_queries: Family<QueryLabels, Counter>,
     /// Clusters in the current snapshot.
     pub clusters: Gauge,
 }

@@ -323,10 +323,19 @@ pub fn validate(
         .filter(|config| config.enabled)
         .map(|config| validate_remote_write(config, problems));
     let has_source = prometheus.is_some() || remote_write.is_some();
-    let base = params_from(Params {
-        algorithm: if has_source { Algorithm::Capacity } else { Algorithm::Static },
-        ..Params::default()
-    }, weighting, "weighting", problems);
+    let base = params_from(
+        Params {
+            algorithm: if has_source {
+                Algorithm::Capacity
+            } else {
+                Algorithm::Static
+            },
+            ..Params::default()
+        },
+        weighting,
+        "weighting",
+        problems,
+    );
     if !has_source && base.algorithm != Algorithm::Static {
         problems.push(problem(
             "weighting.algorithm",
@@ -343,7 +352,12 @@ pub fn validate(
     for (index, cluster) in clusters.iter().enumerate() {
         let field = format!("clusters[{index}]");
         let params = match &cluster.weighting {
-            Some(overrides) => params_from(base.clone(), overrides, &format!("{field}.weighting"), problems),
+            Some(overrides) => params_from(
+                base.clone(),
+                overrides,
+                &format!("{field}.weighting"),
+                problems,
+            ),
             None => base.clone(),
         };
         let cluster_tick = match cluster.tick {
@@ -402,7 +416,8 @@ fn cluster_labels(cluster: &ClusterConfig) -> BTreeMap<String, String> {
 
 fn validate_prometheus(config: &PrometheusConfig, problems: &mut Vec<Problem>) -> PullSettings {
     let url = config.url.trim().trim_end_matches('/').to_string();
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len()
+    {
         problems.push(problem(
             "metrics.prometheus.url",
             format!("expected an http:// or https:// URL, got {:?}", config.url),
@@ -410,13 +425,22 @@ fn validate_prometheus(config: &PrometheusConfig, problems: &mut Vec<Problem>) -
     }
     if let Some(path) = &config.tls.ca_file {
         if !std::path::Path::new(path).is_file() {
-            problems.push(problem("metrics.prometheus.tls.ca_file", format!("no such file: {path}")));
+            problems.push(problem(
+                "metrics.prometheus.tls.ca_file",
+                format!("no such file: {path}"),
+            ));
         }
     }
     if config.join_label.trim().is_empty() {
-        problems.push(problem("metrics.prometheus.join_label", "must not be empty"));
+        problems.push(problem(
+            "metrics.prometheus.join_label",
+            "must not be empty",
+        ));
     }
-    let timeout = config.timeout.map(|value| value.0).unwrap_or(Duration::from_secs(5));
+    let timeout = config
+        .timeout
+        .map(|value| value.0)
+        .unwrap_or(Duration::from_secs(5));
     check_positive_duration("metrics.prometheus.timeout", timeout, problems);
     PullSettings {
         url,
@@ -428,14 +452,26 @@ fn validate_prometheus(config: &PrometheusConfig, problems: &mut Vec<Problem>) -
     }
 }
 
-fn validate_remote_write(config: &RemoteWriteConfig, problems: &mut Vec<Problem>) -> RemoteWriteSettings {
+fn validate_remote_write(
+    config: &RemoteWriteConfig,
+    problems: &mut Vec<Problem>,
+) -> RemoteWriteSettings {
     if config.max_series == 0 {
-        problems.push(problem("metrics.remote_write.max_series", "expected at least 1, got 0"));
+        problems.push(problem(
+            "metrics.remote_write.max_series",
+            "expected at least 1, got 0",
+        ));
     }
     if config.cpu_metric.trim().is_empty() {
-        problems.push(problem("metrics.remote_write.cpu_metric", "must not be empty"));
+        problems.push(problem(
+            "metrics.remote_write.cpu_metric",
+            "must not be empty",
+        ));
     }
-    let rate_window = config.rate_window.map(|value| value.0).unwrap_or(Duration::from_secs(60));
+    let rate_window = config
+        .rate_window
+        .map(|value| value.0)
+        .unwrap_or(Duration::from_secs(60));
     check_positive_duration("metrics.remote_write.rate_window", rate_window, problems);
     RemoteWriteSettings {
         cpu_metric: config.cpu_metric.clone(),
@@ -454,10 +490,14 @@ fn render_queries(
     field: &str,
     problems: &mut Vec<Problem>,
 ) -> ClusterQueries {
-    let mut render = |key: &str, template: &str| render_template(template, labels, key, field, problems);
+    let mut render =
+        |key: &str, template: &str| render_template(template, labels, key, field, problems);
     ClusterQueries {
         cpu: render("cpu_query", &config.cpu_query),
-        rps: config.rps_query.as_deref().map(|query| render("rps_query", query)),
+        rps: config
+            .rps_query
+            .as_deref()
+            .map(|query| render("rps_query", query)),
         cpu_limit: config
             .cpu_limit_query
             .as_deref()
@@ -483,7 +523,10 @@ fn render_template(
         output.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            problems.push(problem(format!("metrics.prometheus.{key}"), "unclosed ${ placeholder"));
+            problems.push(problem(
+                format!("metrics.prometheus.{key}"),
+                "unclosed ${ placeholder",
+            ));
             return output;
         };
         let name = &after[..end];
@@ -504,7 +547,12 @@ fn render_template(
     output
 }
 
-fn params_from(mut params: Params, config: &WeightingConfig, field: &str, problems: &mut Vec<Problem>) -> Params {
+fn params_from(
+    mut params: Params,
+    config: &WeightingConfig,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> Params {
     if let Some(algorithm) = config.algorithm {
         params.algorithm = match algorithm {
             AlgorithmName::Static => Algorithm::Static,
@@ -518,17 +566,36 @@ fn params_from(mut params: Params, config: &WeightingConfig, field: &str, proble
             ObjectiveName::Balance => Objective::Balance,
         };
     }
-    let mut set_duration = |target: &mut Duration, value: Option<ConfigDuration>, key: &str, allow_zero: bool| {
-        if let Some(value) = value {
-            if value.0.is_zero() && !allow_zero {
-                problems.push(problem(format!("{field}.{key}"), "expected a duration above zero"));
+    let mut set_duration =
+        |target: &mut Duration, value: Option<ConfigDuration>, key: &str, allow_zero: bool| {
+            if let Some(value) = value {
+                if value.0.is_zero() && !allow_zero {
+                    problems.push(problem(
+                        format!("{field}.{key}"),
+                        "expected a duration above zero",
+                    ));
+                }
+                *target = value.0;
             }
-            *target = value.0;
-        }
-    };
-    set_duration(&mut params.stale_after, config.stale_after, "stale_after", false);
-    set_duration(&mut params.fallback_after, config.fallback_after, "fallback_after", false);
-    set_duration(&mut params.slow_start, config.slow_start, "slow_start", true);
+        };
+    set_duration(
+        &mut params.stale_after,
+        config.stale_after,
+        "stale_after",
+        false,
+    );
+    set_duration(
+        &mut params.fallback_after,
+        config.fallback_after,
+        "fallback_after",
+        false,
+    );
+    set_duration(
+        &mut params.slow_start,
+        config.slow_start,
+        "slow_start",
+        true,
+    );
     if params.fallback_after < params.stale_after {
         problems.push(problem(
             format!("{field}.fallback_after"),
@@ -538,21 +605,74 @@ fn params_from(mut params: Params, config: &WeightingConfig, field: &str, proble
             ),
         ));
     }
-    let mut ranged = |target: &mut f64, value: Option<f64>, key: &str, low: f64, high: f64, text: &str| {
-        if let Some(value) = value {
-            if !(value.is_finite() && value >= low && value <= high) {
-                problems.push(problem(format!("{field}.{key}"), format!("expected {text}, got {value}")));
+    let mut ranged =
+        |target: &mut f64, value: Option<f64>, key: &str, low: f64, high: f64, text: &str| {
+            if let Some(value) = value {
+                if !(value.is_finite() && value >= low && value <= high) {
+                    problems.push(problem(
+                        format!("{field}.{key}"),
+                        format!("expected {text}, got {value}"),
+                    ));
+                }
+                *target = value;
             }
-            *target = value;
-        }
-    };
-    ranged(&mut params.push_threshold, config.push_threshold, "push_threshold", 0.0, 0.99, "0..0.99");
-    ranged(&mut params.max_step, config.max_step, "max_step", 1.0, 1e6, "at least 1.0");
-    ranged(&mut params.smoothing, config.smoothing, "smoothing", 0.01, 1.0, "0.01..1");
-    ranged(&mut params.utilization_ceiling, config.utilization_ceiling, "utilization_ceiling", 0.01, 1.0, "0.01..1");
-    ranged(&mut params.probe_share, config.probe_share, "probe_share", 0.0, 0.5, "0..0.5");
-    ranged(&mut params.default_cpu_limit, config.default_cpu_limit, "default_cpu_limit", 0.001, 1e6, "a positive number of cores");
-    ranged(&mut params.idle_cpu, config.idle_cpu, "idle_cpu", 0.0, 1e6, "zero or more cores");
+        };
+    ranged(
+        &mut params.push_threshold,
+        config.push_threshold,
+        "push_threshold",
+        0.0,
+        0.99,
+        "0..0.99",
+    );
+    ranged(
+        &mut params.max_step,
+        config.max_step,
+        "max_step",
+        1.0,
+        1e6,
+        "at least 1.0",
+    );
+    ranged(
+        &mut params.smoothing,
+        config.smoothing,
+        "smoothing",
+        0.01,
+        1.0,
+        "0.01..1",
+    );
+    ranged(
+        &mut params.utilization_ceiling,
+        config.utilization_ceiling,
+        "utilization_ceiling",
+        0.01,
+        1.0,
+        "0.01..1",
+    );
+    ranged(
+        &mut params.probe_share,
+        config.probe_share,
+        "probe_share",
+        0.0,
+        0.5,
+        "0..0.5",
+    );
+    ranged(
+        &mut params.default_cpu_limit,
+        config.default_cpu_limit,
+        "default_cpu_limit",
+        0.001,
+        1e6,
+        "a positive number of cores",
+    );
+    ranged(
+        &mut params.idle_cpu,
+        config.idle_cpu,
+        "idle_cpu",
+        0.0,
+        1e6,
+        "zero or more cores",
+    );
     if let Some(distance) = &config.distance {
         params.distance = distance_from(params.distance.clone(), distance, field, &mut ranged);
     }
@@ -563,12 +683,19 @@ fn params_from(mut params: Params, config: &WeightingConfig, field: &str, proble
         params.max_weight = Some(max);
     }
     if params.min_weight() == 0 {
-        problems.push(problem(format!("{field}.min_weight"), "expected at least 1, got 0"));
+        problems.push(problem(
+            format!("{field}.min_weight"),
+            "expected at least 1, got 0",
+        ));
     }
     if params.max_weight() < params.min_weight() {
         problems.push(problem(
             format!("{field}.max_weight"),
-            format!("must be at least min_weight ({}), got {}", params.min_weight(), params.max_weight()),
+            format!(
+                "must be at least min_weight ({}), got {}",
+                params.min_weight(),
+                params.max_weight()
+            ),
         ));
     }
     params
@@ -580,7 +707,14 @@ fn distance_from(
     _field: &str,
     ranged: &mut impl FnMut(&mut f64, Option<f64>, &str, f64, f64, &str),
 ) -> DistanceParams {
-    ranged(&mut distance.multiplier, config.multiplier, "distance.multiplier", 0.0001, 1e6, "a positive number");
+    ranged(
+        &mut distance.multiplier,
+        config.multiplier,
+        "distance.multiplier",
+        0.0001,
+        1e6,
+        "a positive number",
+    );
     ranged(
         &mut distance.min_distance_percent,
         config.min_distance_percent,
@@ -652,8 +786,14 @@ clusters:
         assert_eq!(checkout.params.max_weight(), 500);
         assert_eq!(checkout.params.stale_after, Duration::from_secs(30));
         let queries = checkout.queries.as_ref().expect("queries");
-        assert!(queries.rps.as_deref().is_some_and(|query| query.contains("http_requests_total")));
-        assert_eq!(adaptive.settings("legacy").params.algorithm, Algorithm::Static);
+        assert!(queries
+            .rps
+            .as_deref()
+            .is_some_and(|query| query.contains("http_requests_total")));
+        assert_eq!(
+            adaptive.settings("legacy").params.algorithm,
+            Algorithm::Static
+        );
         assert!(adaptive.settings("legacy").queries.is_none());
         assert_eq!(adaptive.shortest_tick(), Duration::from_secs(2));
     }
@@ -661,7 +801,10 @@ clusters:
     #[test]
     fn no_metrics_means_static_weights() {
         let config = parse("clusters: [{ name: a }]\n").expect("valid");
-        assert_eq!(config.adaptive.settings("a").params.algorithm, Algorithm::Static);
+        assert_eq!(
+            config.adaptive.settings("a").params.algorithm,
+            Algorithm::Static
+        );
         let found = problems("weighting: { algorithm: capacity }\n");
         assert_eq!(found, vec!["weighting.algorithm: an adaptive algorithm needs a metrics source: set metrics.prometheus or enable metrics.remote_write"]);
     }
@@ -672,7 +815,12 @@ clusters:
             "metrics: { prometheus: { url: \"http://127.0.0.1:8428\" } }\nclusters: [{ name: a, namespace: shop, container: web }]\n",
         )
         .expect("valid");
-        let queries = config.adaptive.settings("a").queries.clone().expect("queries");
+        let queries = config
+            .adaptive
+            .settings("a")
+            .queries
+            .clone()
+            .expect("queries");
         assert_eq!(
             queries.cpu,
             "sum(rate(container_cpu_usage_seconds_total{namespace=\"shop\",container=\"web\"}[1m])) by (pod)"
@@ -691,8 +839,15 @@ metrics:
 weighting: { objective: fastest }
 "#,
         );
-        assert_eq!(found.len(), 1, "serde stops at the first type error: {found:?}");
-        assert!(found[0].starts_with("metrics.prometheus.timeout"), "{found:?}");
+        assert_eq!(
+            found.len(),
+            1,
+            "serde stops at the first type error: {found:?}"
+        );
+        assert!(
+            found[0].starts_with("metrics.prometheus.timeout"),
+            "{found:?}"
+        );
         let found = problems(
             r#"
 tick: 0s
@@ -713,7 +868,10 @@ clusters: [{ name: a }]
         ];
         assert_eq!(found.len(), expected.len(), "{found:#?}");
         for (found, expected) in found.iter().zip(expected) {
-            assert!(found.starts_with(expected), "{found} should start with {expected}");
+            assert!(
+                found.starts_with(expected),
+                "{found} should start with {expected}"
+            );
         }
     }
 
@@ -721,6 +879,11 @@ clusters: [{ name: a }]
     fn unknown_enum_values_list_the_allowed_ones() {
         let found = problems("weighting: { objective: fastest }\n");
         assert_eq!(found.len(), 1);
-        assert!(found[0].starts_with("weighting.objective: unknown variant `fastest`, expected `latency` or `balance`"), "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "weighting.objective: unknown variant `fastest`, expected `latency` or `balance`"
+            ),
+            "{found:?}"
+        );
     }
 }

@@ -262,7 +262,13 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
         let endpoints = validate_endpoints(&field, cluster, &mut problems);
         clusters.insert(cluster.name.clone(), endpoints);
     }
-    let adaptive = adaptive::validate(raw.tick, &raw.metrics, &raw.weighting, &raw.clusters, &mut problems);
+    let adaptive = adaptive::validate(
+        raw.tick,
+        &raw.metrics,
+        &raw.weighting,
+        &raw.clusters,
+        &mut problems,
+    );
     match (xds_listen, admin_listen, problems.is_empty()) {
         (Some(xds_listen), Some(admin_listen), true) => Ok(ValidConfig {
             raw,

@@ -1,0 +1,350 @@
+//! PromQL pull: each tick, query VictoriaMetrics or Prometheus for every adaptive cluster.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::{Sample, SampleSet, SampleTable, Signal, SourceKind};
+use crate::config::adaptive::{AdaptiveConfig, ClusterQueries, PullSettings};
+use crate::telemetry::{Metrics, QueryLabels};
+
+/// One series of an instant-vector result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// The series labels.
+    pub labels: HashMap<String, String>,
+    /// Its value at the evaluation time.
+    pub sample: Sample,
+}
+
+/// Why a query gave no samples.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Could not reach the server, or it timed out.
+    #[error("request to {url} failed: {source}")]
+    Transport {
+        /// The query URL (without the query).
+        url: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// The server answered with an HTTP error.
+    #[error("{url} answered HTTP {status}: {body}")]
+    Status {
+        /// The query URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// Start of the body.
+        body: String,
+    },
+    /// The body was not a PromQL instant-vector answer.
+    #[error("unexpected answer: {0}")]
+    Garbage(String),
+    /// The server reported a PromQL error.
+    #[error("PromQL error ({kind}): {message}")]
+    Promql {
+        /// `errorType`.
+        kind: String,
+        /// `error`.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct ApiResponse {
+    status: String,
+    data: Option<ApiData>,
+    #[serde(rename = "errorType")]
+    error_type: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<ApiSeries>,
+}
+
+#[derive(Deserialize)]
+struct ApiSeries {
+    metric: HashMap<String, String>,
+    value: (f64, String),
+}
+
+/// Parses a `/api/v1/query` body into series; values keep whatever the server said (NaN too).
+pub fn parse_response(body: &[u8]) -> Result<Vec<Series>, QueryError> {
+    let response: ApiResponse = serde_json::from_slice(body)
+        .map_err(|error| QueryError::Garbage(format!("not a PromQL API answer: {error}")))?;
+    if response.status != "success" {
+        return Err(QueryError::Promql {
+            kind: response.error_type.unwrap_or_default(),
+            message: response.error.unwrap_or_default(),
+        });
+    }
+    let data = response
+        .data
+        .ok_or_else(|| QueryError::Garbage("success without data".into()))?;
+    if data.result_type != "vector" {
+        return Err(QueryError::Garbage(format!(
+            "expected an instant vector, got {}; wrap the query so it returns one value per series",
+            data.result_type
+        )));
+    }
+    data.result
+        .into_iter()
+        .map(|series| {
+            let value = series.value.1.trim().parse::<f64>().map_err(|_| {
+                QueryError::Garbage(format!("value {:?} is not a number", series.value.1))
+            })?;
+            Ok(Series {
+                labels: series.metric,
+                sample: Sample {
+                    value,
+                    timestamp_ms: (series.value.0 * 1000.0) as i64,
+                },
+            })
+        })
+        .collect()
+}
+
+/// An HTTP client for one PromQL endpoint.
+#[derive(Clone, Debug)]
+pub struct PromQlClient {
+    http: reqwest::Client,
+    settings: PullSettings,
+}
+
+impl PromQlClient {
+    /// Builds the client (timeouts, headers, TLS) from validated settings.
+    pub fn new(settings: PullSettings) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let name =
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).with_context(|| {
+                    format!("metrics.prometheus.headers: invalid header name {name:?}")
+                })?;
+            let value = reqwest::header::HeaderValue::from_str(value).with_context(|| {
+                format!("metrics.prometheus.headers.{name}: invalid header value")
+            })?;
+            headers.insert(name, value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .default_headers(headers)
+            .tls_danger_accept_invalid_certs(settings.tls.insecure_skip_verify);
+        if let Some(path) = &settings.tls.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("metrics.prometheus.tls.ca_file: cannot read {path}"))?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("metrics.prometheus.tls.ca_file: {path} is not PEM"))?
+            {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build().context("building the PromQL HTTP client")?;
+        Ok(Self { http, settings })
+    }
+
+    /// Runs one instant query.
+    pub async fn query(&self, promql: &str) -> Result<Vec<Series>, QueryError> {
+        let url = format!("{}/api/v1/query", self.settings.url);
+        let response = self
+            .http
+            .get(&url)
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .map_err(|source| QueryError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| QueryError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        if !status.is_success() && status.as_u16() != 400 && status.as_u16() != 422 {
+            return Err(QueryError::Status {
+                url,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            });
+        }
+        parse_response(&body)
+    }
+
+    /// Queries every signal of one cluster and writes what succeeded into `table`.
+    pub async fn pull_cluster(
+        &self,
+        cluster: &str,
+        queries: &ClusterQueries,
+        table: &SampleTable,
+        metrics: &Metrics,
+    ) {
+        let signals = [
+            (Signal::Cpu, Some(&queries.cpu)),
+            (Signal::Rps, queries.rps.as_ref()),
+            (Signal::CpuLimit, queries.cpu_limit.as_ref()),
+            (Signal::Latency, queries.latency.as_ref()),
+        ];
+        let pending = signals
+            .into_iter()
+            .filter_map(|(signal, query)| query.map(|query| (signal, query)))
+            .map(|(signal, query)| async move { (signal, query, self.query(query).await) });
+        for (signal, query, result) in futures::future::join_all(pending).await {
+            let outcome = match result {
+                Ok(series) => {
+                    table.replace(SourceKind::Pull, cluster, signal, self.sample_set(series));
+                    "ok"
+                }
+                Err(error) => {
+                    tracing::warn!(cluster, signal = signal.as_str(), %query, %error, "metrics query failed; keeping the last samples (they age into stale)");
+                    "error"
+                }
+            };
+            metrics
+                .metric_queries
+                .get_or_create(&QueryLabels {
+                    cluster: cluster.to_string(),
+                    signal: signal.as_str().into(),
+                    result: outcome.into(),
+                })
+                .inc();
+        }
+    }
+
+    fn sample_set(&self, series: Vec<Series>) -> SampleSet {
+        let samples = series
+            .into_iter()
+            .filter_map(|series| {
+                let key = series.labels.get(&self.settings.join_label)?.clone();
+                Some((key, series.sample))
+            })
+            .collect();
+        SampleSet {
+            join_by: self.settings.join_by,
+            samples,
+        }
+    }
+}
+
+/// Pulls every adaptive cluster once per its tick until `config` is closed.
+///
+/// Runs beside serving: a slow or dead metrics server only delays this loop.
+pub async fn run(
+    mut config: watch::Receiver<Arc<AdaptiveConfig>>,
+    table: SampleTable,
+    metrics: Metrics,
+) {
+    let mut client: Option<(PullSettings, PromQlClient)> = None;
+    let mut last_pull: HashMap<String, tokio::time::Instant> = HashMap::new();
+    loop {
+        let current = config.borrow_and_update().clone();
+        client = refresh_client(client, current.prometheus.as_ref());
+        if let Some((_, promql)) = &client {
+            let now = tokio::time::Instant::now();
+            let due: Vec<_> = current
+                .clusters
+                .iter()
+                .filter_map(|(name, settings)| {
+                    settings
+                        .queries
+                        .as_ref()
+                        .map(|queries| (name, settings, queries))
+                })
+                .filter(|(name, settings, _)| {
+                    last_pull.get(*name).is_none_or(|last| {
+                        now.duration_since(*last) + Duration::from_millis(50) >= settings.tick
+                    })
+                })
+                .collect();
+            for (name, _, _) in &due {
+                last_pull.insert((*name).clone(), now);
+            }
+            futures::future::join_all(
+                due.iter()
+                    .map(|(name, _, queries)| promql.pull_cluster(name, queries, &table, &metrics)),
+            )
+            .await;
+        }
+        let wait = tokio::time::sleep(current.shortest_tick().min(Duration::from_secs(1)));
+        tokio::select! {
+            _ = wait => {}
+            changed = config.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+fn refresh_client(
+    current: Option<(PullSettings, PromQlClient)>,
+    wanted: Option<&PullSettings>,
+) -> Option<(PullSettings, PromQlClient)> {
+    let wanted = wanted?;
+    if current
+        .as_ref()
+        .is_some_and(|(settings, _)| settings == wanted)
+    {
+        return current;
+    }
+    match PromQlClient::new(wanted.clone()) {
+        Ok(client) => Some((wanted.clone(), client)),
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "cannot build the PromQL client; metrics pull is off until the config is fixed");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_an_instant_vector() {
+        let body = br#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"pod":"a"},"value":[1700000000.5,"0.25"]},
+            {"metric":{"pod":"b"},"value":[1700000000.5,"NaN"]}]}}"#;
+        let series = parse_response(body).expect("parses");
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].labels["pod"], "a");
+        assert_eq!(
+            series[0].sample,
+            Sample {
+                value: 0.25,
+                timestamp_ms: 1_700_000_000_500
+            }
+        );
+        assert!(
+            series[1].sample.value.is_nan(),
+            "NaN is kept for weighting to drop and count"
+        );
+    }
+
+    #[test]
+    fn reports_errors_and_garbage() {
+        let error = parse_response(
+            br#"{"status":"error","errorType":"bad_data","error":"parse error at char 4"}"#,
+        )
+        .expect_err("error");
+        assert_eq!(
+            error.to_string(),
+            "PromQL error (bad_data): parse error at char 4"
+        );
+        assert!(parse_response(b"<html>").is_err());
+        let matrix = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+        assert!(parse_response(matrix)
+            .expect_err("matrix")
+            .to_string()
+            .contains("instant vector"));
+        let bad_value = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"x"]}]}}"#;
+        assert!(parse_response(bad_value).is_err());
+    }
+}

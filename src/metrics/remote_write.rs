@@ -1,0 +1,438 @@
+//! Prometheus remote-write in: keep the newest samples per series (bounded) and turn counters into rates.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use prost::Message;
+use tokio::sync::watch;
+
+use super::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
+use crate::config::adaptive::{AdaptiveConfig, RemoteWriteSettings};
+use crate::telemetry::{Metrics, ResultLabels};
+use crate::weighting::params::Algorithm;
+
+/// Generated remote-write messages (`proto/prometheus/remote.proto`).
+pub mod pb {
+    tonic::include_proto!("prometheus");
+}
+
+/// Largest decompressed request accepted.
+pub const MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+/// Most points kept per series.
+const MAX_POINTS: usize = 600;
+/// Series whose newest point is older than this are forgotten.
+const SERIES_RETENTION: Duration = Duration::from_secs(30 * 60);
+
+/// Why a write request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Not snappy, or too large once decompressed.
+    #[error("body is not a snappy block (remote-write 1.0): {0}")]
+    Snappy(String),
+    /// Not a `WriteRequest`.
+    #[error("body is not a prometheus.WriteRequest: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+}
+
+/// What one request did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Samples stored.
+    pub accepted: usize,
+    /// Samples of series outside the configured metrics or labels.
+    pub filtered: usize,
+    /// Samples of new series refused because `max_series` was reached.
+    pub over_limit: usize,
+    /// Samples that were NaN, infinite or out of order.
+    pub invalid: usize,
+}
+
+#[derive(Debug)]
+struct Series {
+    metric: String,
+    labels: BTreeMap<String, String>,
+    points: VecDeque<(i64, f64)>,
+}
+
+/// The newest points of every accepted series, shared by the HTTP handler and the aggregator.
+#[derive(Clone, Debug, Default)]
+pub struct SeriesStore {
+    series: Arc<Mutex<HashMap<String, Series>>>,
+}
+
+/// Decodes a remote-write body (snappy block + protobuf).
+pub fn decode(body: &[u8]) -> Result<pb::WriteRequest, WriteError> {
+    let length =
+        snap::raw::decompress_len(body).map_err(|error| WriteError::Snappy(error.to_string()))?;
+    if length > MAX_DECOMPRESSED_BYTES {
+        return Err(WriteError::Snappy(format!(
+            "decompresses to {length} bytes, more than the {MAX_DECOMPRESSED_BYTES} allowed"
+        )));
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|error| WriteError::Snappy(error.to_string()))?;
+    Ok(pb::WriteRequest::decode(raw.as_slice())?)
+}
+
+impl SeriesStore {
+    /// Stores the samples of `request` that the settings keep.
+    pub fn ingest(&self, request: pb::WriteRequest, settings: &RemoteWriteSettings) -> IngestStats {
+        let mut stats = IngestStats::default();
+        let Ok(mut store) = self.series.lock() else {
+            return stats;
+        };
+        for series in request.timeseries {
+            let labels: BTreeMap<String, String> = series
+                .labels
+                .into_iter()
+                .map(|label| (label.name, label.value))
+                .collect();
+            let metric = labels.get("__name__").cloned().unwrap_or_default();
+            let wanted = metric == settings.cpu_metric
+                || settings.rps_metric.as_deref() == Some(metric.as_str());
+            let matches = settings
+                .match_labels
+                .iter()
+                .all(|(name, value)| labels.get(name) == Some(value));
+            if !wanted || !matches {
+                stats.filtered += series.samples.len();
+                continue;
+            }
+            let key = series_key(&labels);
+            if !store.contains_key(&key) && store.len() >= settings.max_series {
+                stats.over_limit += series.samples.len();
+                continue;
+            }
+            let entry = store.entry(key).or_insert_with(|| Series {
+                metric,
+                labels,
+                points: VecDeque::new(),
+            });
+            for sample in series.samples {
+                let in_order = entry
+                    .points
+                    .back()
+                    .is_none_or(|(last, _)| sample.timestamp > *last);
+                if !sample.value.is_finite() || !in_order {
+                    stats.invalid += 1;
+                    continue;
+                }
+                entry.points.push_back((sample.timestamp, sample.value));
+                stats.accepted += 1;
+            }
+            while entry.points.len() > MAX_POINTS {
+                entry.points.pop_front();
+            }
+        }
+        stats
+    }
+
+    /// Number of series held.
+    pub fn len(&self) -> usize {
+        self.series.lock().map(|store| store.len()).unwrap_or(0)
+    }
+
+    /// True when no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Per value of `join_label`: the summed rate of `metric` over `window` for series matching
+    /// `selector`, stamped with the newest point used. Old points and series are dropped.
+    pub fn rates(
+        &self,
+        metric: &str,
+        selector: &BTreeMap<String, String>,
+        join_label: &str,
+        window: Duration,
+        now_ms: i64,
+    ) -> HashMap<String, Sample> {
+        let mut sums: HashMap<String, Sample> = HashMap::new();
+        let Ok(mut store) = self.series.lock() else {
+            return sums;
+        };
+        let retention_ms = i64::try_from(SERIES_RETENTION.as_millis()).unwrap_or(i64::MAX);
+        store.retain(|_, series| {
+            series
+                .points
+                .back()
+                .is_some_and(|(last, _)| now_ms - last < retention_ms)
+        });
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        for series in store.values_mut() {
+            if series.metric != metric
+                || !selector
+                    .iter()
+                    .all(|(name, value)| series.labels.get(name) == Some(value))
+            {
+                continue;
+            }
+            let Some(key) = series.labels.get(join_label) else {
+                continue;
+            };
+            let Some(&(newest, _)) = series.points.back() else {
+                continue;
+            };
+            while series
+                .points
+                .front()
+                .is_some_and(|(time, _)| newest - time > 2 * window_ms)
+            {
+                series.points.pop_front();
+            }
+            let Some(rate) = counter_rate(&series.points, newest - window_ms) else {
+                continue;
+            };
+            let entry = sums.entry(key.clone()).or_insert(Sample {
+                value: 0.0,
+                timestamp_ms: newest,
+            });
+            entry.value += rate;
+            entry.timestamp_ms = entry.timestamp_ms.max(newest);
+        }
+        sums
+    }
+}
+
+/// Per-second increase of a counter over the points at or after `since_ms`, allowing resets.
+pub fn counter_rate(points: &VecDeque<(i64, f64)>, since_ms: i64) -> Option<f64> {
+    let window: Vec<&(i64, f64)> = points
+        .iter()
+        .filter(|(time, _)| *time >= since_ms)
+        .collect();
+    let (first, last) = (window.first()?, window.last()?);
+    let seconds = (last.0 - first.0) as f64 / 1000.0;
+    if window.len() < 2 || seconds <= 0.0 {
+        return None;
+    }
+    let increase: f64 = window
+        .windows(2)
+        .map(|pair| {
+            if pair[1].1 >= pair[0].1 {
+                pair[1].1 - pair[0].1
+            } else {
+                pair[1].1
+            }
+        })
+        .sum();
+    Some(increase / seconds)
+}
+
+fn series_key(labels: &BTreeMap<String, String>) -> String {
+    let mut key = String::new();
+    for (name, value) in labels {
+        key.push_str(name);
+        key.push('\u{1}');
+        key.push_str(value);
+        key.push('\u{2}');
+    }
+    key
+}
+
+/// Label selector for a cluster's remote-written series: its namespace and container, when set.
+pub fn cluster_selector(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter(|(name, _)| matches!(name.as_str(), "namespace" | "container"))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// Turns stored series into samples for every adaptive cluster, once per tick.
+pub async fn aggregate(
+    mut config: watch::Receiver<Arc<AdaptiveConfig>>,
+    store: SeriesStore,
+    table: SampleTable,
+) {
+    loop {
+        let current = config.borrow_and_update().clone();
+        if let Some(settings) = &current.remote_write {
+            aggregate_once(&current, settings, &store, &table, SystemTime::now());
+        }
+        let wait = tokio::time::sleep(current.shortest_tick().min(Duration::from_secs(1)));
+        tokio::select! {
+            _ = wait => {}
+            changed = config.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// One aggregation pass (separate for tests).
+pub fn aggregate_once(
+    config: &AdaptiveConfig,
+    settings: &RemoteWriteSettings,
+    store: &SeriesStore,
+    table: &SampleTable,
+    now: SystemTime,
+) {
+    let now_ms = unix_millis(now);
+    for (cluster, cluster_settings) in &config.clusters {
+        if cluster_settings.params.algorithm == Algorithm::Static {
+            continue;
+        }
+        let selector = cluster_selector(&cluster_settings.labels);
+        let metrics = [
+            (Signal::Cpu, Some(&settings.cpu_metric)),
+            (Signal::Rps, settings.rps_metric.as_ref()),
+        ];
+        for (signal, metric) in metrics {
+            let Some(metric) = metric else { continue };
+            let samples = store.rates(
+                metric,
+                &selector,
+                &settings.join_label,
+                settings.rate_window,
+                now_ms,
+            );
+            table.replace(
+                SourceKind::RemoteWrite,
+                cluster,
+                signal,
+                SampleSet {
+                    join_by: settings.join_by,
+                    samples,
+                },
+            );
+        }
+    }
+}
+
+/// Records an ingest in the metrics.
+pub fn record(metrics: &Metrics, stats: IngestStats) {
+    for (result, count) in [
+        ("accepted", stats.accepted),
+        ("filtered", stats.filtered),
+        ("over_limit", stats.over_limit),
+        ("invalid", stats.invalid),
+    ] {
+        if count > 0 {
+            metrics
+                .remote_write_samples
+                .get_or_create(&ResultLabels {
+                    result: result.into(),
+                })
+                .inc_by(count as u64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RemoteWriteSettings {
+        RemoteWriteSettings {
+            cpu_metric: "cpu_total".into(),
+            rps_metric: Some("requests_total".into()),
+            join_label: "pod".into(),
+            join_by: Default::default(),
+            rate_window: Duration::from_secs(60),
+            max_series: 3,
+            match_labels: BTreeMap::from([("namespace".to_string(), "shop".to_string())]),
+        }
+    }
+
+    fn series(metric: &str, pod: &str, namespace: &str, points: &[(i64, f64)]) -> pb::TimeSeries {
+        pb::TimeSeries {
+            labels: [("__name__", metric), ("namespace", namespace), ("pod", pod)]
+                .iter()
+                .map(|(name, value)| pb::Label {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                })
+                .collect(),
+            samples: points
+                .iter()
+                .map(|(timestamp, value)| pb::Sample {
+                    value: *value,
+                    timestamp: *timestamp,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn counter_rate_handles_resets() {
+        let points: VecDeque<(i64, f64)> = [(0, 10.0), (1000, 12.0), (2000, 1.0), (3000, 3.0)]
+            .into_iter()
+            .collect();
+        // increases: 2, 1 (reset to 1), 2 = 5 over 3 s
+        let rate = counter_rate(&points, 0).expect("rate");
+        assert!((rate - 5.0 / 3.0).abs() < 1e-9, "{rate}");
+        assert_eq!(counter_rate(&points, 3000), None, "one point is no rate");
+    }
+
+    #[test]
+    fn ingest_filters_caps_and_rates_by_pod() {
+        let store = SeriesStore::default();
+        let request = pb::WriteRequest {
+            timeseries: vec![
+                series(
+                    "cpu_total",
+                    "a",
+                    "shop",
+                    &[(0, 0.0), (10_000, 5.0), (20_000, 10.0)],
+                ),
+                series("cpu_total", "b", "shop", &[(0, 0.0), (20_000, 40.0)]),
+                series("cpu_total", "c", "other", &[(0, 0.0)]),
+                series("unrelated", "a", "shop", &[(0, 0.0)]),
+                series(
+                    "requests_total",
+                    "a",
+                    "shop",
+                    &[(0, 0.0), (20_000, f64::NAN), (20_000, 200.0)],
+                ),
+                series("requests_total", "b", "shop", &[(0, 0.0)]),
+            ],
+        };
+        let stats = store.ingest(request, &settings());
+        assert_eq!(
+            stats,
+            IngestStats {
+                accepted: 7,
+                filtered: 2,
+                over_limit: 1,
+                invalid: 1
+            }
+        );
+        assert_eq!(store.len(), 3);
+        let selector = BTreeMap::from([("namespace".to_string(), "shop".to_string())]);
+        let cpu = store.rates(
+            "cpu_total",
+            &selector,
+            "pod",
+            Duration::from_secs(60),
+            21_000,
+        );
+        assert!((cpu["a"].value - 0.5).abs() < 1e-9);
+        assert!((cpu["b"].value - 2.0).abs() < 1e-9);
+        assert_eq!(cpu["a"].timestamp_ms, 20_000);
+        let rps = store.rates(
+            "requests_total",
+            &selector,
+            "pod",
+            Duration::from_secs(60),
+            21_000,
+        );
+        assert!((rps["a"].value - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn decode_rejects_garbage_and_reads_snappy_protobuf() {
+        assert!(matches!(
+            decode(b"not snappy at all"),
+            Err(WriteError::Snappy(_)) | Err(WriteError::Protobuf(_))
+        ));
+        let request = pb::WriteRequest {
+            timeseries: vec![series("cpu_total", "a", "shop", &[(1, 1.0)])],
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&request.encode_to_vec())
+            .expect("compress");
+        assert_eq!(decode(&body).expect("decodes"), request);
+    }
+}
