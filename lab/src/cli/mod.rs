@@ -1,0 +1,39 @@
+//! Command-line arguments and dispatch to the subcommands.
+
+mod emulate;
+mod simulate;
+
+use clap::{Parser, Subcommand};
+
+/// Lab tools for adaptive-eds: emulate a fleet of backends or simulate Envoy balancing.
+#[derive(Debug, Parser)]
+#[command(name = "lab", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every pod of a fleet as an HTTP server on 127.0.0.1.
+    Emulate(emulate::EmulateArgs),
+    /// Simulate Envoy clients balancing over a fleet and print a markdown table.
+    Simulate(simulate::SimulateArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Emulate(args) => emulate::run(args),
+            Command::Simulate(args) => simulate::run(args),
+        }
+    }
+}
+
+/// Parses a human duration such as `60s` or `1m30s` for clap.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}

@@ -1,0 +1,146 @@
+//! `lab simulate`: run the discrete-event simulator and print a markdown table.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use lab::fleet::{load_fleet, load_scenario, Fleet, Scenario};
+use lab::sim::{
+    render_markdown, simulate, EqualWeights, InverseCpuPerRequest, KnownCapacity, Policy,
+    SimConfig, TimedReport, WeightProvider,
+};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Which example weight provider feeds EDS weights to the simulated clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum Weights {
+    /// Every weight stays 1.
+    None,
+    /// Example provider: cores * rps / cpu from (delayed) samples.
+    InverseCpu,
+    /// Oracle: true capacity from the fleet file.
+    KnownCapacity,
+}
+
+/// Arguments of `lab simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Fleet file (YAML).
+    #[arg(long)]
+    fleet: PathBuf,
+    /// Optional scenario file (slowdowns and load changes over time).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Balancer(s) to compare, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "least_request")]
+    policy: Vec<Policy>,
+    /// Base offered load, requests per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rps: f64,
+    /// Simulated time, such as `60s`.
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
+    duration: Duration,
+    /// Random seed: the same seed gives the same result.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of Envoy clients.
+    #[arg(long, default_value_t = 10)]
+    clients: u32,
+    /// EDS weight provider(s), comma separated (ignored by cswrr, which uses ORCA).
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    weights: Vec<Weights>,
+    /// How often the weight provider runs.
+    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
+    tick: Duration,
+    /// Age of the CPU samples the weight provider sees.
+    #[arg(long, default_value = "0s", value_parser = super::parse_duration)]
+    metrics_delay: Duration,
+    /// CSWRR blackout period.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    blackout: Duration,
+    /// LEAST_REQUEST active_request_bias.
+    #[arg(long, default_value_t = 1.0)]
+    active_request_bias: f64,
+}
+
+fn provider(weights: Weights, fleet: &Fleet) -> (Box<dyn WeightProvider>, &'static str) {
+    match weights {
+        Weights::None => (Box::new(EqualWeights), "none"),
+        Weights::InverseCpu => (Box::new(InverseCpuPerRequest), "inverse_cpu"),
+        Weights::KnownCapacity => {
+            let pods = fleet.pods();
+            let capacities = pods
+                .iter()
+                .map(|pod| (pod.cores, pod.service_time.overall_mean_ms()));
+            (Box::new(KnownCapacity::new(capacities)), "known_capacity")
+        }
+    }
+}
+
+fn config(args: &SimulateArgs, policy: Policy) -> SimConfig {
+    let mut config = SimConfig {
+        policy,
+        clients: args.clients,
+        requests_per_second: args.rps,
+        duration: args.duration,
+        seed: args.seed,
+        tick: args.tick,
+        metrics_delay: args.metrics_delay,
+        ..SimConfig::default()
+    };
+    config.cswrr.blackout_period = args.blackout;
+    config.least_request.active_request_bias = args.active_request_bias;
+    config
+}
+
+/// Runs every policy and weight-provider combination asked for and prints the tables.
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let fleet = load_fleet(&args.fleet).context("loading the fleet")?;
+    let scenario = match &args.scenario {
+        Some(path) => load_scenario(path, &fleet).context("loading the scenario")?,
+        None => Scenario {
+            name: "steady".to_owned(),
+            events: Vec::new(),
+        },
+    };
+    let mut runs = Vec::new();
+    for &policy in &args.policy {
+        // CSWRR ignores EDS weights, so one run is enough for it.
+        let providers: &[Weights] = if policy == Policy::Cswrr {
+            &[Weights::None]
+        } else {
+            &args.weights
+        };
+        for &weights in providers {
+            let (mut provider, name) = provider(weights, &fleet);
+            let started = Instant::now();
+            let report = simulate(
+                &fleet,
+                &scenario,
+                &config(&args, policy),
+                provider.as_mut(),
+                name,
+            )
+            .with_context(|| format!("simulating {}", policy.name()))?;
+            let wall = started.elapsed();
+            tracing::info!(
+                policy = policy.name(),
+                weights = name,
+                wall_ms = wall.as_millis() as u64,
+                "run finished"
+            );
+            runs.push(TimedReport { report, wall });
+        }
+    }
+    println!(
+        "Fleet {} ({} pods), {} clients, {} rps base, {:?} simulated, seed {}\n",
+        args.fleet.display(),
+        fleet.pods().len(),
+        args.clients,
+        args.rps,
+        args.duration,
+        args.seed
+    );
+    print!("{}", render_markdown(&runs));
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Prometheus metric families of one emulated node, all registered here.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+/// Labels of the cAdvisor-style CPU counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContainerLabels {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+}
+
+/// Labels of the request metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+}
+
+/// Handles to the metrics of one node, plus the registry that exposes them.
+#[derive(Debug)]
+pub struct NodeMetrics {
+    registry: Registry,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    requests: Counter,
+    latency: Histogram,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl NodeMetrics {
+    /// Registers every family of a node with its help text.
+    pub fn new(labels: ContainerLabels) -> Self {
+        let mut registry = Registry::default();
+        let cpu_family = Family::<ContainerLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "container_cpu_usage_seconds",
+            "Busy worker-slot seconds, like cAdvisor's cumulative CPU time; rate() gives cores in use",
+            cpu_family.clone(),
+        );
+        let request_family = Family::<PodLabels, Counter>::default();
+        registry.register(
+            "emulator_requests",
+            "Requests answered by this emulated node",
+            request_family.clone(),
+        );
+        let latency_family =
+            Family::<PodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "emulator_request_duration_seconds",
+            "Time from request arrival to answer, slot wait included",
+            latency_family.clone(),
+        );
+        let pod_labels = PodLabels {
+            namespace: labels.namespace.clone(),
+            pod: labels.pod.clone(),
+        };
+        let cpu_seconds = cpu_family.get_or_create(&labels).clone();
+        let requests = request_family.get_or_create(&pod_labels).clone();
+        let latency = latency_family.get_or_create(&pod_labels).clone();
+        Self {
+            registry,
+            cpu_seconds,
+            requests,
+            latency,
+        }
+    }
+
+    /// Adds busy time of one worker slot to the CPU counter.
+    pub fn add_busy(&self, busy: Duration) {
+        self.cpu_seconds.inc_by(busy.as_secs_f64());
+    }
+
+    /// Counts one answered request and its latency.
+    pub fn record_request(&self, latency: Duration) {
+        self.requests.inc();
+        self.latency.observe(latency.as_secs_f64());
+    }
+
+    /// Current value of the CPU counter, in slot-seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_seconds.get()
+    }
+
+    /// Renders all families in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}

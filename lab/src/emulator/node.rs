@@ -1,0 +1,135 @@
+//! One emulated pod: worker slots, service times, slowdown, load accounting.
+
+use super::metrics::{ContainerLabels, NodeMetrics};
+use super::precise_timer::PreciseTimer;
+use super::recent_load::{LoadReport, RecentLoad};
+use crate::fleet::Pod;
+use crate::service_time::{ServiceTime, ServiceTimeError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Length of the window behind the ORCA utilization and rps figures.
+pub const ORCA_WINDOW: Duration = Duration::from_secs(1);
+
+/// Why a request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The worker-slot semaphore was closed (the node is shutting down).
+    #[error("node {0} is shutting down")]
+    Closed(String),
+}
+
+/// An emulated pod that serves requests with `cores` worker slots.
+#[derive(Debug)]
+pub struct Node {
+    pod: Pod,
+    slots: Semaphore,
+    service_time: ServiceTime,
+    slowdown_bits: AtomicU64,
+    metrics: NodeMetrics,
+    recent: RecentLoad,
+    timer: PreciseTimer,
+    orca: bool,
+}
+
+/// What the HTTP layer needs to answer one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Value of the `endpoint-load-metrics` header, when ORCA is on.
+    pub orca_header: Option<String>,
+}
+
+/// Records the busy time of a held slot even if the request is cancelled mid-way.
+struct BusyGuard<'a> {
+    node: &'a Node,
+    slot_start: Instant,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let busy = now.saturating_duration_since(self.slot_start);
+        self.node.metrics.add_busy(busy);
+        self.node.recent.record(now, busy);
+    }
+}
+
+impl Node {
+    /// Builds a node for `pod`; `orca` turns on the load-report header.
+    pub fn new(
+        pod: &Pod,
+        namespace: &str,
+        orca: bool,
+        timer: PreciseTimer,
+    ) -> Result<Self, ServiceTimeError> {
+        let labels = ContainerLabels {
+            namespace: namespace.to_owned(),
+            pod: pod.name.clone(),
+            container: pod.container.clone(),
+        };
+        Ok(Self {
+            pod: pod.clone(),
+            slots: Semaphore::new(pod.cores as usize),
+            service_time: ServiceTime::new(&pod.service_time)?,
+            slowdown_bits: AtomicU64::new(1.0f64.to_bits()),
+            metrics: NodeMetrics::new(labels),
+            recent: RecentLoad::new(ORCA_WINDOW),
+            timer,
+            orca,
+        })
+    }
+
+    /// Pod name.
+    pub fn name(&self) -> &str {
+        &self.pod.name
+    }
+
+    /// The pod description this node emulates.
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
+    /// Current service-time multiplier.
+    pub fn slowdown(&self) -> f64 {
+        f64::from_bits(self.slowdown_bits.load(Ordering::Relaxed))
+    }
+
+    /// Changes the service-time multiplier for requests that start from now on.
+    pub fn set_slowdown(&self, factor: f64) {
+        self.slowdown_bits
+            .store(factor.to_bits(), Ordering::Relaxed);
+        tracing::info!(pod = %self.pod.name, factor, "slowdown changed");
+    }
+
+    /// The node's metric handles.
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    /// Load over the recent ORCA window.
+    pub fn recent_load(&self) -> LoadReport {
+        self.recent.report(Instant::now(), self.pod.cores)
+    }
+
+    /// Serves one request: waits for a slot, holds it for a sampled service time.
+    pub async fn serve(&self) -> Result<Answer, NodeError> {
+        let arrival = Instant::now();
+        let permit = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| NodeError::Closed(self.pod.name.clone()))?;
+        let service = self.service_time.sample(&mut rand::rng(), self.slowdown());
+        let guard = BusyGuard {
+            node: self,
+            slot_start: Instant::now(),
+        };
+        self.timer.sleep_until(guard.slot_start + service).await;
+        drop(guard);
+        drop(permit);
+        self.metrics.record_request(arrival.elapsed());
+        let orca_header = self.orca.then(|| self.recent_load().orca_header_value());
+        Ok(Answer { orca_header })
+    }
+}

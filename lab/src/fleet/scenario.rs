@@ -1,0 +1,69 @@
+//! Scenarios: timed changes (node slowdowns, offered load) applied during a run.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A named list of timed events.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Human-readable name printed in reports.
+    pub name: String,
+    /// Events, applied in time order.
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// One change at a time offset from the start of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Offset from the start of the run, such as `30s`.
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    /// What changes.
+    pub action: Action,
+}
+
+/// A change to the fleet or to the offered load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Multiplies every service time of `pod` by `factor` (1.0 restores normal speed).
+    SetSlowdown {
+        /// Pod name, `<group>-<index>`.
+        pod: String,
+        /// Service-time multiplier, > 0.
+        factor: f64,
+    },
+    /// Multiplies the base offered load (requests per second) by `factor`.
+    SetLoadFactor {
+        /// Load multiplier, > 0.
+        factor: f64,
+    },
+}
+
+impl Scenario {
+    /// Load multiplier in force at `now` (1.0 before any load event).
+    pub fn load_factor_at(&self, now: Duration) -> f64 {
+        self.events
+            .iter()
+            .rev()
+            .filter(|event| event.at <= now)
+            .filter_map(|event| match event.action {
+                Action::SetLoadFactor { factor } => Some(factor),
+                Action::SetSlowdown { .. } => None,
+            })
+            .next()
+            .unwrap_or(1.0)
+    }
+
+    /// Times at which the offered load changes, in order.
+    pub fn load_change_times(&self) -> Vec<Duration> {
+        self.events
+            .iter()
+            .filter(|event| matches!(event.action, Action::SetLoadFactor { .. }))
+            .map(|event| event.at)
+            .collect()
+    }
+}

@@ -1,0 +1,131 @@
+//! A simulated endpoint: a FIFO queue in front of `cores` identical servers.
+
+use super::cswrr::OrcaReport;
+use crate::fleet::Pod;
+use crate::service_time::{ServiceTime, ServiceTimeError};
+use rand::Rng;
+use std::collections::VecDeque;
+
+/// A request waiting for a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// Arrival time, nanoseconds from the start.
+    pub arrival_ns: u64,
+    /// Client that sent it.
+    pub client: u32,
+}
+
+/// Counters read at two times to get rates over the interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mark {
+    /// Busy server-nanoseconds so far.
+    pub busy_area: u128,
+    /// Completed requests so far.
+    pub completed: u64,
+}
+
+/// Queue and servers of one endpoint, with busy-time accounting.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Pod name.
+    pub name: String,
+    /// Servers.
+    pub cores: u32,
+    /// Mean service time including the tail, milliseconds (for reports and oracles).
+    pub mean_ms: f64,
+    service_time: ServiceTime,
+    slowdown: f64,
+    busy: u32,
+    queue: VecDeque<Waiting>,
+    busy_area: u128,
+    last_change_ns: u64,
+    completed: u64,
+    orca: OrcaReport,
+    orca_mark: Mark,
+}
+
+impl Endpoint {
+    /// Builds an idle endpoint for `pod`.
+    pub fn new(pod: &Pod) -> Result<Self, ServiceTimeError> {
+        Ok(Self {
+            name: pod.name.clone(),
+            cores: pod.cores,
+            mean_ms: pod.service_time.overall_mean_ms(),
+            service_time: ServiceTime::new(&pod.service_time)?,
+            slowdown: 1.0,
+            busy: 0,
+            queue: VecDeque::new(),
+            busy_area: 0,
+            last_change_ns: 0,
+            completed: 0,
+            orca: OrcaReport::default(),
+            orca_mark: Mark::default(),
+        })
+    }
+
+    fn integrate(&mut self, now_ns: u64) {
+        let elapsed = now_ns.saturating_sub(self.last_change_ns);
+        self.busy_area += u128::from(self.busy) * u128::from(elapsed);
+        self.last_change_ns = now_ns;
+    }
+
+    fn service_ns<R: Rng>(&self, random: &mut R) -> u64 {
+        (self.service_time.sample_seconds(random) * self.slowdown * 1e9) as u64
+    }
+
+    /// A request arrives; returns its completion time if a server was free.
+    pub fn arrive<R: Rng>(&mut self, now_ns: u64, request: Waiting, random: &mut R) -> Option<u64> {
+        if self.busy < self.cores {
+            self.integrate(now_ns);
+            self.busy += 1;
+            Some(now_ns + self.service_ns(random))
+        } else {
+            self.queue.push_back(request);
+            None
+        }
+    }
+
+    /// A server finishes; returns the next queued request and its completion time, if any.
+    pub fn complete<R: Rng>(&mut self, now_ns: u64, random: &mut R) -> Option<(Waiting, u64)> {
+        self.completed += 1;
+        match self.queue.pop_front() {
+            Some(next) => Some((next, now_ns + self.service_ns(random))),
+            None => {
+                self.integrate(now_ns);
+                self.busy = self.busy.saturating_sub(1);
+                None
+            }
+        }
+    }
+
+    /// Busy area and completions up to `now_ns`.
+    pub fn mark(&mut self, now_ns: u64) -> Mark {
+        self.integrate(now_ns);
+        Mark {
+            busy_area: self.busy_area,
+            completed: self.completed,
+        }
+    }
+
+    /// Changes the service-time multiplier for services that start from now on.
+    pub fn set_slowdown(&mut self, factor: f64) {
+        self.slowdown = factor;
+    }
+
+    /// The ORCA report the endpoint attaches to its responses.
+    pub fn orca_report(&self) -> OrcaReport {
+        self.orca
+    }
+
+    /// Closes an ORCA window of `window_ns` ending at `now_ns` and refreshes the report.
+    pub fn roll_orca_window(&mut self, now_ns: u64, window_ns: u64) {
+        let mark = self.mark(now_ns);
+        let seconds = window_ns as f64 / 1e9;
+        let busy_seconds = (mark.busy_area - self.orca_mark.busy_area) as f64 / 1e9;
+        self.orca = OrcaReport {
+            utilization: (busy_seconds / seconds / f64::from(self.cores)).min(1.0),
+            requests_per_second: (mark.completed - self.orca_mark.completed) as f64 / seconds,
+        };
+        self.orca_mark = mark;
+    }
+}

@@ -1,0 +1,24 @@
+//! Deterministic discrete-event simulator of Envoy clients balancing over a fleet.
+
+mod balancer;
+mod config;
+mod cswrr;
+mod edf;
+mod endpoint;
+mod engine;
+mod latency;
+mod report;
+mod weights;
+
+pub use balancer::{Balancer, LeastRequestSettings, Policy};
+pub use config::{ConfigError, SimConfig};
+pub use cswrr::{CswrrSettings, OrcaReport, OrcaWeights};
+pub use edf::EdfScheduler;
+pub use endpoint::Endpoint;
+pub use engine::{simulate, SimError};
+pub use latency::{LatencyRecorder, LatencySummary};
+pub use report::{render_markdown, EndpointReport, SimReport, TimedReport};
+pub use weights::{
+    EndpointSample, EqualWeights, InverseCpuPerRequest, KnownCapacity, WeightProvider,
+    MIN_TRUSTED_REQUESTS_PER_SECOND, WEIGHT_SCALE,
+};
