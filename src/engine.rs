@@ -1,99 +1,278 @@
-//! The engine: joins discovered endpoints with weights and publishes a snapshot per change.
+//! The engine: joins endpoints with load samples each tick, calls weighting, publishes snapshots.
+//!
+//! It owns every cluster's endpoints, weighting memory and encoded resource. Sources feed it
+//! (endpoint updates on a channel, samples through the [`SampleTable`]); it never does I/O.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::config::adaptive::AdaptiveConfig;
 use crate::discovery::{ClusterUpdate, Endpoint};
-use crate::snapshot::{ClusterResource, ServedEndpoint, Snapshot, SnapshotStore};
-use crate::telemetry::{EndpointLabels, Metrics};
-use crate::weighting;
+use crate::metrics::SampleTable;
+use crate::snapshot::{
+    ClusterExplanation, ClusterResource, ServedEndpoint, Snapshot, SnapshotStore,
+};
+use crate::telemetry::{ClusterLabels, EndpointLabels, Metrics, ModeLabels};
+use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weight, WeightSource};
 
-/// Current endpoints per cluster and their encoded resources.
+/// One cluster's state between ticks.
+#[derive(Debug, Default)]
+struct ClusterState {
+    endpoints: Vec<Endpoint>,
+    memory: ClusterMemory,
+    mode: ClusterMode,
+    last_tick: Option<Duration>,
+    resource: Option<Arc<ClusterResource>>,
+}
+
+/// Current endpoints, weights and encoded resources of every cluster.
 pub struct Engine {
-    endpoints: BTreeMap<String, Vec<Endpoint>>,
-    resources: BTreeMap<String, Arc<ClusterResource>>,
+    clusters: BTreeMap<String, ClusterState>,
+    config: Arc<AdaptiveConfig>,
+    table: SampleTable,
     store: SnapshotStore,
     metrics: Metrics,
+    started: Instant,
 }
 
 impl Engine {
     /// An engine with no clusters that publishes into `store`.
-    pub fn new(store: SnapshotStore, metrics: Metrics) -> Self {
+    pub fn new(
+        config: Arc<AdaptiveConfig>,
+        table: SampleTable,
+        store: SnapshotStore,
+        metrics: Metrics,
+    ) -> Self {
         Self {
-            endpoints: BTreeMap::new(),
-            resources: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            config,
+            table,
             store,
             metrics,
+            started: Instant::now(),
         }
     }
 
-    /// Applies a batch of updates, re-encoding only the clusters they touch.
+    /// Monotonic time since the engine started (the weighting's `now`).
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Applies endpoint updates; touched clusters are recomputed at once.
     pub fn apply(&mut self, updates: Vec<ClusterUpdate>) {
         for update in updates {
             match update {
                 ClusterUpdate::Reset { cluster, endpoints } => {
-                    let resource = build_resource(&cluster, &endpoints);
-                    self.resources.insert(cluster.clone(), Arc::new(resource));
-                    self.endpoints.insert(cluster, endpoints);
+                    self.clusters.entry(cluster.clone()).or_default().endpoints = endpoints;
+                    self.recompute(&cluster, true);
                 }
                 ClusterUpdate::Removed { cluster } => {
-                    self.resources.remove(&cluster);
-                    self.endpoints.remove(&cluster);
+                    self.clusters.remove(&cluster);
+                    self.store.explain(&cluster, None);
                 }
             }
         }
     }
 
+    /// Replaces the settings (config reload) and recomputes every cluster.
+    pub fn reconfigure(&mut self, config: Arc<AdaptiveConfig>) {
+        self.config = config;
+        let names: Vec<String> = self.clusters.keys().cloned().collect();
+        for name in names {
+            self.recompute(&name, true);
+        }
+    }
+
+    /// Recomputes every cluster whose tick is due; returns how many were recomputed.
+    pub fn tick(&mut self) -> usize {
+        let started = Instant::now();
+        let now = self.now();
+        let due: Vec<String> = self
+            .clusters
+            .iter()
+            .filter(|(name, state)| {
+                let tick = self.config.settings(name).tick;
+                state
+                    .last_tick
+                    .is_none_or(|last| now.saturating_sub(last) + Duration::from_millis(50) >= tick)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &due {
+            self.recompute(name, false);
+        }
+        if !due.is_empty() {
+            self.metrics
+                .tick_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        due.len()
+    }
+
+    fn recompute(&mut self, name: &str, force: bool) {
+        let now = self.now();
+        let settings = self.config.settings(name).clone();
+        let wall = SystemTime::now();
+        let Some(state) = self.clusters.get_mut(name) else {
+            return;
+        };
+        let (weights, mode, moved) = if settings.params.algorithm == Algorithm::Static {
+            let weights = weighting::static_weights(&state.endpoints);
+            (weights, ClusterMode::Static, true)
+        } else {
+            let loads = self.table.loads(name, &state.endpoints, wall);
+            let output = weighting::compute(
+                &state.endpoints,
+                &loads,
+                &state.memory,
+                &settings.params,
+                now,
+            );
+            if output.dropped_samples > 0 {
+                self.metrics
+                    .dropped_samples
+                    .get_or_create(&ClusterLabels {
+                        cluster: name.to_string(),
+                    })
+                    .inc_by(output.dropped_samples as u64);
+            }
+            state.memory = output.memory;
+            (output.weights, output.mode, output.moved)
+        };
+        state.last_tick = Some(now);
+        if state.mode != mode {
+            tracing::info!(
+                cluster = name,
+                from = state.mode.as_str(),
+                to = mode.as_str(),
+                "cluster weighting mode changed"
+            );
+            state.mode = mode;
+        }
+        if force || moved || state.resource.is_none() {
+            state.resource = Some(Arc::new(build_resource(name, &state.endpoints, &weights)));
+        }
+        self.store.explain(
+            name,
+            Some(ClusterExplanation {
+                mode,
+                computed_at: wall,
+                endpoints: state.endpoints.iter().cloned().zip(weights).collect(),
+            }),
+        );
+    }
+
     /// Publishes the current state; returns whether the content changed.
     pub fn publish(&self) -> bool {
-        let snapshot = Snapshot::new(self.resources.clone());
-        let changed = self.store.publish(snapshot);
+        let resources = self
+            .clusters
+            .iter()
+            .filter_map(|(name, state)| {
+                state
+                    .resource
+                    .clone()
+                    .map(|resource| (name.clone(), resource))
+            })
+            .collect();
+        let changed = self.store.publish(Snapshot::new(resources));
+        self.record_metrics(changed);
         if changed {
-            self.record_metrics();
             let current = self.store.current();
             tracing::info!(version = %current.version, clusters = current.clusters.len(), "snapshot published");
         }
         changed
     }
 
-    /// Applies updates as they arrive until every source is gone.
-    pub async fn run(mut self, mut updates: mpsc::Receiver<Vec<ClusterUpdate>>) {
-        while let Some(batch) = updates.recv().await {
-            self.apply(batch);
+    /// Runs until every source is gone: applies updates as they come, ticks, follows config reloads.
+    pub async fn run(
+        mut self,
+        mut updates: mpsc::Receiver<Vec<ClusterUpdate>>,
+        mut config: watch::Receiver<Arc<AdaptiveConfig>>,
+    ) {
+        loop {
+            let period = self.config.shortest_tick().min(Duration::from_secs(1));
+            tokio::select! {
+                batch = updates.recv() => match batch {
+                    Some(batch) => self.apply(batch),
+                    None => return,
+                },
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let next = config.borrow_and_update().clone();
+                    self.reconfigure(next);
+                }
+                _ = tokio::time::sleep(period) => {
+                    self.tick();
+                }
+            }
             self.publish();
         }
     }
 
-    fn record_metrics(&self) {
-        self.metrics.snapshots.inc();
-        self.metrics.clusters.set(self.resources.len() as i64);
+    fn record_metrics(&self, snapshot_changed: bool) {
+        if snapshot_changed {
+            self.metrics.snapshots.inc();
+        }
+        self.metrics.clusters.set(self.clusters.len() as i64);
         self.metrics.endpoint_weight.clear();
-        for resource in self.resources.values() {
-            for served in &resource.endpoints {
-                let labels = EndpointLabels {
-                    cluster: resource.name.clone(),
-                    endpoint: format!("{}:{}", served.endpoint.address, served.endpoint.port),
-                    pod: served.endpoint.pod.clone().unwrap_or_default(),
-                };
-                self.metrics
-                    .endpoint_weight
-                    .get_or_create(&labels)
-                    .set(i64::from(served.weight));
+        self.metrics.endpoint_cpu.clear();
+        self.metrics.cluster_mode.clear();
+        for (name, state) in &self.clusters {
+            self.metrics
+                .cluster_mode
+                .get_or_create(&ModeLabels {
+                    cluster: name.clone(),
+                    mode: state.mode.as_str().into(),
+                })
+                .set(1);
+            if let Some(resource) = &state.resource {
+                for served in &resource.endpoints {
+                    self.metrics
+                        .endpoint_weight
+                        .get_or_create(&endpoint_labels(name, &served.endpoint))
+                        .set(i64::from(served.weight));
+                }
+            }
+            if let Some(explanation) = self.store.explanation(name) {
+                for (endpoint, weight) in &explanation.endpoints {
+                    if let Some(cpu) = weight.cpu {
+                        self.metrics
+                            .endpoint_cpu
+                            .get_or_create(&endpoint_labels(name, endpoint))
+                            .set(cpu);
+                    }
+                }
             }
         }
     }
 }
 
-fn build_resource(cluster: &str, endpoints: &[Endpoint]) -> ClusterResource {
-    let weights = weighting::static_weights(endpoints);
+fn endpoint_labels(cluster: &str, endpoint: &Endpoint) -> EndpointLabels {
+    EndpointLabels {
+        cluster: cluster.to_string(),
+        endpoint: format!("{}:{}", endpoint.address, endpoint.port),
+        pod: endpoint.pod.clone().unwrap_or_default(),
+    }
+}
+
+fn build_resource(cluster: &str, endpoints: &[Endpoint], weights: &[Weight]) -> ClusterResource {
     let served = endpoints
         .iter()
         .zip(weights)
         .map(|(endpoint, weight)| ServedEndpoint {
             endpoint: endpoint.clone(),
-            weight: weight.weight,
-            reason: weight.reason,
+            weight: weight.weight.max(1),
+            reason: match weight.source {
+                WeightSource::Configured => weight.reason.clone(),
+                source => format!("{}: {}", source.as_str(), weight.reason),
+            },
         })
         .collect();
     ClusterResource::build(cluster, served)
@@ -107,7 +286,12 @@ mod tests {
     #[test]
     fn publishes_weights_and_only_real_changes() {
         let store = SnapshotStore::new();
-        let mut engine = Engine::new(store.clone(), Metrics::default());
+        let mut engine = Engine::new(
+            Arc::default(),
+            SampleTable::default(),
+            store.clone(),
+            Metrics::default(),
+        );
         let clusters = config::parse(
             "clusters:\n- name: a\n  endpoints:\n  - {address: 10.0.0.1, port: 1, weight: 30}\n  - {address: 10.0.0.2, port: 1}\n",
         )
@@ -123,10 +307,15 @@ mod tests {
             .map(|e| e.weight)
             .collect();
         assert_eq!(weights, vec![30, 30]);
+        assert_eq!(
+            store.explanation("a").map(|e| e.mode),
+            Some(ClusterMode::Static)
+        );
         engine.apply(vec![ClusterUpdate::Removed {
             cluster: "a".into(),
         }]);
         assert!(engine.publish());
         assert!(store.current().clusters.is_empty());
+        assert!(store.explanation("a").is_none());
     }
 }

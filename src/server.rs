@@ -11,6 +11,11 @@ use crate::config;
 use crate::discovery::file::FileSource;
 use crate::engine::Engine;
 use crate::inspect::{self, InspectService};
+use crate::metrics::{
+    prometheus,
+    remote_write::{self, SeriesStore},
+    SampleTable,
+};
 use crate::snapshot::SnapshotStore;
 use crate::telemetry::Metrics;
 use crate::xds::{self, registry::ClientRegistry, service::XdsService, stream::XdsContext};
@@ -38,14 +43,38 @@ pub async fn serve(
     let (metrics, registry) = Metrics::registered();
     let store = SnapshotStore::new();
     let clients = Arc::new(ClientRegistry::default());
+    let table = SampleTable::default();
+    let series = config
+        .adaptive
+        .remote_write
+        .as_ref()
+        .map(|_| SeriesStore::default());
 
     let source = FileSource::new(config_path.clone(), config.clone(), &text, metrics.clone());
-    let mut engine = Engine::new(store.clone(), metrics.clone());
+    let settings = source.settings();
+    let mut engine = Engine::new(
+        settings.borrow().clone(),
+        table.clone(),
+        store.clone(),
+        metrics.clone(),
+    );
     engine.apply(source.initial_updates());
     engine.publish();
     let (updates_sender, updates) = mpsc::channel(16);
+    tokio::spawn(prometheus::run(
+        settings.clone(),
+        table.clone(),
+        metrics.clone(),
+    ));
+    if let Some(series) = &series {
+        tokio::spawn(remote_write::aggregate(
+            settings.clone(),
+            series.clone(),
+            table.clone(),
+        ));
+    }
+    tokio::spawn(engine.run(updates, settings.clone()));
     tokio::spawn(source.run(updates_sender));
-    tokio::spawn(engine.run(updates));
 
     let xds_listener = TcpListener::bind(config.xds_listen)
         .await
@@ -68,11 +97,14 @@ pub async fn serve(
         metrics,
         max_resource_names: config.raw.xds.max_resource_names,
     };
-    let grpc = grpc_router(context, clients)?;
     let admin_app = admin::router(AdminState {
         registry: Arc::new(registry),
-        store,
+        store: store.clone(),
+        metrics: context.metrics.clone(),
+        series,
+        adaptive: settings,
     });
+    let grpc = grpc_router(context, clients)?;
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

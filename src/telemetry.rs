@@ -1,8 +1,15 @@
 //! Our Prometheus metrics: every family is defined and registered here, with its help text.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 
@@ -42,8 +49,24 @@ pub struct QueryLabels {
     pub result: String,
 }
 
+/// Label set for per-cluster families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// EDS resource name.
+    pub cluster: String,
+}
+
+/// Label set of the cluster-mode gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// EDS resource name.
+    pub cluster: String,
+    /// `static`, `fresh`, `holding`, `fallback` or `idle`.
+    pub mode: String,
+}
+
 /// Handles to every metric. Cloning is cheap and shares the underlying values.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     /// Config file reloads by result.
     pub config_reloads: Family<ResultLabels, Counter>,
@@ -61,12 +84,42 @@ pub struct Metrics {
     pub endpoint_weight: Family<EndpointLabels, Gauge>,
     /// Snapshots published (one per content change).
     pub snapshots: Counter,
+    /// CPU (cores) of each endpoint at the last tick.
+    pub endpoint_cpu: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    /// 1 for each cluster's current weighting mode.
+    pub cluster_mode: Family<ModeLabels, Gauge>,
+    /// Samples dropped as NaN, negative or infinite, by cluster.
+    pub dropped_samples: Family<ClusterLabels, Counter>,
+    /// Time to recompute the due clusters in one tick.
+    pub tick_duration: Histogram,
     /// Remote-write samples by result (accepted, filtered, over_limit, invalid).
     pub remote_write_samples: Family<ResultLabels, Counter>,
     /// PromQL queries by cluster, signal and result.
     pub metric_queries: Family<QueryLabels, Counter>,
     /// Clusters in the current snapshot.
     pub clusters: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            config_reloads: Family::default(),
+            streams: Family::default(),
+            pushes: Family::default(),
+            acks: Family::default(),
+            nacks: Family::default(),
+            rejected_requests: Family::default(),
+            endpoint_weight: Family::default(),
+            snapshots: Counter::default(),
+            endpoint_cpu: Family::default(),
+            cluster_mode: Family::default(),
+            dropped_samples: Family::default(),
+            tick_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            remote_write_samples: Family::default(),
+            metric_queries: Family::default(),
+            clusters: Gauge::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -119,11 +172,124 @@ impl Metrics {
             "Clusters in the current snapshot",
             metrics.clusters.clone(),
         );
+        registry.register(
+            "endpoint_cpu_cores",
+            "CPU cores used per endpoint, as read at the last tick",
+            metrics.endpoint_cpu.clone(),
+        );
+        registry.register(
+            "cluster_mode",
+            "1 for each cluster's weighting mode (static, fresh, holding, fallback, idle)",
+            metrics.cluster_mode.clone(),
+        );
+        registry.register(
+            "dropped_samples",
+            "Samples dropped as NaN, negative or infinite, by cluster",
+            metrics.dropped_samples.clone(),
+        );
+        registry.register(
+            "tick_duration_seconds",
+            "Time to recompute the clusters due in one tick",
+            metrics.tick_duration.clone(),
+        );
+        registry.register(
+            "remote_write_samples",
+            "Remote-write samples received, by result (accepted, filtered, over_limit, invalid; bad_request counts refused requests)",
+            metrics.remote_write_samples.clone(),
+        );
+        registry.register(
+            "metric_queries",
+            "PromQL queries, by cluster, signal and result (error = samples kept, aging toward stale)",
+            metrics.metric_queries.clone(),
+        );
         (metrics, registry)
     }
 
     /// The label set for a stream kind.
     pub fn kind(kind: &str) -> StreamLabels {
         StreamLabels { kind: kind.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_registered() {
+        let (metrics, registry) = Metrics::registered();
+        let labels = EndpointLabels {
+            cluster: "c".into(),
+            endpoint: "e".into(),
+            pod: "p".into(),
+        };
+        metrics
+            .config_reloads
+            .get_or_create(&ResultLabels {
+                result: "ok".into(),
+            })
+            .inc();
+        metrics.streams.get_or_create(&Metrics::kind("k")).inc();
+        metrics.pushes.get_or_create(&Metrics::kind("k")).inc();
+        metrics.acks.get_or_create(&Metrics::kind("k")).inc();
+        metrics.nacks.get_or_create(&Metrics::kind("k")).inc();
+        metrics
+            .rejected_requests
+            .get_or_create(&Metrics::kind("k"))
+            .inc();
+        metrics.endpoint_weight.get_or_create(&labels).set(1);
+        metrics.endpoint_cpu.get_or_create(&labels).set(0.5);
+        metrics
+            .cluster_mode
+            .get_or_create(&ModeLabels {
+                cluster: "c".into(),
+                mode: "fresh".into(),
+            })
+            .set(1);
+        metrics
+            .dropped_samples
+            .get_or_create(&ClusterLabels {
+                cluster: "c".into(),
+            })
+            .inc();
+        metrics
+            .remote_write_samples
+            .get_or_create(&ResultLabels {
+                result: "ok".into(),
+            })
+            .inc();
+        metrics
+            .metric_queries
+            .get_or_create(&QueryLabels {
+                cluster: "c".into(),
+                signal: "cpu".into(),
+                result: "ok".into(),
+            })
+            .inc();
+        metrics.tick_duration.observe(0.001);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for name in [
+            "adaptive_eds_config_reloads_total",
+            "adaptive_eds_xds_streams",
+            "adaptive_eds_xds_pushes_total",
+            "adaptive_eds_xds_acks_total",
+            "adaptive_eds_xds_nacks_total",
+            "adaptive_eds_xds_rejected_requests_total",
+            "adaptive_eds_endpoint_weight",
+            "adaptive_eds_endpoint_cpu_cores",
+            "adaptive_eds_cluster_mode",
+            "adaptive_eds_dropped_samples_total",
+            "adaptive_eds_remote_write_samples_total",
+            "adaptive_eds_metric_queries_total",
+            "adaptive_eds_tick_duration_seconds_count",
+            "adaptive_eds_snapshots_total",
+            "adaptive_eds_clusters",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} missing from:\n{text}"
+            );
+        }
     }
 }

@@ -3,15 +3,23 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::State,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
     http::{header, StatusCode},
     response::IntoResponse,
-    routing::get,
+    routing::{get, post},
     Router,
 };
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 
+use crate::config::adaptive::AdaptiveConfig;
+use crate::metrics::remote_write::{self, SeriesStore};
 use crate::snapshot::SnapshotStore;
+use crate::telemetry::Metrics;
+
+/// Largest compressed remote-write body accepted.
+const MAX_WRITE_BODY: usize = 16 * 1024 * 1024;
 
 /// What the admin handlers read.
 #[derive(Clone)]
@@ -20,18 +28,57 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// Readiness follows the first published snapshot.
     pub store: SnapshotStore,
+    /// Metric handles (remote-write counters).
+    pub metrics: Metrics,
+    /// Where remote-written samples go, when remote write is enabled.
+    pub series: Option<SeriesStore>,
+    /// The current adaptive config (remote-write filters and limits).
+    pub adaptive: watch::Receiver<Arc<AdaptiveConfig>>,
 }
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
+    let router = Router::new()
+        .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    let router = if state.series.is_some() {
+        router
+            .route("/api/v1/write", post(write))
+            .layer(DefaultBodyLimit::max(MAX_WRITE_BODY))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+/// Prometheus remote-write 1.0 receiver (`vmagent -remoteWrite.url`, Prometheus `remote_write`).
+async fn write(State(state): State<AdminState>, body: Bytes) -> (StatusCode, String) {
+    let settings = state.adaptive.borrow().remote_write.clone();
+    let (Some(series), Some(settings)) = (&state.series, settings) else {
+        return (StatusCode::NOT_FOUND, "remote write is disabled\n".into());
+    };
+    match remote_write::decode(&body) {
+        Ok(request) => {
+            let stats = series.ingest(request, &settings);
+            remote_write::record(&state.metrics, stats);
+            (StatusCode::NO_CONTENT, String::new())
+        }
+        Err(error) => {
+            state
+                .metrics
+                .remote_write_samples
+                .get_or_create(&crate::telemetry::ResultLabels {
+                    result: "bad_request".into(),
+                })
+                .inc();
+            tracing::warn!(%error, "remote-write request refused");
+            (StatusCode::BAD_REQUEST, format!("{error}\n"))
+        }
+    }
+}
+
+async fn metrics_page(State(state): State<AdminState>) -> impl IntoResponse {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (

@@ -1,12 +1,12 @@
 //! The static YAML file source: reloads the config when it changes, keeps the last good one.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{ClusterUpdate, Endpoint};
-use crate::config::{self, ValidConfig};
+use crate::config::{self, adaptive::AdaptiveConfig, ValidConfig};
 use crate::telemetry::Metrics;
 
 /// How often the file is re-read. Polling the content (not inotify) also follows editors that
@@ -35,22 +35,33 @@ pub fn diff(
 }
 
 /// Watches one config file and sends cluster updates for every valid change.
+///
+/// The file also carries the tick, metrics and weighting settings: they are published on a
+/// `watch` channel that the engine and the metrics sources follow.
 pub struct FileSource {
     path: PathBuf,
     current: ValidConfig,
     content_hash: [u8; 32],
     metrics: Metrics,
+    settings: watch::Sender<Arc<AdaptiveConfig>>,
 }
 
 impl FileSource {
     /// Starts from the config already loaded at startup (`text` is the content it came from).
     pub fn new(path: PathBuf, current: ValidConfig, text: &str, metrics: Metrics) -> Self {
+        let (settings, _) = watch::channel(Arc::new(current.adaptive.clone()));
         Self {
             path,
             current,
             content_hash: Sha256::digest(text.as_bytes()).into(),
             metrics,
+            settings,
         }
+    }
+
+    /// Follows the tick, metrics and weighting settings of the last good config.
+    pub fn settings(&self) -> watch::Receiver<Arc<AdaptiveConfig>> {
+        self.settings.subscribe()
     }
 
     /// The updates that describe the initial config, from an empty state.
@@ -98,6 +109,13 @@ impl FileSource {
                 let updates = diff(&self.current.clusters, &next.clusters);
                 tracing::info!(file = %self.path.display(), changed_clusters = updates.len(), "config reloaded");
                 self.metrics.config_reloads.get_or_create(&ok_label()).inc();
+                self.settings.send_if_modified(|settings| {
+                    let changed = **settings != next.adaptive;
+                    if changed {
+                        *settings = Arc::new(next.adaptive.clone());
+                    }
+                    changed
+                });
                 self.current = next;
                 Some(updates)
             }
@@ -117,8 +135,12 @@ impl FileSource {
     }
 
     fn warn_about_restart_only_keys(&self, next: &ValidConfig) {
-        if next.raw.xds != self.current.raw.xds || next.raw.admin != self.current.raw.admin {
-            tracing::warn!(file = %self.path.display(), "xds/admin settings changed; they take effect only after a restart");
+        let remote_write = |config: &ValidConfig| config.adaptive.remote_write.is_some();
+        if next.raw.xds != self.current.raw.xds
+            || next.raw.admin != self.current.raw.admin
+            || remote_write(next) != remote_write(&self.current)
+        {
+            tracing::warn!(file = %self.path.display(), "xds, admin or metrics.remote_write.enabled changed; that takes effect only after a restart");
         }
     }
 }

@@ -59,6 +59,11 @@ impl pb::inspect_server::Inspect for InspectService {
                 version: cluster.version.clone(),
                 endpoint_count: u32::try_from(cluster.endpoints.len()).unwrap_or(u32::MAX),
                 total_weight: cluster.endpoints.iter().map(|e| u64::from(e.weight)).sum(),
+                mode: self
+                    .store
+                    .explanation(&cluster.name)
+                    .map(|explanation| explanation.mode.as_str().to_string())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListClustersResponse {
@@ -78,23 +83,56 @@ impl pb::inspect_server::Inspect for InspectService {
                 "no cluster named {name:?}; ListClusters shows the served ones"
             ))
         })?;
+        let explanation = self.store.explanation(name);
+        let explained = |endpoint: &crate::discovery::Endpoint| {
+            explanation.as_ref().and_then(|explanation| {
+                explanation
+                    .endpoints
+                    .iter()
+                    .find(|(known, _)| {
+                        known.address == endpoint.address && known.port == endpoint.port
+                    })
+                    .map(|(_, weight)| weight.clone())
+            })
+        };
         let endpoints = cluster
             .endpoints
             .iter()
-            .map(|served| pb::Endpoint {
-                address: served.endpoint.address.to_string(),
-                port: u32::from(served.endpoint.port),
-                weight: served.weight,
-                pod: served.endpoint.pod.clone().unwrap_or_default(),
-                zone: served.endpoint.locality.zone.clone(),
-                health: health_name(served.endpoint.health).into(),
-                reason: served.reason.clone(),
+            .map(|served| {
+                let computed = explained(&served.endpoint).unwrap_or_default();
+                pb::Endpoint {
+                    address: served.endpoint.address.to_string(),
+                    port: u32::from(served.endpoint.port),
+                    weight: served.weight,
+                    pod: served.endpoint.pod.clone().unwrap_or_default(),
+                    zone: served.endpoint.locality.zone.clone(),
+                    health: health_name(served.endpoint.health).into(),
+                    reason: served.reason.clone(),
+                    source: computed.source.as_str().into(),
+                    computed_weight: computed.weight,
+                    previous_weight: computed.previous,
+                    cpu_cores: computed.cpu,
+                    requests_per_second: computed.rps,
+                    utilization: computed.utilization,
+                    sample_age_seconds: computed.sample_age.map(|age| age.as_secs_f64()),
+                }
             })
             .collect();
         Ok(Response::new(pb::Cluster {
             name: cluster.name.clone(),
             version: cluster.version.clone(),
             endpoints,
+            mode: explanation
+                .as_ref()
+                .map(|explanation| explanation.mode.as_str().to_string())
+                .unwrap_or_default(),
+            computed_seconds_ago: explanation.as_ref().map(|explanation| {
+                explanation
+                    .computed_at
+                    .elapsed()
+                    .map(|elapsed| elapsed.as_secs_f64())
+                    .unwrap_or(0.0)
+            }),
         }))
     }
 

@@ -121,6 +121,8 @@ pub struct PromQlClient {
 impl PromQlClient {
     /// Builds the client (timeouts, headers, TLS) from validated settings.
     pub fn new(settings: PullSettings) -> anyhow::Result<Self> {
+        // reqwest's rustls is built without a default crypto provider; ring is ours.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &settings.headers {
             let name =

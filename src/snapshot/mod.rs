@@ -1,6 +1,10 @@
 //! Immutable, versioned sets of `ClusterLoadAssignment`s: the only state shared by engine and serving.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::SystemTime,
+};
 
 use bytes::Bytes;
 use envoy_types::pb::{
@@ -18,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::discovery::{Endpoint, HealthStatus, Locality};
+use crate::weighting::{ClusterMode, Weight};
 
 /// Type URL of EDS resources.
 pub const CLUSTER_LOAD_ASSIGNMENT: &str =
@@ -187,11 +192,26 @@ impl Snapshot {
     }
 }
 
+/// Why a cluster has its weights: the last tick's inputs and results, served or not.
+///
+/// Kept beside the snapshot, not in it, so a tick that changes only the explanation (new CPU
+/// figures, same weights) wakes no xDS stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterExplanation {
+    /// The cluster's weighting mode.
+    pub mode: ClusterMode,
+    /// When it was computed.
+    pub computed_at: SystemTime,
+    /// Each endpoint with its computed weight and inputs, in source order.
+    pub endpoints: Vec<(Endpoint, Weight)>,
+}
+
 /// Publishes snapshots to every reader; readers always see the newest, never a queue.
 #[derive(Clone, Debug)]
 pub struct SnapshotStore {
     sender: Arc<watch::Sender<Arc<Snapshot>>>,
     ready: Arc<watch::Sender<bool>>,
+    explanations: Arc<RwLock<BTreeMap<String, Arc<ClusterExplanation>>>>,
 }
 
 impl Default for SnapshotStore {
@@ -208,7 +228,27 @@ impl SnapshotStore {
         Self {
             sender: Arc::new(sender),
             ready: Arc::new(ready),
+            explanations: Arc::default(),
         }
+    }
+
+    /// Records why `cluster` has its weights (`None` forgets the cluster).
+    pub fn explain(&self, cluster: &str, explanation: Option<ClusterExplanation>) {
+        if let Ok(mut explanations) = self.explanations.write() {
+            match explanation {
+                Some(explanation) => {
+                    explanations.insert(cluster.to_string(), Arc::new(explanation));
+                }
+                None => {
+                    explanations.remove(cluster);
+                }
+            }
+        }
+    }
+
+    /// Why `cluster` has its weights, if known.
+    pub fn explanation(&self, cluster: &str) -> Option<Arc<ClusterExplanation>> {
+        self.explanations.read().ok()?.get(cluster).cloned()
     }
 
     /// Replaces the current snapshot if its content differs; returns whether it did.

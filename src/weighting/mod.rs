@@ -3,11 +3,23 @@
 //! No clock, no I/O, no globals: the same code runs in the server, the tests and the simulator.
 //! Time enters only as values (`now`, sample ages) passed in by the caller.
 
+mod adaptive;
+mod capacity;
+#[cfg(test)]
+mod convergence;
+mod distance;
 pub mod params;
+#[cfg(test)]
+mod properties;
+#[cfg(test)]
+mod testing;
 
 use std::{collections::BTreeMap, time::Duration};
 
 use crate::discovery::Endpoint;
+
+pub use adaptive::endpoint_key;
+pub use params::{Algorithm, DistanceParams, Objective, Params};
 
 /// One measured value and how old its sample is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,8 +111,23 @@ pub struct EndpointMemory {
     pub weight: u32,
     /// Smoothed cost estimate (algorithm-specific units), if any.
     pub cost: Option<f64>,
+    /// `cost` came from a saturated sample (CPU at its limit), so it is only a lower bound: the
+    /// next unsaturated estimate replaces it instead of being averaged with it.
+    pub cost_is_floor: bool,
     /// `now` of the tick that first saw this endpoint.
     pub first_seen: Duration,
+    /// Seen in the cluster's first tick: present before we started, so it does not slow-start.
+    pub initial: bool,
+}
+
+/// The unit of the remembered costs, so an average never mixes two units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CostBasis {
+    /// CPU seconds per request (request rates are known).
+    #[default]
+    PerRequest,
+    /// CPU per share of traffic, divided by the cluster's CPU (request rates are unknown).
+    Relative,
 }
 
 /// What the weighting remembers of one cluster between ticks, keyed by `address:port`.
@@ -108,6 +135,47 @@ pub struct EndpointMemory {
 pub struct ClusterMemory {
     /// Per endpoint.
     pub endpoints: BTreeMap<String, EndpointMemory>,
+    /// The mode of the last tick, so a change of mode is published.
+    pub mode: ClusterMode,
+    /// `now - age` of the youngest valid CPU sample ever seen, to tell holding from fallback even
+    /// when the metrics source stops returning samples at all.
+    pub last_sample_at: Option<Duration>,
+    /// Unit of the endpoints' remembered `cost`, if any was remembered.
+    pub cost_basis: Option<CostBasis>,
+}
+
+/// The result of one tick of weighting for one cluster.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    /// One weight per endpoint, index-aligned with the input; always what is (or stays) served.
+    pub weights: Vec<Weight>,
+    /// The cluster's mode this tick.
+    pub mode: ClusterMode,
+    /// What to pass as `memory` to the next tick.
+    pub memory: ClusterMemory,
+    /// Whether the weights differ enough from the served ones to be worth a push.
+    pub moved: bool,
+    /// Samples ignored because their value was NaN, infinite or negative.
+    pub dropped_samples: usize,
+}
+
+/// Computes one cluster's weights for this tick.
+///
+/// `endpoints` and `loads` are index-aligned (a missing load counts as no samples); `memory` is
+/// the previous tick's [`Output::memory`] (`Default` at first); `now` is a monotonic time chosen
+/// by the caller. Pure: the same inputs always give the same output.
+///
+/// The output's weights are always the ones to serve: when [`Output::moved`] is false they are
+/// the weights already served (the memory), so skipping the push changes nothing, and the next
+/// tick compares against what is really served, so a slow drift adds up until it is published.
+pub fn compute(
+    endpoints: &[Endpoint],
+    loads: &[EndpointLoad],
+    memory: &ClusterMemory,
+    params: &Params,
+    now: Duration,
+) -> Output {
+    adaptive::compute(endpoints, loads, memory, params, now)
 }
 
 /// Weight given to every endpoint of a cluster in which no endpoint has a configured weight.

@@ -166,6 +166,8 @@ impl Server {
 
 /// GET a URL on loopback; `None` if it could not connect.
 pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    // reqwest is built with rustls but no default crypto provider (see Cargo.toml).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -338,4 +340,170 @@ impl Envoy {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Test backends on loopback whose `/metrics` counters grow at known rates, like cAdvisor's
+/// `container_cpu_usage_seconds_total` for a pod that uses `cores` CPU and serves `rps`.
+pub struct FakeBackends {
+    pub addresses: Vec<std::net::SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One fake pod: name, CPU cores in use, requests per second.
+pub struct FakePod {
+    pub pod: &'static str,
+    pub cores: f64,
+    pub rps: f64,
+}
+
+impl FakeBackends {
+    /// Starts one HTTP server per pod; each serves `/metrics` (and `/` with 200 for traffic).
+    pub async fn start(
+        namespace: &'static str,
+        container: &'static str,
+        pods: Vec<FakePod>,
+    ) -> Self {
+        let started = Instant::now();
+        let mut addresses = Vec::new();
+        let mut tasks = Vec::new();
+        for pod in pods {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind backend");
+            addresses.push(listener.local_addr().expect("backend address"));
+            let page = move || {
+                let seconds = started.elapsed().as_secs_f64() + 1000.0;
+                format!(
+                    "# TYPE container_cpu_usage_seconds_total counter\n\
+                     container_cpu_usage_seconds_total{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\"}} {}\n\
+                     # TYPE http_requests_total counter\n\
+                     http_requests_total{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\"}} {}\n",
+                    pod.pod,
+                    pod.cores * seconds,
+                    pod.pod,
+                    pod.rps * seconds
+                )
+            };
+            let app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || async move { page() }),
+                )
+                .route("/", axum::routing::get(|| async { "ok" }));
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }));
+        }
+        Self { addresses, tasks }
+    }
+}
+
+impl Drop for FakeBackends {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A Prometheus scrape config for `targets`, every second.
+pub fn scrape_config(directory: &Path, targets: &[std::net::SocketAddr]) -> PathBuf {
+    let list: Vec<String> = targets
+        .iter()
+        .map(|address| format!("\"{address}\""))
+        .collect();
+    let text = format!(
+        "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: backends\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
+        list.join(", ")
+    );
+    let path = directory.join("scrape.yaml");
+    std::fs::write(&path, text).expect("write scrape config");
+    path
+}
+
+/// A real VictoriaMetrics single node (`apt-get install victoria-metrics`) scraping `targets`.
+pub struct VictoriaMetrics {
+    pub port: u16,
+    pub directory: tempfile::TempDir,
+    pub process: Option<Process>,
+    scrape: PathBuf,
+}
+
+impl VictoriaMetrics {
+    /// Starts it and waits until it answers.
+    pub async fn start(targets: &[std::net::SocketAddr]) -> Self {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let scrape = scrape_config(directory.path(), targets);
+        let mut victoria = Self {
+            port: free_port(),
+            directory,
+            process: None,
+            scrape,
+        };
+        victoria.restart().await;
+        victoria
+    }
+
+    /// Starts (again) on the same port and data directory.
+    pub async fn restart(&mut self) {
+        let binary = require_tool("victoria-metrics", "apt-get install victoria-metrics");
+        let log = self.directory.path().join(format!(
+            "victoria-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        self.process = Some(Process::spawn(
+            "victoria-metrics",
+            Command::new(binary)
+                .arg(format!(
+                    "-storageDataPath={}",
+                    self.directory.path().join("data").display()
+                ))
+                .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+                .arg(format!("-promscrape.config={}", self.scrape.display()))
+                .arg("-search.latencyOffset=1s")
+                .arg("-search.disableCache")
+                .arg("-loggerLevel=WARN"),
+            log,
+        ));
+        let url = format!("http://127.0.0.1:{}/health", self.port);
+        wait_for(Duration::from_secs(20), "VictoriaMetrics /health", || {
+            let url = url.clone();
+            async move { http_get(&url).await.filter(|(status, _)| *status == 200) }
+        })
+        .await;
+    }
+
+    /// Kills it (the data directory stays).
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A real vmagent scraping `targets` and remote-writing to `write_url`.
+pub fn start_vmagent(
+    directory: &Path,
+    targets: &[std::net::SocketAddr],
+    write_url: &str,
+) -> Process {
+    let binary = require_tool("vmagent", "apt-get install victoria-metrics");
+    let scrape = scrape_config(directory, targets);
+    Process::spawn(
+        "vmagent",
+        Command::new(binary)
+            .arg(format!("-promscrape.config={}", scrape.display()))
+            .arg(format!("-remoteWrite.url={write_url}"))
+            .arg(format!(
+                "-remoteWrite.tmpDataPath={}",
+                directory.join("vmagent-data").display()
+            ))
+            .arg("-remoteWrite.flushInterval=1s")
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", free_port()))
+            .arg("-loggerLevel=WARN"),
+        directory.join("vmagent.log"),
+    )
 }

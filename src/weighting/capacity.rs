@@ -1,0 +1,567 @@
+//! Capacity planning: estimate each endpoint's cost per request, then plan weights for an objective.
+
+use super::{
+    adaptive::{middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned},
+    CostBasis, Objective, Params,
+};
+
+/// Request rates at or below this (per second) are too small to divide CPU by.
+const RPS_EPSILON: f64 = 1e-6;
+
+/// A cost is never taken below this fraction of the median cost, so one endpoint reporting
+/// almost no CPU cannot claim an unbounded capacity.
+const COST_FLOOR_FRACTION: f64 = 1e-3;
+
+/// A sample at or above this fraction of its CPU limit is saturated: the endpoint may have been
+/// sent more than it could serve, so the cost it shows is only a lower bound.
+const SATURATION: f64 = 0.95;
+
+/// Endpoints whose cost is within this fraction of the cheapest of a tier are filled together,
+/// in proportion to their capacity, so that measurement noise between equally cheap endpoints
+/// cannot reorder the fill from tick to tick.
+const COST_TIER_TOLERANCE: f64 = 0.10;
+
+/// The cluster as the planner sees it: cost, capacity at the ceiling, and the demand to place.
+struct Fleet {
+    /// Cost of one unit of traffic in cores: CPU seconds per request, or per whole-cluster traffic.
+    costs: Vec<f64>,
+    /// Traffic each endpoint takes at the utilization ceiling, in the same unit as `demand`.
+    capacities: Vec<f64>,
+    /// Traffic to place: requests per second, or 1.0 (all of it) when rates are unknown.
+    demand: f64,
+    /// Each cost relative to the traffic-weighted mean cost, for explanations.
+    relative_costs: Vec<f64>,
+}
+
+/// Weights for the endpoints with fresh CPU, index-aligned with `fresh`, and the unit of the
+/// costs to remember.
+pub(crate) fn plan(
+    fresh: &[FreshEndpoint],
+    basis_before: Option<CostBasis>,
+    params: &Params,
+) -> (Vec<Planned>, CostBasis) {
+    let basis = if fresh
+        .iter()
+        .all(|endpoint| endpoint.rps.is_some_and(|rps| rps > RPS_EPSILON))
+    {
+        CostBasis::PerRequest
+    } else {
+        CostBasis::Relative
+    };
+    if fresh.is_empty() {
+        return (Vec::new(), basis);
+    }
+    let shares = served_shares(fresh);
+    let smoothed = smoothed_costs(fresh, &shares, basis, basis_before, params);
+    let values: Vec<f64> = smoothed.iter().map(|cost| cost.value).collect();
+    let fleet = fleet(fresh, &shares, &values, basis, params);
+    let (loads, ranks) = match params.objective {
+        Objective::Balance => (balance(&fleet), vec![None; fresh.len()]),
+        Objective::Latency => fill(&fleet, params.probe_share),
+    };
+    let planned = weights_for(&loads, fresh, params)
+        .into_iter()
+        .enumerate()
+        .map(|(index, weight)| {
+            let utilization = loads[index] * fleet.costs[index] / fresh[index].limit;
+            Planned {
+                weight,
+                reason: reason(&fleet, basis, index, utilization, ranks[index]),
+                cost: Some(smoothed[index]),
+            }
+        })
+        .collect();
+    (planned, basis)
+}
+
+/// The share of traffic each endpoint was served, from the weights in force; an endpoint without
+/// one counts as the median, and with none at all the shares are equal.
+fn served_shares(fresh: &[FreshEndpoint]) -> Vec<f64> {
+    let known: Vec<f64> = fresh
+        .iter()
+        .filter_map(|endpoint| endpoint.previous.map(f64::from))
+        .collect();
+    let default = percentile(&known, 50.0).unwrap_or(1.0).max(1.0);
+    let weights: Vec<f64> = fresh
+        .iter()
+        .map(|endpoint| {
+            endpoint
+                .previous
+                .map_or(default, |weight| f64::from(weight.max(1)))
+        })
+        .collect();
+    let total: f64 = weights.iter().sum();
+    weights.iter().map(|weight| weight / total).collect()
+}
+
+/// This tick's cost estimates averaged with the remembered ones (when in the same unit).
+///
+/// Per request: CPU / requests per second. Relative: CPU / share of traffic, divided by the
+/// cluster's CPU, which is the cost over the traffic-weighted mean cost; it is independent of the
+/// total rate, so it can be averaged across ticks while the load changes.
+fn smoothed_costs(
+    fresh: &[FreshEndpoint],
+    shares: &[f64],
+    basis: CostBasis,
+    basis_before: Option<CostBasis>,
+    params: &Params,
+) -> Vec<Cost> {
+    let total_cpu: f64 = fresh.iter().map(|endpoint| endpoint.cpu).sum();
+    let newest = if params.smoothing.is_finite() && params.smoothing > 0.0 {
+        params.smoothing.min(1.0)
+    } else {
+        1.0
+    };
+    let estimates: Vec<f64> = fresh
+        .iter()
+        .zip(shares)
+        .map(|(endpoint, share)| match (basis, endpoint.rps) {
+            (CostBasis::PerRequest, Some(rps)) => endpoint.cpu / rps,
+            _ if total_cpu > 0.0 => endpoint.cpu / share / total_cpu,
+            _ => 1.0,
+        })
+        .collect();
+    let olds: Vec<Option<Cost>> = fresh
+        .iter()
+        .map(|endpoint| {
+            endpoint.cost.filter(|old| {
+                basis_before == Some(basis) && old.value.is_finite() && old.value > 0.0
+            })
+        })
+        .collect();
+    let saturated: Vec<bool> = fresh
+        .iter()
+        .map(|endpoint| endpoint.cpu >= SATURATION * endpoint.limit)
+        .collect();
+    let rescale = match basis {
+        CostBasis::PerRequest => 1.0,
+        CostBasis::Relative => relative_rescale(&estimates, &olds, &saturated, shares),
+    };
+    estimates
+        .iter()
+        .zip(olds)
+        .zip(saturated)
+        .map(|((estimate, old), saturated)| {
+            let old = old.map(|old| Cost {
+                value: old.value * rescale,
+                ..old
+            });
+            blend(*estimate, saturated, old, newest)
+        })
+        .collect()
+}
+
+/// The factor that brings remembered relative costs to this tick's normalisation.
+///
+/// Relative costs are only known up to a factor common to one tick (the traffic-weighted mean
+/// cost of that tick). Matching the two ticks on the endpoints measured well in both keeps the
+/// average a pure average of shapes, even when some endpoints replace a lower bound.
+fn relative_rescale(
+    estimates: &[f64],
+    olds: &[Option<Cost>],
+    saturated: &[bool],
+    shares: &[f64],
+) -> f64 {
+    let (now, before) = estimates
+        .iter()
+        .zip(olds)
+        .zip(saturated)
+        .zip(shares)
+        .filter_map(|(((estimate, old), saturated), share)| match old {
+            Some(old) if !old.is_floor && !saturated => Some((share * estimate, share * old.value)),
+            _ => None,
+        })
+        .fold((0.0, 0.0), |(now, before), (estimate, old)| {
+            (now + estimate, before + old)
+        });
+    if now > 0.0 && before > 0.0 {
+        now / before
+    } else {
+        1.0
+    }
+}
+
+/// Averages a new estimate into the remembered cost with weight `newest`.
+///
+/// A saturated estimate is only a lower bound: it raises the cost but never lowers it. An
+/// unsaturated estimate replaces a remembered lower bound outright, so one overloaded tick at
+/// startup does not linger in the average.
+fn blend(estimate: f64, saturated: bool, old: Option<Cost>, newest: f64) -> Cost {
+    match (saturated, old) {
+        (true, Some(old)) if old.value >= estimate => old,
+        (true, _) => Cost {
+            value: estimate,
+            is_floor: true,
+        },
+        (false, Some(old)) if !old.is_floor => Cost {
+            value: newest * estimate + (1.0 - newest) * old.value,
+            is_floor: false,
+        },
+        (false, _) => Cost {
+            value: estimate,
+            is_floor: false,
+        },
+    }
+}
+
+/// Turns smoothed costs into the planner's units, capacities and demand.
+fn fleet(
+    fresh: &[FreshEndpoint],
+    shares: &[f64],
+    smoothed: &[f64],
+    basis: CostBasis,
+    params: &Params,
+) -> Fleet {
+    let median = percentile(smoothed, 50.0).unwrap_or(1.0);
+    let floor = (median * COST_FLOOR_FRACTION).max(f64::MIN_POSITIVE);
+    let floored: Vec<f64> = smoothed.iter().map(|cost| cost.max(floor)).collect();
+    let mean: f64 = floored
+        .iter()
+        .zip(shares)
+        .map(|(cost, share)| cost * share)
+        .sum();
+    let relative_costs: Vec<f64> = floored.iter().map(|cost| cost / mean).collect();
+    let (costs, demand) = match basis {
+        CostBasis::PerRequest => {
+            let demand = fresh.iter().filter_map(|endpoint| endpoint.rps).sum();
+            (floored, demand)
+        }
+        CostBasis::Relative => {
+            // Re-imposing the normalisation with today's shares makes the scale exact even when
+            // the averaged estimates were measured under other shares.
+            let total_cpu: f64 = fresh.iter().map(|endpoint| endpoint.cpu).sum();
+            let scale = if total_cpu > 0.0 { total_cpu } else { 1.0 };
+            let costs = relative_costs.iter().map(|cost| cost * scale).collect();
+            (costs, 1.0)
+        }
+    };
+    let ceiling = if params.utilization_ceiling > 0.0 {
+        params.utilization_ceiling
+    } else {
+        f64::MIN_POSITIVE
+    };
+    let capacities = costs
+        .iter()
+        .zip(fresh)
+        .map(|(cost, endpoint)| ceiling * endpoint.limit / cost)
+        .collect();
+    Fleet {
+        costs,
+        capacities,
+        demand,
+        relative_costs,
+    }
+}
+
+/// `balance`: traffic in proportion to capacity, which evens out utilization.
+fn balance(fleet: &Fleet) -> Vec<f64> {
+    spread(fleet)
+}
+
+/// The demand spread in proportion to capacity.
+fn spread(fleet: &Fleet) -> Vec<f64> {
+    let total: f64 = fleet.capacities.iter().sum();
+    fleet
+        .capacities
+        .iter()
+        .map(|capacity| fleet.demand * capacity / total)
+        .collect()
+}
+
+/// Groups endpoint indices by cost, cheapest first (see [`COST_TIER_TOLERANCE`]).
+fn tiers(costs: &[f64]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..costs.len()).collect();
+    order.sort_by(|left, right| costs[*left].total_cmp(&costs[*right]).then(left.cmp(right)));
+    let mut tiers: Vec<Vec<usize>> = Vec::new();
+    for index in order {
+        match tiers.last_mut() {
+            Some(tier) if costs[index] <= costs[tier[0]] * (1.0 + COST_TIER_TOLERANCE) => {
+                tier.push(index)
+            }
+            _ => tiers.push(vec![index]),
+        }
+    }
+    tiers
+}
+
+/// `latency`: fill the cheapest tier up to the ceiling, spill the rest over the next cheapest;
+/// every endpoint outside the plan keeps `probe_share` of the demand. When the whole cluster at
+/// the ceiling cannot take the demand, spread it in proportion to capacity.
+///
+/// Returns the planned traffic and each endpoint's tier rank (1 = cheapest).
+fn fill(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Option<usize>>) {
+    let tiers = tiers(&fleet.costs);
+    let count = fleet.costs.len();
+    let probe = probe_share.max(0.0) * fleet.demand;
+    let mut ranks = vec![None; count];
+    for (rank, tier) in tiers.iter().enumerate() {
+        for index in tier {
+            ranks[*index] = Some(rank + 1);
+        }
+    }
+    let mut loads = vec![probe; count];
+    let mut filled = 0.0;
+    let mut placed = 0;
+    for tier in &tiers {
+        let tier_capacity: f64 = tier.iter().map(|index| fleet.capacities[*index]).sum();
+        placed += tier.len();
+        let need = (fleet.demand - (count - placed) as f64 * probe).max(0.0);
+        if filled + tier_capacity >= need {
+            let remaining = (need - filled).max(0.0);
+            for index in tier {
+                let load = remaining * fleet.capacities[*index] / tier_capacity;
+                loads[*index] = load.max(probe);
+            }
+            return (loads, ranks);
+        }
+        for index in tier {
+            loads[*index] = fleet.capacities[*index];
+        }
+        filled += tier_capacity;
+    }
+    (spread(fleet), ranks)
+}
+
+/// Weights in proportion to the planned traffic, the largest at the maximum weight.
+fn weights_for(loads: &[f64], fresh: &[FreshEndpoint], params: &Params) -> Vec<u32> {
+    let largest = loads.iter().copied().fold(0.0, f64::max);
+    if largest <= 0.0 {
+        return vec![middle_weight(params); loads.len()];
+    }
+    let targets: Vec<f64> = loads
+        .iter()
+        .map(|load| (load / largest).max(f64::MIN_POSITIVE))
+        .collect();
+    let stepped = step_limited(&targets, fresh, params.max_step);
+    let top = stepped.iter().copied().fold(0.0, f64::max);
+    let high = f64::from(params.max_weight());
+    stepped
+        .iter()
+        .map(|weight| to_weight(high * weight / top, params))
+        .collect()
+}
+
+/// Moves each weight from the one in force towards its target by at most a factor `max_step`.
+///
+/// Only ratios between weights matter to Envoy, so each change is measured against the
+/// cluster's typical change (the geometric mean of target / previous): an endpoint's share of
+/// traffic moves by at most about `max_step` per tick, whatever the overall scale. Endpoints
+/// without a weight in force, or in their slow start, go straight to their target.
+fn step_limited(targets: &[f64], fresh: &[FreshEndpoint], max_step: f64) -> Vec<f64> {
+    if !(max_step.is_finite() && max_step >= 1.0) {
+        return targets.to_vec();
+    }
+    let previous = |endpoint: &FreshEndpoint| {
+        endpoint
+            .previous
+            .filter(|_| !endpoint.ramping)
+            .map(|weight| f64::from(weight.max(1)))
+    };
+    let logs: Vec<f64> = targets
+        .iter()
+        .zip(fresh)
+        .filter_map(|(target, endpoint)| previous(endpoint).map(|weight| (target / weight).ln()))
+        .collect();
+    if logs.is_empty() {
+        return targets.to_vec();
+    }
+    let typical = (logs.iter().sum::<f64>() / logs.len() as f64).exp();
+    targets
+        .iter()
+        .zip(fresh)
+        .map(|(target, endpoint)| match previous(endpoint) {
+            Some(weight) => weight * (target / weight / typical).clamp(1.0 / max_step, max_step),
+            None => target / typical,
+        })
+        .collect()
+}
+
+/// The human explanation of one endpoint's planned weight.
+fn reason(
+    fleet: &Fleet,
+    basis: CostBasis,
+    index: usize,
+    utilization: f64,
+    rank: Option<usize>,
+) -> String {
+    let cost = match basis {
+        CostBasis::PerRequest => format!("cost {:.4} cpu-s/req", fleet.costs[index]),
+        CostBasis::Relative => format!(
+            "cost {:.2}x the mean (no request rate)",
+            fleet.relative_costs[index]
+        ),
+    };
+    let plan = match rank {
+        Some(rank) => format!("fill rank {rank}"),
+        None => "balance".to_string(),
+    };
+    format!("fresh: {cost}, planned util {utilization:.2} ({plan})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(cpu: f64, rps: Option<f64>, previous: Option<u32>) -> FreshEndpoint {
+        FreshEndpoint {
+            cpu,
+            rps,
+            limit: 1.0,
+            previous,
+            cost: None,
+            ramping: false,
+        }
+    }
+
+    fn params(objective: Objective) -> Params {
+        Params {
+            objective,
+            ..Params::default()
+        }
+    }
+
+    fn weights(fresh: &[FreshEndpoint], objective: Objective) -> Vec<u32> {
+        plan(fresh, None, &params(objective))
+            .0
+            .into_iter()
+            .map(|planned| planned.weight)
+            .collect()
+    }
+
+    #[test]
+    fn balance_weighs_by_limit_over_cost() {
+        let mut fresh = vec![
+            endpoint(0.1, Some(100.0), None),
+            endpoint(0.2, Some(100.0), None),
+            endpoint(0.2, Some(100.0), None),
+        ];
+        fresh[2].limit = 2.0;
+        assert_eq!(
+            weights(&fresh, Objective::Balance),
+            vec![10000, 5000, 10000]
+        );
+    }
+
+    #[test]
+    fn without_rates_costs_come_from_cpu_per_share() {
+        // The second endpoint had three times the weight for three times the CPU: same cost.
+        let fresh = [
+            endpoint(0.1, None, Some(100)),
+            endpoint(0.3, None, Some(300)),
+            endpoint(0.2, None, Some(100)),
+        ];
+        let (planned, basis) = plan(&fresh, None, &params(Objective::Balance));
+        assert_eq!(basis, CostBasis::Relative);
+        let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
+        assert_eq!(weights, vec![10000, 10000, 5000]);
+        assert!(planned[2].reason.contains("no request rate"));
+    }
+
+    #[test]
+    fn weights_move_at_most_max_step_per_tick() {
+        // Target ratio 10:1 from 1:1; each share moves at most x2 against the typical change.
+        let fresh = [
+            endpoint(0.1, Some(100.0), Some(1000)),
+            endpoint(1.0, Some(100.0), Some(1000)),
+        ];
+        assert_eq!(weights(&fresh, Objective::Balance), vec![10000, 2500]);
+        let settled = [
+            endpoint(0.1, Some(100.0), Some(10000)),
+            endpoint(1.0, Some(100.0), Some(2500)),
+        ];
+        assert_eq!(weights(&settled, Objective::Balance), vec![10000, 1000]);
+    }
+
+    #[test]
+    fn latency_fills_the_cheapest_and_probes_the_rest() {
+        let fresh = [
+            endpoint(0.1, Some(100.0), None),
+            endpoint(0.3, Some(100.0), None),
+            endpoint(0.6, Some(100.0), None),
+        ];
+        // Demand 300 rps, capacity of the cheapest at 0.7: 700 rps; probes: 3 rps each.
+        let planned = plan(&fresh, None, &params(Objective::Latency)).0;
+        let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
+        assert_eq!(weights, vec![10000, 102, 102]);
+        assert!(planned[0].reason.contains("fill rank 1"));
+        assert!(
+            planned[0].reason.contains("planned util 0.29"),
+            "{}",
+            planned[0].reason
+        );
+    }
+
+    #[test]
+    fn equally_cheap_endpoints_are_filled_together() {
+        let fresh = [
+            endpoint(0.100, Some(100.0), None),
+            endpoint(0.105, Some(100.0), None),
+            endpoint(0.500, Some(100.0), None),
+        ];
+        let weights = weights(&fresh, Objective::Latency);
+        assert!(weights[1] > 9000, "{weights:?}");
+        assert!(weights[2] < 200, "{weights:?}");
+    }
+
+    #[test]
+    fn costs_are_averaged_with_the_remembered_ones() {
+        let mut fresh = [endpoint(0.2, Some(100.0), Some(100))];
+        fresh[0].cost = Some(Cost {
+            value: 0.004,
+            is_floor: false,
+        });
+        let params = params(Objective::Balance);
+        let planned = plan(&fresh, Some(CostBasis::PerRequest), &params).0;
+        let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
+        assert!((cost - 0.003).abs() < 1e-12, "{cost}");
+        // In another unit the remembered cost is not averaged in.
+        let planned = plan(&fresh, Some(CostBasis::Relative), &params).0;
+        let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
+        assert!((cost - 0.002).abs() < 1e-12, "{cost}");
+    }
+
+    #[test]
+    fn saturated_samples_only_raise_the_cost() {
+        let floor = Cost {
+            value: 0.01,
+            is_floor: true,
+        };
+        let measured = Cost {
+            value: 0.01,
+            is_floor: false,
+        };
+        assert_eq!(blend(0.005, true, Some(measured), 0.5), measured);
+        assert_eq!(
+            blend(0.02, true, Some(measured), 0.5),
+            Cost {
+                value: 0.02,
+                is_floor: true
+            }
+        );
+        assert_eq!(
+            blend(0.03, false, Some(floor), 0.5),
+            Cost {
+                value: 0.03,
+                is_floor: false
+            }
+        );
+        assert_eq!(
+            blend(0.03, false, Some(measured), 0.5),
+            Cost {
+                value: 0.02,
+                is_floor: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_endpoint_with_no_cpu_does_not_claim_infinite_capacity() {
+        let fresh = [
+            endpoint(0.0, Some(100.0), None),
+            endpoint(0.2, Some(100.0), None),
+        ];
+        let weights = weights(&fresh, Objective::Balance);
+        assert_eq!(weights[0], 10000);
+        assert!(weights[1] >= 1);
+    }
+}

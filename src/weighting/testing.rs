@@ -1,0 +1,130 @@
+//! Test helpers: endpoints, readings, and a tiny deterministic fleet model to run ticks against.
+
+use std::{net::IpAddr, time::Duration};
+
+use super::{compute, ClusterMemory, EndpointLoad, Output, Params, Reading};
+use crate::discovery::{Endpoint, HealthStatus, Locality};
+
+/// A distinct endpoint per index, all in the default locality.
+pub(crate) fn endpoint(index: usize) -> Endpoint {
+    let address: IpAddr = format!("10.0.{}.{}", index / 250, index % 250 + 1)
+        .parse()
+        .expect("a valid address");
+    Endpoint {
+        address,
+        port: 8080,
+        configured_weight: None,
+        pod: Some(format!("pod-{index}")),
+        locality: Locality::default(),
+        health: HealthStatus::Healthy,
+    }
+}
+
+/// `count` distinct endpoints.
+pub(crate) fn endpoints(count: usize) -> Vec<Endpoint> {
+    (0..count).map(endpoint).collect()
+}
+
+/// A reading `age_seconds` old.
+pub(crate) fn reading(value: f64, age_seconds: u64) -> Option<Reading> {
+    Some(Reading {
+        value,
+        age: Duration::from_secs(age_seconds),
+    })
+}
+
+/// A load with only CPU.
+pub(crate) fn cpu_load(cpu: f64, age_seconds: u64) -> EndpointLoad {
+    EndpointLoad {
+        cpu: reading(cpu, age_seconds),
+        ..EndpointLoad::default()
+    }
+}
+
+/// A fleet whose endpoints have a true cost per request and a number of cores, serving `rps`
+/// requests per second split in proportion to the weights (as Envoy's weighted balancing does).
+#[derive(Clone, Debug)]
+pub(crate) struct Model {
+    /// CPU seconds per request of each endpoint.
+    pub costs: Vec<f64>,
+    /// Cores (and CPU limit) of each endpoint.
+    pub cores: Vec<f64>,
+    /// Total requests per second.
+    pub rps: f64,
+    /// Whether the metrics report request rates (else only CPU).
+    pub report_rps: bool,
+}
+
+impl Model {
+    /// A fleet of `(cost in milliseconds, count)` groups with `cores` each.
+    pub fn fleet(groups: &[(f64, usize)], cores: f64, rps: f64, report_rps: bool) -> Self {
+        let costs: Vec<f64> = groups
+            .iter()
+            .flat_map(|(millis, count)| std::iter::repeat_n(millis / 1000.0, *count))
+            .collect();
+        let cores = vec![cores; costs.len()];
+        Self {
+            costs,
+            cores,
+            rps,
+            report_rps,
+        }
+    }
+
+    /// Requests per second each endpoint receives under these weights.
+    pub fn traffic(&self, weights: &[u32]) -> Vec<f64> {
+        let total: f64 = weights.iter().map(|weight| f64::from(*weight)).sum();
+        weights
+            .iter()
+            .map(|weight| self.rps * f64::from(*weight) / total)
+            .collect()
+    }
+
+    /// CPU / cores of each endpoint under these weights (capped at 1).
+    pub fn utilizations(&self, weights: &[u32]) -> Vec<f64> {
+        self.traffic(weights)
+            .iter()
+            .zip(&self.costs)
+            .zip(&self.cores)
+            .map(|((rps, cost), cores)| (rps * cost).min(*cores) / cores)
+            .collect()
+    }
+
+    /// Fresh samples for these weights.
+    pub fn loads(&self, weights: &[u32]) -> Vec<EndpointLoad> {
+        self.traffic(weights)
+            .iter()
+            .zip(&self.costs)
+            .zip(&self.cores)
+            .map(|((rps, cost), cores)| EndpointLoad {
+                cpu: reading((rps * cost).min(*cores), 5),
+                rps: if self.report_rps {
+                    reading(*rps, 5)
+                } else {
+                    None
+                },
+                cpu_limit: reading(*cores, 5),
+                latency: None,
+            })
+            .collect()
+    }
+
+    /// Runs `ticks` ticks ten seconds apart from an empty memory and equal weights; returns the
+    /// outputs and the weights served after each tick.
+    pub fn run(&self, params: &Params, ticks: usize) -> (Vec<Output>, Vec<Vec<u32>>) {
+        let endpoints = endpoints(self.costs.len());
+        let mut memory = ClusterMemory::default();
+        let mut served = vec![100; self.costs.len()];
+        let mut outputs = Vec::new();
+        let mut history = Vec::new();
+        for tick in 0..ticks {
+            let now = Duration::from_secs(10 * tick as u64);
+            let output = compute(&endpoints, &self.loads(&served), &memory, params, now);
+            served = output.weights.iter().map(|weight| weight.weight).collect();
+            memory = output.memory.clone();
+            history.push(served.clone());
+            outputs.push(output);
+        }
+        (outputs, history)
+    }
+}
