@@ -18,7 +18,7 @@ use crate::snapshot::{
     ClusterExplanation, ClusterResource, ServedEndpoint, Snapshot, SnapshotStore,
 };
 use crate::telemetry::{ClusterLabels, EndpointLabels, Metrics, ModeLabels};
-use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weight, WeightSource};
+use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weight};
 
 /// One cluster's state between ticks.
 #[derive(Debug, Default)]
@@ -269,10 +269,7 @@ fn build_resource(cluster: &str, endpoints: &[Endpoint], weights: &[Weight]) -> 
         .map(|(endpoint, weight)| ServedEndpoint {
             endpoint: endpoint.clone(),
             weight: weight.weight.max(1),
-            reason: match weight.source {
-                WeightSource::Configured => weight.reason.clone(),
-                source => format!("{}: {}", source.as_str(), weight.reason),
-            },
+            reason: weight.reason.clone(),
         })
         .collect();
     ClusterResource::build(cluster, served)
