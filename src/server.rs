@@ -4,10 +4,9 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
-use crate::config;
+use crate::config::{self, XdsConfig};
 use crate::discovery::file::FileSource;
 use crate::engine::Engine;
 use crate::inspect::{self, InspectService};
@@ -18,7 +17,9 @@ use crate::metrics::{
 };
 use crate::snapshot::SnapshotStore;
 use crate::telemetry::Metrics;
-use crate::xds::{self, registry::ClientRegistry, service::XdsService, stream::XdsContext};
+use crate::xds::{
+    self, connections, registry::ClientRegistry, service::XdsService, stream::XdsContext,
+};
 
 /// The addresses a running server actually bound (useful when the config says port 0).
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +97,7 @@ pub async fn serve(
         registry: Arc::clone(&clients),
         metrics,
         max_resource_names: config.raw.xds.max_resource_names,
+        max_streams: config.raw.xds.max_streams,
     };
     let admin_app = admin::router(AdminState {
         registry: Arc::new(registry),
@@ -104,7 +106,15 @@ pub async fn serve(
         series,
         adaptive: settings,
     });
-    let grpc = grpc_router(context, clients)?;
+    let xds_config = &config.raw.xds;
+    let drain_clients = Arc::clone(&clients);
+    let incoming = connections::accept_limited(
+        xds_listener,
+        xds_config.max_connections,
+        context.metrics.clone(),
+    );
+    let grpc = grpc_router(context, clients, xds_config)?;
+    let drain_period = xds_config.drain_period();
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -112,17 +122,34 @@ pub async fn serve(
         let _ = stop_sender.send(true);
     });
     let mut grpc_stop = stop.clone();
-    let mut admin_stop = stop;
-    let grpc =
-        grpc.serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
-            let _ = grpc_stop.wait_for(|stopped| *stopped).await;
-        });
+    let mut admin_stop = stop.clone();
+    let mut drain_stop = stop;
+    let grpc = grpc.serve_with_incoming_shutdown(incoming, async move {
+        let _ = grpc_stop.wait_for(|stopped| *stopped).await;
+    });
     let admin = axum::serve(admin_listener, admin_app).with_graceful_shutdown(async move {
         let _ = admin_stop.wait_for(|stopped| *stopped).await;
     });
-    let (grpc_result, admin_result) = tokio::join!(grpc, admin);
-    grpc_result.context("gRPC server failed")?;
-    admin_result.context("admin server failed")?;
+    // After the signal, open streams keep being served (no new connections are accepted) until
+    // they end or the drain period is over.
+    let drained = async move {
+        let _ = drain_stop.wait_for(|stopped| *stopped).await;
+        tracing::info!(
+            ?drain_period,
+            open_streams = drain_clients.len(),
+            "draining: no new connections; open streams served until the drain period ends"
+        );
+        tokio::time::sleep(drain_period).await;
+    };
+    tokio::select! {
+        (grpc_result, admin_result) = async { tokio::join!(grpc, admin) } => {
+            grpc_result.context("gRPC server failed")?;
+            admin_result.context("admin server failed")?;
+        }
+        () = drained => {
+            tracing::info!("drain period over; closing the remaining streams");
+        }
+    }
     tracing::info!("adaptive-eds stopped");
     Ok(())
 }
@@ -130,16 +157,21 @@ pub async fn serve(
 fn grpc_router(
     context: XdsContext,
     clients: Arc<ClientRegistry>,
+    limits: &XdsConfig,
 ) -> anyhow::Result<tonic::transport::server::Router> {
     let xds_service = XdsService::new(context.clone());
-    let inspect_service = InspectService::new(context.store.clone(), clients);
+    let inspect_service = limits
+        .inspect
+        .then(|| InspectService::new(context.store.clone(), clients).server());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let names = [
+    let mut names = vec![
         "",
         "envoy.service.discovery.v3.AggregatedDiscoveryService",
         "envoy.service.endpoint.v3.EndpointDiscoveryService",
-        "adaptive_eds.inspect.v1.Inspect",
     ];
+    if limits.inspect {
+        names.push("adaptive_eds.inspect.v1.Inspect");
+    }
     for name in names {
         tokio::spawn({
             let reporter = health_reporter.clone();
@@ -150,27 +182,44 @@ fn grpc_router(
             }
         });
     }
-    let reflection_v1 = reflection_builder()
-        .build_v1()
-        .context("building gRPC reflection (v1)")?;
-    let reflection_v1alpha = reflection_builder()
-        .build_v1alpha()
-        .context("building gRPC reflection (v1alpha)")?;
+    let (reflection_v1, reflection_v1alpha) = if limits.reflection {
+        (
+            Some(
+                reflection_builder(limits.inspect)
+                    .build_v1()
+                    .context("building gRPC reflection (v1)")?,
+            ),
+            Some(
+                reflection_builder(limits.inspect)
+                    .build_v1alpha()
+                    .context("building gRPC reflection (v1alpha)")?,
+            ),
+        )
+    } else {
+        (None, None)
+    };
     Ok(tonic::transport::Server::builder()
-        .add_service(xds_service.ads())
-        .add_service(xds_service.eds())
-        .add_service(inspect_service.server())
+        .http2_keepalive_interval(Some(limits.keepalive_interval()))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        .add_service(xds_service.ads(limits.max_message_bytes))
+        .add_service(xds_service.eds(limits.max_message_bytes))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha))
+        .add_optional_service(inspect_service)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha))
 }
 
 /// Reflection over every service on the port, so both reflection versions list all of them
 /// (grpcurl 1.8.6 speaks only `v1alpha`).
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+fn reflection_builder(with_inspect: bool) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure();
+    let builder = if with_inspect {
+        builder.register_encoded_file_descriptor_set(inspect::FILE_DESCRIPTOR_SET)
+    } else {
+        builder
+    };
+    builder
         .register_encoded_file_descriptor_set(xds::ENVOY_FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(inspect::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)

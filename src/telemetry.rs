@@ -56,6 +56,13 @@ pub struct ClusterLabels {
     pub cluster: String,
 }
 
+/// Label set of the refusal counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// The limit that refused: `max_connections`, `max_streams`, `max_resource_names`, ...
+    pub limit: String,
+}
+
 /// Label set of the cluster-mode gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
@@ -92,6 +99,10 @@ pub struct Metrics {
     pub dropped_samples: Family<ClusterLabels, Counter>,
     /// Time to recompute the due clusters in one tick.
     pub tick_duration: Histogram,
+    /// Requests, streams or connections refused by a limit.
+    pub refusals: Family<LimitLabels, Counter>,
+    /// Open gRPC connections.
+    pub connections: Gauge,
     /// Remote-write samples by result (accepted, filtered, over_limit, invalid).
     pub remote_write_samples: Family<ResultLabels, Counter>,
     /// PromQL queries by cluster, signal and result.
@@ -115,6 +126,8 @@ impl Default for Metrics {
             cluster_mode: Family::default(),
             dropped_samples: Family::default(),
             tick_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            refusals: Family::default(),
+            connections: Gauge::default(),
             remote_write_samples: Family::default(),
             metric_queries: Family::default(),
             clusters: Gauge::default(),
@@ -202,6 +215,16 @@ impl Metrics {
             "PromQL queries, by cluster, signal and result (error = samples kept, aging toward stale)",
             metrics.metric_queries.clone(),
         );
+        registry.register(
+            "refusals",
+            "Connections, streams or requests refused by a limit, by limit",
+            metrics.refusals.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open gRPC connections",
+            metrics.connections.clone(),
+        );
         (metrics, registry)
     }
 
@@ -267,6 +290,11 @@ mod tests {
             })
             .inc();
         metrics.tick_duration.observe(0.001);
+        metrics
+            .refusals
+            .get_or_create(&LimitLabels { limit: "x".into() })
+            .inc();
+        metrics.connections.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         for name in [
@@ -285,6 +313,8 @@ mod tests {
             "adaptive_eds_tick_duration_seconds_count",
             "adaptive_eds_snapshots_total",
             "adaptive_eds_clusters",
+            "adaptive_eds_refusals_total",
+            "adaptive_eds_connections",
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),

@@ -3,7 +3,9 @@
 
 mod support;
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use support::InProcess;
+
+use std::{collections::HashMap, time::Duration};
 
 use envoy_types::pb::envoy::{
     config::{core::v3::Node, endpoint::v3::ClusterLoadAssignment},
@@ -17,7 +19,7 @@ use envoy_types::pb::envoy::{
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Code, Streaming};
 
@@ -36,75 +38,6 @@ clusters:
     endpoints:
       - { address: 10.0.1.1, port: 8080, weight: 5 }
 "#;
-
-/// A server running inside the test process on ephemeral ports.
-struct InProcess {
-    _directory: tempfile::TempDir,
-    config: PathBuf,
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl InProcess {
-    async fn start(clusters: &str) -> Self {
-        let directory = tempfile::tempdir().expect("tempdir");
-        let config = directory.path().join("config.yaml");
-        std::fs::write(&config, format!("xds: {{ listen: \"127.0.0.1:0\" }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\n{clusters}"))
-            .expect("write config");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (bound_sender, bound) = oneshot::channel();
-        let task = tokio::spawn(adaptive_eds::server::serve(
-            config.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-            move |bound| {
-                let _ = bound_sender.send(bound);
-            },
-        ));
-        let bound = tokio::time::timeout(SOON, bound)
-            .await
-            .expect("server bound in time")
-            .expect("bound");
-        Self {
-            _directory: directory,
-            config,
-            url: format!("http://{}", bound.xds),
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn rewrite(&self, clusters: &str) {
-        std::fs::write(&self.config, format!("xds: {{ listen: \"127.0.0.1:0\" }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\n{clusters}"))
-            .expect("rewrite config");
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect")
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(SOON, &mut self.task)
-            .await
-            .expect("server stops in time");
-        result.expect("task").expect("server ran cleanly");
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// One SotW stream (ADS or EDS) driven by the test.
 struct Sotw {

@@ -188,8 +188,8 @@ fn default_max_series() -> usize {
 /// Default tick.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(10);
 
-/// A validated pull source.
-#[derive(Clone, Debug, PartialEq)]
+/// A validated pull source. Its `Debug` output hides header values (they may hold credentials).
+#[derive(Clone, PartialEq)]
 pub struct PullSettings {
     /// Base URL without a trailing slash.
     pub url: String,
@@ -203,6 +203,37 @@ pub struct PullSettings {
     pub join_label: String,
     /// What the label holds.
     pub join_by: JoinBy,
+}
+
+impl std::fmt::Debug for PullSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: BTreeMap<&str, &str> = self
+            .headers
+            .keys()
+            .map(|name| (name.as_str(), "<redacted>"))
+            .collect();
+        formatter
+            .debug_struct("PullSettings")
+            .field("url", &redact_url(&self.url))
+            .field("timeout", &self.timeout)
+            .field("headers", &headers)
+            .field("tls", &self.tls)
+            .field("join_label", &self.join_label)
+            .field("join_by", &self.join_by)
+            .finish()
+    }
+}
+
+/// `url` with any `user:password@` part replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at))
+            if at > scheme_end && !url[scheme_end + 3..at].contains('/') =>
+        {
+            format!("{}<redacted>@{}", &url[..scheme_end + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// A validated remote-write receiver.
@@ -873,6 +904,27 @@ clusters: [{ name: a }]
                 "{found} should start with {expected}"
             );
         }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = parse(
+            "metrics: { prometheus: { url: \"http://user:hunter2@127.0.0.1:8428\", headers: { Authorization: \"Bearer s3cret\" } } }\n",
+        )
+        .expect("valid");
+        let shown = format!("{:?}", config.adaptive.prometheus);
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("Authorization") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert_eq!(
+            super::redact_url("http://127.0.0.1:8428/a@b"),
+            "http://127.0.0.1:8428/a@b"
+        );
     }
 
     #[test]

@@ -49,6 +49,27 @@ pub struct XdsConfig {
     /// `RESOURCE_EXHAUSTED`.
     #[serde(default = "default_max_resource_names")]
     pub max_resource_names: usize,
+    /// Most open TCP connections; further ones are closed at once (and counted).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most open xDS streams; further ones are refused with `RESOURCE_EXHAUSTED`.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// Largest gRPC request message accepted, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// HTTP/2 keepalive ping interval (dead peers are found and their streams freed).
+    pub keepalive_interval: Option<duration::ConfigDuration>,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Option<duration::ConfigDuration>,
+    /// On SIGTERM: stop accepting, keep serving open streams this long, then exit.
+    pub drain_period: Option<duration::ConfigDuration>,
+    /// Serve the `Inspect` API on this port.
+    #[serde(default = "enabled")]
+    pub inspect: bool,
+    /// Serve gRPC reflection on this port.
+    #[serde(default = "enabled")]
+    pub reflection: bool,
 }
 
 /// `admin:` keys.
@@ -117,11 +138,65 @@ fn default_max_resource_names() -> usize {
     10_000
 }
 
+fn default_max_connections() -> usize {
+    20_000
+}
+
+fn default_max_streams() -> usize {
+    50_000
+}
+
+fn default_max_message_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// Default HTTP/2 keepalive interval.
+pub const DEFAULT_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Default HTTP/2 keepalive timeout.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Default drain period on SIGTERM.
+pub const DEFAULT_DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl XdsConfig {
+    /// The keepalive interval in force.
+    pub fn keepalive_interval(&self) -> std::time::Duration {
+        self.keepalive_interval
+            .map(|value| value.0)
+            .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL)
+    }
+
+    /// The keepalive timeout in force.
+    pub fn keepalive_timeout(&self) -> std::time::Duration {
+        self.keepalive_timeout
+            .map(|value| value.0)
+            .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT)
+    }
+
+    /// The drain period in force.
+    pub fn drain_period(&self) -> std::time::Duration {
+        self.drain_period
+            .map(|value| value.0)
+            .unwrap_or(DEFAULT_DRAIN_PERIOD)
+    }
+}
+
 impl Default for XdsConfig {
     fn default() -> Self {
         Self {
             listen: default_xds_listen(),
             max_resource_names: default_max_resource_names(),
+            max_connections: default_max_connections(),
+            max_streams: default_max_streams(),
+            max_message_bytes: default_max_message_bytes(),
+            keepalive_interval: None,
+            keepalive_timeout: None,
+            drain_period: None,
+            inspect: true,
+            reflection: true,
         }
     }
 }

@@ -217,4 +217,37 @@ mod tests {
             matches!(&updates[..], [ClusterUpdate::Reset { endpoints, .. }] if endpoints[0].port == 3)
         );
     }
+
+    #[tokio::test]
+    async fn garbage_truncated_or_deleted_files_keep_the_last_good_config() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("config.yaml");
+        let good = "clusters:\n- name: a\n  endpoints: [{address: 10.0.0.1, port: 1, weight: 5}]\n";
+        std::fs::write(&path, good).expect("write");
+        let loaded = config::load(&path).expect("valid");
+        let mut source = FileSource::new(path.clone(), loaded, good, Metrics::default());
+        for broken in [
+            &b"\x00\xff\xfe garbage {{{"[..],
+            &good.as_bytes()[..good.len() / 2],
+            b"clusters: 7",
+        ] {
+            std::fs::write(&path, broken).expect("write");
+            assert!(
+                source.poll().await.is_none(),
+                "{:?} is rejected",
+                String::from_utf8_lossy(broken)
+            );
+            assert_eq!(source.current.clusters["a"][0].configured_weight, Some(5));
+        }
+        std::fs::remove_file(&path).expect("delete");
+        assert!(
+            source.poll().await.is_none(),
+            "a deleted file changes nothing"
+        );
+        std::fs::write(&path, good.replace("weight: 5", "weight: 6")).expect("write");
+        assert!(
+            source.poll().await.is_some(),
+            "a good file is picked up again"
+        );
+    }
 }

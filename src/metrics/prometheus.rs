@@ -7,7 +7,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::{Sample, SampleSet, SampleTable, Signal, SourceKind};
-use crate::config::adaptive::{AdaptiveConfig, ClusterQueries, PullSettings};
+use crate::config::adaptive::{redact_url, AdaptiveConfig, ClusterQueries, PullSettings};
 use crate::telemetry::{Metrics, QueryLabels};
 
 /// One series of an instant-vector result.
@@ -162,20 +162,20 @@ impl PromQlClient {
             .send()
             .await
             .map_err(|source| QueryError::Transport {
-                url: url.clone(),
-                source,
+                url: redact_url(&url),
+                source: source.without_url(),
             })?;
         let status = response.status();
         let body = response
             .bytes()
             .await
             .map_err(|source| QueryError::Transport {
-                url: url.clone(),
-                source,
+                url: redact_url(&url),
+                source: source.without_url(),
             })?;
         if !status.is_success() && status.as_u16() != 400 && status.as_u16() != 422 {
             return Err(QueryError::Status {
-                url,
+                url: redact_url(&url),
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
             });
@@ -348,5 +348,51 @@ mod tests {
             .contains("instant vector"));
         let bad_value = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"x"]}]}}"#;
         assert!(parse_response(bad_value).is_err());
+    }
+}
+
+#[cfg(test)]
+mod slow_server_tests {
+    use super::*;
+    use crate::config::adaptive::{JoinBy, TlsConfig};
+    use std::collections::BTreeMap;
+
+    /// A stand-in metrics server on loopback that never answers in time (a real store cannot be
+    /// made slow on demand; this is the only fake here).
+    #[tokio::test]
+    async fn a_slow_server_times_out_without_blocking() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let client = PromQlClient::new(PullSettings {
+            url: format!("http://{address}"),
+            timeout: Duration::from_millis(300),
+            headers: BTreeMap::from([("Authorization".to_string(), "Bearer s3cret".to_string())]),
+            tls: TlsConfig::default(),
+            join_label: "pod".into(),
+            join_by: JoinBy::Pod,
+        })
+        .expect("client");
+        let started = std::time::Instant::now();
+        let error = client.query("up").await.expect_err("times out");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(error, QueryError::Transport { .. }), "{error}");
+        assert!(!error.to_string().contains("s3cret"));
+        server.abort();
     }
 }

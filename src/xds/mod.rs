@@ -2,6 +2,7 @@
 //!
 //! Serving only reads snapshots; it never calls a source.
 
+pub mod connections;
 pub mod delta;
 pub mod registry;
 pub mod service;

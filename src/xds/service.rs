@@ -30,14 +30,16 @@ impl XdsService {
         Self { context }
     }
 
-    /// The ADS gRPC service.
-    pub fn ads(&self) -> AggregatedDiscoveryServiceServer<Self> {
+    /// The ADS gRPC service, refusing requests over `max_message_bytes`.
+    pub fn ads(&self, max_message_bytes: usize) -> AggregatedDiscoveryServiceServer<Self> {
         AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(max_message_bytes)
     }
 
-    /// The EDS gRPC service.
-    pub fn eds(&self) -> EndpointDiscoveryServiceServer<Self> {
+    /// The EDS gRPC service, refusing requests over `max_message_bytes`.
+    pub fn eds(&self, max_message_bytes: usize) -> EndpointDiscoveryServiceServer<Self> {
         EndpointDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(max_message_bytes)
     }
 
     fn fetch(&self, request: &DiscoveryRequest) -> Result<SotwResponse, Status> {
@@ -48,6 +50,7 @@ impl XdsService {
             )));
         }
         if request.resource_names.len() > self.context.max_resource_names {
+            self.context.refuse("max_resource_names");
             return Err(Status::resource_exhausted(format!(
                 "request names {} resources; at most {} allowed (xds.max_resource_names)",
                 request.resource_names.len(),
@@ -91,6 +94,7 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.context.admit_stream()?;
         let stream = serve::<SotwState>(
             self.context.clone(),
             StreamKind::AdsSotw,
@@ -103,6 +107,7 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.context.admit_stream()?;
         let stream = serve::<DeltaState>(
             self.context.clone(),
             StreamKind::AdsDelta,
@@ -121,6 +126,7 @@ impl EndpointDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamEndpointsStream>, Status> {
+        self.context.admit_stream()?;
         let stream = serve::<SotwState>(
             self.context.clone(),
             StreamKind::EdsSotw,
@@ -133,6 +139,7 @@ impl EndpointDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaEndpointsStream>, Status> {
+        self.context.admit_stream()?;
         let stream = serve::<DeltaState>(
             self.context.clone(),
             StreamKind::EdsDelta,

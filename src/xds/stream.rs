@@ -37,6 +37,32 @@ pub struct XdsContext {
     pub metrics: Metrics,
     /// Most resource names one stream may subscribe to.
     pub max_resource_names: usize,
+    /// Most open streams on this server.
+    pub max_streams: usize,
+}
+
+impl XdsContext {
+    /// Counts a refusal by `limit`.
+    pub fn refuse(&self, limit: &str) {
+        self.metrics
+            .refusals
+            .get_or_create(&crate::telemetry::LimitLabels {
+                limit: limit.into(),
+            })
+            .inc();
+    }
+
+    /// Refuses a new stream when `max_streams` are already open.
+    pub fn admit_stream(&self) -> Result<(), Status> {
+        if self.registry.len() >= self.max_streams {
+            self.refuse("max_streams");
+            return Err(Status::resource_exhausted(format!(
+                "this server already has {} open xDS streams (xds.max_streams); retry later or use another replica",
+                self.max_streams
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The protocol state machine of one resource type: state-of-the-world or delta.
@@ -211,6 +237,12 @@ where
                     }
                     Ok(None) => return None,
                     Err(status) => {
+                        if status.code() == tonic::Code::OutOfRange {
+                            self.context.refuse("max_message_bytes");
+                            tracing::warn!(stream_id = self.guard.stream_id(), %status, "request over xds.max_message_bytes; stream closed");
+                            self.finished = true;
+                            return Some(Err(status));
+                        }
                         tracing::debug!(stream_id = self.guard.stream_id(), %status, "stream ended by the client");
                         return None;
                     }
@@ -241,6 +273,7 @@ where
         }
         if request.name_count() > self.context.max_resource_names {
             self.reject();
+            self.context.refuse("max_resource_names");
             return Err(Status::resource_exhausted(format!(
                 "request names {} resources; this server allows at most {} per stream (xds.max_resource_names)",
                 request.name_count(),
@@ -285,6 +318,7 @@ where
         let (event, response) = state.on_request(&request, &snapshot, &mut self.nonces);
         if self.assignments.subscribed_count() > self.context.max_resource_names {
             self.reject();
+            self.context.refuse("max_resource_names");
             return Err(Status::resource_exhausted(format!(
                 "stream subscribes to more than {} resources (xds.max_resource_names)",
                 self.context.max_resource_names

@@ -63,6 +63,28 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends a signal (`TERM`, `KILL`, ...) with the system `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code, if it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Fails the test if the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -162,6 +184,29 @@ impl Server {
     pub fn write_raw_config(&self, text: &str) {
         std::fs::write(&self.config, text).expect("write config");
     }
+}
+
+/// Starts the server binary on `config`, logging into `directory`.
+pub fn spawn_server(config: &Path, directory: &Path) -> Process {
+    Process::spawn(
+        "adaptive-eds",
+        Command::new(env!("CARGO_BIN_EXE_adaptive-eds"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info"),
+        directory.join("adaptive-eds.log"),
+    )
+}
+
+/// Waits until the admin port answers `/readyz` with 200.
+pub async fn wait_ready(admin_port: u16) {
+    let url = format!("http://127.0.0.1:{admin_port}/readyz");
+    wait_for(Duration::from_secs(20), "adaptive-eds /readyz", || {
+        let url = url.clone();
+        async move { http_get(&url).await.filter(|(status, _)| *status == 200) }
+    })
+    .await;
 }
 
 /// GET a URL on loopback; `None` if it could not connect.
@@ -506,4 +551,82 @@ pub fn start_vmagent(
             .arg("-loggerLevel=WARN"),
         directory.join("vmagent.log"),
     )
+}
+
+/// A server running inside the test process on ephemeral ports.
+pub struct InProcess {
+    _directory: tempfile::TempDir,
+    pub config: PathBuf,
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Starts with `clusters` (the rest of the config after `xds`/`admin`).
+    pub async fn start(clusters: &str) -> Self {
+        Self::start_with("", clusters).await
+    }
+
+    /// Starts with extra `xds:` keys (e.g. `max_streams: 2`) and the rest of the config.
+    pub async fn start_with(xds_keys: &str, clusters: &str) -> Self {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let config = directory.path().join("config.yaml");
+        std::fs::write(&config, format!("xds: {{ listen: \"127.0.0.1:0\" {xds_keys} }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\n{clusters}"))
+            .expect("write config");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_sender, bound) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(adaptive_eds::server::serve(
+            config.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+            move |bound| {
+                let _ = bound_sender.send(bound);
+            },
+        ));
+        let bound = tokio::time::timeout(Duration::from_secs(5), bound)
+            .await
+            .expect("server bound in time")
+            .expect("bound");
+        Self {
+            _directory: directory,
+            config,
+            url: format!("http://{}", bound.xds),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Rewrites the config (without extra xds keys).
+    pub fn rewrite(&self, clusters: &str) {
+        std::fs::write(&self.config, format!("xds: {{ listen: \"127.0.0.1:0\" }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\n{clusters}"))
+            .expect("rewrite config");
+    }
+
+    /// A new connection to the gRPC port.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// Stops the server and checks it ran cleanly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .expect("server stops in time");
+        result.expect("task").expect("server ran cleanly");
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

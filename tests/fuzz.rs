@@ -1,0 +1,200 @@
+//! Property-based fuzzing (proptest, so it runs in CI with a bounded case count): config parsing,
+//! remote-write decoding and the xDS state machines never panic on arbitrary input, and the
+//! protocol invariants hold for arbitrary request sequences.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use adaptive_eds::{
+    discovery::{Endpoint, HealthStatus, Locality},
+    metrics::remote_write,
+    snapshot::{ClusterResource, ServedEndpoint, Snapshot, CLUSTER_LOAD_ASSIGNMENT},
+    xds::{delta::DeltaState, sotw::SotwState, Nonces, RequestEvent},
+};
+use envoy_types::pb::{
+    envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest},
+    google::rpc::Status,
+};
+use proptest::prelude::*;
+
+fn snapshot(weights: &[(u8, u32)]) -> Snapshot {
+    let mut clusters = BTreeMap::new();
+    for (name, weight) in weights {
+        let name = format!("c{}", name % 4);
+        let served = ServedEndpoint {
+            endpoint: Endpoint {
+                address: "10.0.0.1".parse().expect("ip"),
+                port: 80,
+                configured_weight: None,
+                pod: None,
+                locality: Locality::default(),
+                health: HealthStatus::Healthy,
+            },
+            weight: (*weight).max(1),
+            reason: String::new(),
+        };
+        clusters.insert(
+            name.clone(),
+            Arc::new(ClusterResource::build(&name, vec![served])),
+        );
+    }
+    Snapshot::new(clusters)
+}
+
+/// One step a client (or the server's source) can take.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Request with these names, quoting the last nonce (or a stale or empty one), maybe a NACK.
+    Request {
+        names: Vec<u8>,
+        nonce: u8,
+        nack: bool,
+        version: bool,
+    },
+    /// A new snapshot.
+    Publish(Vec<(u8, u32)>),
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        (
+            proptest::collection::vec(0u8..6, 0..5),
+            0u8..3,
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(names, nonce, nack, version)| Step::Request {
+                names,
+                nonce,
+                nack,
+                version
+            }),
+        proptest::collection::vec((0u8..6, 1u32..5), 0..5).prop_map(Step::Publish),
+    ];
+    proptest::collection::vec(step, 1..40)
+}
+
+fn nonce_for(choice: u8, last: &str) -> String {
+    match choice {
+        0 => String::new(),
+        1 => last.to_string(),
+        _ => "stale".to_string(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn config_parsing_never_panics(text in "\\PC{0,400}") {
+        let _ = adaptive_eds::config::parse(&text);
+    }
+
+    #[test]
+    fn config_parsing_never_panics_on_yamlish_input(
+        keys in proptest::collection::vec(prop_oneof![
+            Just("clusters"), Just("name"), Just("endpoints"), Just("address"), Just("port"),
+            Just("weight"), Just("weighting"), Just("metrics"), Just("tick"), Just("xds"), Just("-"),
+            Just(":"), Just("{"), Just("}"), Just("["), Just("]"), Just("\n  "), Just("0"), Just("1e999"),
+            Just("\"10.0.0.1\""), Just("${namespace}"), Just("5m"),
+        ], 0..60)
+    ) {
+        let _ = adaptive_eds::config::parse(&keys.join(" "));
+    }
+
+    #[test]
+    fn remote_write_decoding_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = remote_write::decode(&body);
+        let compressed = snap::raw::Encoder::new().compress_vec(&body).expect("compress");
+        let _ = remote_write::decode(&compressed);
+    }
+
+    #[test]
+    fn sotw_never_resends_a_rejected_version_and_never_answers_stale_nonces(steps in steps()) {
+        let mut state = SotwState::for_assignments(CLUSTER_LOAD_ASSIGNMENT);
+        let mut nonces = Nonces::default();
+        let mut current = snapshot(&[(0, 1)]);
+        let mut last = (String::new(), String::new());
+        let mut subscribed: Vec<String> = Vec::new();
+        for step in steps {
+            let response = match step {
+                Step::Request { names, nonce, nack, version } => {
+                    let mut names: Vec<String> = names.iter().map(|name| format!("c{}", name % 4)).collect();
+                    names.sort();
+                    names.dedup();
+                    let request = DiscoveryRequest {
+                        type_url: CLUSTER_LOAD_ASSIGNMENT.into(),
+                        resource_names: names.clone(),
+                        version_info: if version { last.0.clone() } else { String::new() },
+                        response_nonce: nonce_for(nonce, &last.1),
+                        error_detail: nack.then(|| Status { code: 3, message: "no".into(), details: vec![] }),
+                        ..Default::default()
+                    };
+                    let (event, response) = state.on_request(&request, &current, &mut nonces);
+                    if event == RequestEvent::Stale {
+                        prop_assert!(response.is_none(), "a stale nonce is never answered");
+                    } else if matches!(event, RequestEvent::Nack { .. } | RequestEvent::Ack { .. }) && names == subscribed {
+                        prop_assert!(response.is_none(), "an ACK or NACK without a subscription change is never answered");
+                    }
+                    if event != RequestEvent::Stale {
+                        subscribed = names;
+                    }
+                    response
+                }
+                Step::Publish(weights) => {
+                    current = snapshot(&weights);
+                    state.on_snapshot(&current, &mut nonces)
+                }
+            };
+            if let Some(response) = response {
+                prop_assert_ne!(&response.nonce, &last.1, "every response has a fresh nonce");
+                last = (response.version_info.clone(), response.nonce.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn delta_sends_only_changes_and_never_panics(steps in steps()) {
+        let mut state = DeltaState::for_assignments(CLUSTER_LOAD_ASSIGNMENT);
+        let mut nonces = Nonces::default();
+        let mut current = snapshot(&[(0, 1)]);
+        let mut last_nonce = String::new();
+        let mut held: BTreeMap<String, String> = BTreeMap::new();
+        for step in steps {
+            let response = match step {
+                Step::Request { names, nonce, nack, .. } => {
+                    let (subscribe, unsubscribe): (Vec<u8>, Vec<u8>) = names.iter().partition(|name| **name < 4);
+                    let request = DeltaDiscoveryRequest {
+                        type_url: CLUSTER_LOAD_ASSIGNMENT.into(),
+                        resource_names_subscribe: subscribe.iter().map(|name| format!("c{name}")).collect(),
+                        resource_names_unsubscribe: unsubscribe.iter().map(|name| format!("c{}", name % 4)).collect(),
+                        response_nonce: nonce_for(nonce, &last_nonce),
+                        error_detail: nack.then(|| Status { code: 3, message: "no".into(), details: vec![] }),
+                        ..Default::default()
+                    };
+                    for name in &request.resource_names_unsubscribe {
+                        held.remove(name);
+                    }
+                    state.on_request(&request, &current, &mut nonces).1
+                }
+                Step::Publish(weights) => {
+                    current = snapshot(&weights);
+                    state.on_snapshot(&current, &mut nonces)
+                }
+            };
+            if let Some(response) = response {
+                prop_assert!(!response.resources.is_empty() || !response.removed_resources.is_empty());
+                for encoded in &response.resources {
+                    use prost::Message;
+                    let resource = envoy_types::pb::envoy::service::discovery::v3::Resource::decode(encoded.clone()).expect("decode");
+                    prop_assert_ne!(held.get(&resource.name), Some(&resource.version), "resent an unchanged resource");
+                    held.insert(resource.name.clone(), resource.version.clone());
+                }
+                for name in &response.removed_resources {
+                    prop_assert!(!current.clusters.contains_key(name));
+                    held.remove(name);
+                }
+                last_nonce = response.nonce.clone();
+            }
+        }
+    }
+}
