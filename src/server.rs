@@ -19,6 +19,7 @@ use crate::snapshot::SnapshotStore;
 use crate::telemetry::Metrics;
 use crate::xds::{
     self, connections, registry::ClientRegistry, service::XdsService, stream::XdsContext,
+    tls::TlsReloader,
 };
 
 /// The addresses a running server actually bound (useful when the config says port 0).
@@ -108,9 +109,18 @@ pub async fn serve(
     });
     let xds_config = &config.raw.xds;
     let drain_clients = Arc::clone(&clients);
+    let tls = match &config.xds_tls {
+        Some(settings) => {
+            let reloader = TlsReloader::new(settings.clone())?;
+            tokio::spawn(reloader.clone().watch());
+            Some(reloader)
+        }
+        None => None,
+    };
     let incoming = connections::accept_limited(
         xds_listener,
         xds_config.max_connections,
+        tls,
         context.metrics.clone(),
     );
     let grpc = grpc_router(context, clients, xds_config)?;

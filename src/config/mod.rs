@@ -70,6 +70,25 @@ pub struct XdsConfig {
     /// Serve gRPC reflection on this port.
     #[serde(default = "enabled")]
     pub reflection: bool,
+    /// TLS, or mutual TLS, on this port.
+    pub tls: Option<XdsTlsConfig>,
+}
+
+/// `xds.tls:`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XdsTlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: String,
+    /// PEM private key of the server certificate.
+    pub key_file: String,
+    /// PEM CA bundle for client certificates; set it to require mutual TLS.
+    pub client_ca_file: Option<String>,
+    /// Client identities served (URI SANs such as SPIFFE IDs, or `dns:NAME`); empty: any valid client.
+    #[serde(default)]
+    pub allowed_identities: Vec<String>,
+    /// How often the files are checked for changes (default 5s).
+    pub reload_interval: Option<duration::ConfigDuration>,
 }
 
 /// `admin:` keys.
@@ -197,6 +216,7 @@ impl Default for XdsConfig {
             drain_period: None,
             inspect: true,
             reflection: true,
+            tls: None,
         }
     }
 }
@@ -222,6 +242,8 @@ pub struct ValidConfig {
     pub clusters: BTreeMap<String, Vec<Endpoint>>,
     /// Tick, metrics sources and weighting settings.
     pub adaptive: adaptive::AdaptiveConfig,
+    /// TLS settings of the xDS port, if any.
+    pub xds_tls: Option<crate::xds::tls::TlsSettings>,
 }
 
 /// One thing wrong with a configuration, at a field path such as `clusters[2].endpoints[0].port`.
@@ -337,6 +359,11 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
         let endpoints = validate_endpoints(&field, cluster, &mut problems);
         clusters.insert(cluster.name.clone(), endpoints);
     }
+    let xds_tls = raw
+        .xds
+        .tls
+        .as_ref()
+        .map(|tls| validate_tls(tls, &mut problems));
     let adaptive = adaptive::validate(
         raw.tick,
         &raw.metrics,
@@ -351,8 +378,50 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
             admin_listen,
             clusters,
             adaptive,
+            xds_tls,
         }),
         _ => Err(problems),
+    }
+}
+
+fn validate_tls(tls: &XdsTlsConfig, problems: &mut Vec<Problem>) -> crate::xds::tls::TlsSettings {
+    let mut file = |field: &str, path: &str| {
+        if !Path::new(path).is_file() {
+            problems.push(problem(
+                format!("xds.tls.{field}"),
+                format!("no such file: {path}"),
+            ));
+        }
+        PathBuf::from(path)
+    };
+    let cert_file = file("cert_file", &tls.cert_file);
+    let key_file = file("key_file", &tls.key_file);
+    let client_ca_file = tls
+        .client_ca_file
+        .as_deref()
+        .map(|path| file("client_ca_file", path));
+    if client_ca_file.is_none() && !tls.allowed_identities.is_empty() {
+        problems.push(problem(
+            "xds.tls.allowed_identities",
+            "needs xds.tls.client_ca_file: identities come from client certificates",
+        ));
+    }
+    let reload_interval = tls
+        .reload_interval
+        .map(|value| value.0)
+        .unwrap_or(std::time::Duration::from_secs(5));
+    if reload_interval.is_zero() {
+        problems.push(problem(
+            "xds.tls.reload_interval",
+            "expected a duration above zero",
+        ));
+    }
+    crate::xds::tls::TlsSettings {
+        cert_file,
+        key_file,
+        client_ca_file,
+        allowed_identities: tls.allowed_identities.clone(),
+        reload_interval,
     }
 }
 

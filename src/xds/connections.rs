@@ -1,4 +1,5 @@
-//! Accepts TCP connections for the gRPC server, closing those over `xds.max_connections`.
+//! Accepts connections for the gRPC server: closes those over `xds.max_connections`, and with
+//! TLS configured runs the handshake and the client-identity check before gRPC sees them.
 
 use std::{
     io,
@@ -18,14 +19,42 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::tls::TlsReloader;
 use crate::telemetry::{LimitLabels, Metrics};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The transport under one gRPC connection.
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
 
 /// A connection that counts itself open until dropped.
 #[derive(Debug)]
 pub struct CountedStream {
-    inner: TcpStream,
+    inner: Transport,
+    peer: TcpConnectInfo,
     open: Arc<AtomicUsize>,
     metrics: Metrics,
+}
+
+/// Runs `$call` on whichever transport is inside.
+macro_rules! delegate {
+    ($self:expr, $stream:ident => $call:expr) => {
+        match &mut $self.get_mut().inner {
+            Transport::Plain($stream) => {
+                let $stream = Pin::new($stream);
+                $call
+            }
+            Transport::Tls($stream) => {
+                let $stream = Pin::new($stream.as_mut());
+                $call
+            }
+        }
+    };
 }
 
 impl Drop for CountedStream {
@@ -38,7 +67,7 @@ impl Drop for CountedStream {
 impl Connected for CountedStream {
     type ConnectInfo = TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.peer.clone()
     }
 }
 
@@ -48,7 +77,7 @@ impl AsyncRead for CountedStream {
         context: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(context, buf)
+        delegate!(self, stream => stream.poll_read(context, buf))
     }
 }
 
@@ -58,31 +87,36 @@ impl AsyncWrite for CountedStream {
         context: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(context, buf)
+        delegate!(self, stream => stream.poll_write(context, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(context)
+        delegate!(self, stream => stream.poll_flush(context))
     }
     fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(context)
+        delegate!(self, stream => stream.poll_shutdown(context))
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         context: &mut Context<'_>,
         buffers: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(context, buffers)
+        delegate!(self, stream => stream.poll_write_vectored(context, buffers))
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.inner {
+            Transport::Plain(stream) => stream.is_write_vectored(),
+            Transport::Tls(stream) => stream.is_write_vectored(),
+        }
     }
 }
 
 /// Accepts on `listener` until the returned stream is dropped; connections past `max_open`
-/// are closed at once and counted as refusals.
+/// are closed at once, and with `tls` the handshake and identity check run before gRPC; every
+/// refusal is counted.
 pub fn accept_limited(
     listener: TcpListener,
     max_open: usize,
+    tls: Option<TlsReloader>,
     metrics: Metrics,
 ) -> ReceiverStream<io::Result<CountedStream>> {
     let (sender, receiver) = mpsc::channel(64);
@@ -102,28 +136,112 @@ pub fn accept_limited(
                 }
             };
             if open.load(Ordering::Relaxed) >= max_open {
-                metrics
-                    .refusals
-                    .get_or_create(&LimitLabels {
-                        limit: "max_connections".into(),
-                    })
-                    .inc();
+                refuse(&metrics, "max_connections");
                 tracing::warn!(%peer, max_open, "connection refused: xds.max_connections reached");
-                drop(socket);
                 continue;
             }
             let _ = socket.set_nodelay(true);
             open.fetch_add(1, Ordering::Relaxed);
             metrics.connections.inc();
-            let stream = CountedStream {
-                inner: socket,
+            let counted = Counted {
+                peer: socket.connect_info(),
                 open: Arc::clone(&open),
                 metrics: metrics.clone(),
             };
-            if sender.send(Ok(stream)).await.is_err() {
-                return;
+            match &tls {
+                None => {
+                    if sender
+                        .send(Ok(counted.wrap(Transport::Plain(socket))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    tokio::spawn(handshake(socket, counted, tls.clone(), sender.clone()));
+                }
             }
         }
     });
     ReceiverStream::new(receiver)
+}
+
+/// The bookkeeping of an accepted connection, before its transport is ready.
+struct Counted {
+    peer: TcpConnectInfo,
+    open: Arc<AtomicUsize>,
+    metrics: Metrics,
+}
+
+impl Counted {
+    fn wrap(self, inner: Transport) -> CountedStream {
+        let stream = CountedStream {
+            inner,
+            peer: self.peer.clone(),
+            open: Arc::clone(&self.open),
+            metrics: self.metrics.clone(),
+        };
+        std::mem::forget(self);
+        stream
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connections.dec();
+    }
+}
+
+fn refuse(metrics: &Metrics, limit: &str) {
+    metrics
+        .refusals
+        .get_or_create(&LimitLabels {
+            limit: limit.into(),
+        })
+        .inc();
+}
+
+async fn handshake(
+    socket: TcpStream,
+    counted: Counted,
+    tls: TlsReloader,
+    sender: mpsc::Sender<io::Result<CountedStream>>,
+) {
+    let peer = counted.peer.remote_addr();
+    let Some(acceptor) = tls.acceptor() else {
+        return;
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            refuse(&counted.metrics, "tls_handshake");
+            tracing::warn!(?peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            refuse(&counted.metrics, "tls_handshake");
+            tracing::warn!(?peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first());
+    if !tls.allows(leaf) {
+        refuse(&counted.metrics, "client_identity");
+        let presented = leaf.map(super::tls::identities).unwrap_or_default();
+        tracing::warn!(
+            ?peer,
+            ?presented,
+            "client identity not in xds.tls.allowed_identities; connection closed"
+        );
+        return;
+    }
+    let _ = sender
+        .send(Ok(counted.wrap(Transport::Tls(Box::new(stream)))))
+        .await;
 }

@@ -8,6 +8,7 @@ pub mod registry;
 pub mod service;
 pub mod sotw;
 pub mod stream;
+pub mod tls;
 pub mod wire;
 
 /// Generated ADS server (our response types; see `build.rs`).

