@@ -315,4 +315,90 @@ mod tests {
         assert!(store.current().clusters.is_empty());
         assert!(store.explanation("a").is_none());
     }
+
+    #[test]
+    fn bad_and_unmatched_samples_never_break_a_tick() {
+        use crate::config::adaptive::JoinBy;
+        use crate::metrics::{Sample, SampleSet, Signal, SourceKind};
+        use std::collections::HashMap;
+
+        let config = config::parse(
+            "metrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: nan}\n  - {address: 10.0.0.2, port: 1, pod: negative}\n  - {address: 10.0.0.3, port: 1, pod: good}\n  - {address: 10.0.0.4, port: 1, pod: unmeasured}\n",
+        )
+        .expect("valid");
+        let table = SampleTable::default();
+        let now_ms = crate::metrics::unix_millis(SystemTime::now());
+        let mut samples: HashMap<String, Sample> = [
+            ("nan", f64::NAN),
+            ("negative", -1.0),
+            ("good", 0.5),
+            ("stranger", 3.0),
+        ]
+        .into_iter()
+        .map(|(pod, value)| {
+            (
+                pod.to_string(),
+                Sample {
+                    value,
+                    timestamp_ms: now_ms,
+                },
+            )
+        })
+        .collect();
+        for index in 0..5000 {
+            samples.insert(
+                format!("unrelated-{index}"),
+                Sample {
+                    value: 1.0,
+                    timestamp_ms: now_ms,
+                },
+            );
+        }
+        table.replace(
+            SourceKind::Pull,
+            "a",
+            Signal::Cpu,
+            SampleSet {
+                join_by: JoinBy::Pod,
+                samples,
+            },
+        );
+        let store = SnapshotStore::new();
+        let metrics = Metrics::default();
+        let mut engine = Engine::new(
+            Arc::new(config.adaptive.clone()),
+            table,
+            store.clone(),
+            metrics.clone(),
+        );
+        engine.apply(crate::discovery::file::diff(
+            &BTreeMap::new(),
+            &config.clusters,
+        ));
+        engine.publish();
+        let served = store.current();
+        let weights: Vec<u32> = served.clusters["a"]
+            .endpoints
+            .iter()
+            .map(|endpoint| endpoint.weight)
+            .collect();
+        assert_eq!(weights.len(), 4);
+        assert!(weights.iter().all(|weight| *weight >= 1), "{weights:?}");
+        let dropped = metrics
+            .dropped_samples
+            .get_or_create(&ClusterLabels {
+                cluster: "a".into(),
+            })
+            .get();
+        assert_eq!(
+            dropped, 2,
+            "NaN and negative samples are dropped and counted"
+        );
+        let explanation = store.explanation("a").expect("explained");
+        assert_eq!(explanation.endpoints[2].1.cpu, Some(0.5));
+        assert!(
+            explanation.endpoints[3].1.cpu.is_none(),
+            "no invented sample for an unmeasured pod"
+        );
+    }
 }

@@ -82,7 +82,11 @@ fn nonce_for(choice: u8, last: &str) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+    // 256 cases per property in CI; `PROPTEST_CASES=100000` for a long local run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(256),
+        .. ProptestConfig::default()
+    })]
 
     #[test]
     fn config_parsing_never_panics(text in "\\PC{0,400}") {
