@@ -155,7 +155,9 @@ impl Engine {
             state.mode = mode;
         }
         if force || moved || state.resource.is_none() {
-            state.resource = Some(Arc::new(build_resource(name, &state.endpoints, &weights)));
+            let resource = build_resource(name, &state.endpoints, &weights);
+            self.metrics.encodes.inc();
+            state.resource = Some(Arc::new(resource));
         }
         self.store.explain(
             name,

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub refusals: Family<LimitLabels, Counter>,
     /// Open gRPC connections.
     pub connections: Gauge,
+    /// `ClusterLoadAssignment`s encoded (once per cluster version, whatever the subscribers).
+    pub encodes: Counter,
     /// Remote-write samples by result (accepted, filtered, over_limit, invalid).
     pub remote_write_samples: Family<ResultLabels, Counter>,
     /// PromQL queries by cluster, signal and result.
@@ -128,6 +130,7 @@ impl Default for Metrics {
             tick_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             refusals: Family::default(),
             connections: Gauge::default(),
+            encodes: Counter::default(),
             remote_write_samples: Family::default(),
             metric_queries: Family::default(),
             clusters: Gauge::default(),
@@ -225,6 +228,11 @@ impl Metrics {
             "Open gRPC connections",
             metrics.connections.clone(),
         );
+        registry.register(
+            "encodes",
+            "ClusterLoadAssignments encoded (once per cluster version, whatever the number of subscribers)",
+            metrics.encodes.clone(),
+        );
         (metrics, registry)
     }
 
@@ -295,6 +303,7 @@ mod tests {
             .get_or_create(&LimitLabels { limit: "x".into() })
             .inc();
         metrics.connections.inc();
+        metrics.encodes.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         for name in [
@@ -315,6 +324,7 @@ mod tests {
             "adaptive_eds_clusters",
             "adaptive_eds_refusals_total",
             "adaptive_eds_connections",
+            "adaptive_eds_encodes_total",
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),

@@ -69,6 +69,10 @@ impl pb::inspect_server::Inspect for InspectService {
         Ok(Response::new(pb::ListClustersResponse {
             snapshot_version: snapshot.version.clone(),
             clusters,
+            published_unix_ms: snapshot
+                .published_at
+                .map(crate::metrics::unix_millis)
+                .unwrap_or_default(),
         }))
     }
 

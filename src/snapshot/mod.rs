@@ -176,6 +176,8 @@ pub fn combined_version<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>)
 pub struct Snapshot {
     /// Hash of every cluster's name and version.
     pub version: String,
+    /// When it was published (set by [`SnapshotStore::publish`]).
+    pub published_at: Option<SystemTime>,
     /// Clusters by EDS resource name.
     pub clusters: BTreeMap<String, Arc<ClusterResource>>,
 }
@@ -188,7 +190,11 @@ impl Snapshot {
                 .values()
                 .map(|cluster| (cluster.name.as_str(), cluster.version.as_str())),
         );
-        Self { version, clusters }
+        Self {
+            version,
+            published_at: None,
+            clusters,
+        }
     }
 }
 
@@ -252,8 +258,9 @@ impl SnapshotStore {
     }
 
     /// Replaces the current snapshot if its content differs; returns whether it did.
-    pub fn publish(&self, snapshot: Snapshot) -> bool {
+    pub fn publish(&self, mut snapshot: Snapshot) -> bool {
         self.ready.send_replace(true);
+        snapshot.published_at = Some(SystemTime::now());
         let snapshot = Arc::new(snapshot);
         self.sender.send_if_modified(|current| {
             if current.version == snapshot.version {

@@ -566,6 +566,7 @@ pub struct InProcess {
     _directory: tempfile::TempDir,
     pub config: PathBuf,
     pub url: String,
+    pub admin_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -601,6 +602,7 @@ impl InProcess {
             _directory: directory,
             config,
             url: format!("http://{}", bound.xds),
+            admin_url: format!("http://{}", bound.admin),
             stop: Some(stop),
             task,
         }
