@@ -24,6 +24,8 @@ use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weig
 #[derive(Debug, Default)]
 struct ClusterState {
     endpoints: Vec<Endpoint>,
+    /// Metric labels of each endpoint, built once per endpoint set.
+    labels: Vec<EndpointLabels>,
     memory: ClusterMemory,
     mode: ClusterMode,
     last_tick: Option<Duration>,
@@ -68,11 +70,19 @@ impl Engine {
         for update in updates {
             match update {
                 ClusterUpdate::Reset { cluster, endpoints } => {
-                    self.clusters.entry(cluster.clone()).or_default().endpoints = endpoints;
+                    let state = self.clusters.entry(cluster.clone()).or_default();
+                    forget_endpoint_metrics(&self.metrics, &state.labels);
+                    state.labels = endpoints
+                        .iter()
+                        .map(|endpoint| endpoint_labels(&cluster, endpoint))
+                        .collect();
+                    state.endpoints = endpoints;
                     self.recompute(&cluster, true);
                 }
                 ClusterUpdate::Removed { cluster } => {
-                    self.clusters.remove(&cluster);
+                    if let Some(state) = self.clusters.remove(&cluster) {
+                        forget_endpoint_metrics(&self.metrics, &state.labels);
+                    }
                     self.store.explain(&cluster, None);
                 }
             }
@@ -82,10 +92,19 @@ impl Engine {
     /// Replaces the settings (config reload) and recomputes every cluster.
     pub fn reconfigure(&mut self, config: Arc<AdaptiveConfig>) {
         self.config = config;
+        self.recompute_all(true);
+    }
+
+    /// Recomputes every cluster now; `force` re-encodes even those whose weights did not move.
+    pub fn recompute_all(&mut self, force: bool) {
+        let started = Instant::now();
         let names: Vec<String> = self.clusters.keys().cloned().collect();
         for name in names {
-            self.recompute(&name, true);
+            self.recompute(&name, force);
         }
+        self.metrics
+            .tick_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Recomputes every cluster whose tick is due; returns how many were recomputed.
@@ -157,7 +176,23 @@ impl Engine {
         if force || moved || state.resource.is_none() {
             let resource = build_resource(name, &state.endpoints, &weights);
             self.metrics.encodes.inc();
+            for (labels, served) in state.labels.iter().zip(&resource.endpoints) {
+                self.metrics
+                    .endpoint_weight
+                    .get_or_create(labels)
+                    .set(i64::from(served.weight));
+            }
             state.resource = Some(Arc::new(resource));
+        }
+        for (labels, weight) in state.labels.iter().zip(&weights) {
+            match weight.cpu {
+                Some(cpu) => {
+                    self.metrics.endpoint_cpu.get_or_create(labels).set(cpu);
+                }
+                None => {
+                    self.metrics.endpoint_cpu.remove(labels);
+                }
+            }
         }
         self.store.explain(
             name,
@@ -223,8 +258,6 @@ impl Engine {
             self.metrics.snapshots.inc();
         }
         self.metrics.clusters.set(self.clusters.len() as i64);
-        self.metrics.endpoint_weight.clear();
-        self.metrics.endpoint_cpu.clear();
         self.metrics.cluster_mode.clear();
         for (name, state) in &self.clusters {
             self.metrics
@@ -234,25 +267,15 @@ impl Engine {
                     mode: state.mode.as_str().into(),
                 })
                 .set(1);
-            if let Some(resource) = &state.resource {
-                for served in &resource.endpoints {
-                    self.metrics
-                        .endpoint_weight
-                        .get_or_create(&endpoint_labels(name, &served.endpoint))
-                        .set(i64::from(served.weight));
-                }
-            }
-            if let Some(explanation) = self.store.explanation(name) {
-                for (endpoint, weight) in &explanation.endpoints {
-                    if let Some(cpu) = weight.cpu {
-                        self.metrics
-                            .endpoint_cpu
-                            .get_or_create(&endpoint_labels(name, endpoint))
-                            .set(cpu);
-                    }
-                }
-            }
         }
+    }
+}
+
+/// Removes a cluster's old per-endpoint series (its endpoint set changed or it is gone).
+fn forget_endpoint_metrics(metrics: &Metrics, labels: &[EndpointLabels]) {
+    for label in labels {
+        metrics.endpoint_weight.remove(label);
+        metrics.endpoint_cpu.remove(label);
     }
 }
 

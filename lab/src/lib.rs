@@ -6,3 +6,4 @@ pub mod emulator;
 pub mod fleet;
 pub mod service_time;
 pub mod sim;
+pub mod xds_load;

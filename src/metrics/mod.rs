@@ -101,10 +101,23 @@ impl SampleTable {
             return vec![EndpointLoad::default(); endpoints.len()];
         };
         let now_ms = unix_millis(now);
-        let find = |signal: Signal, endpoint: &Endpoint| -> Option<Reading> {
+        // Look the sets up once per cluster, not once per endpoint.
+        let signal_sets = |signal: Signal| -> Vec<Arc<SampleSet>> {
             [SourceKind::Pull, SourceKind::RemoteWrite]
                 .iter()
-                .filter_map(|source| sets.get(&(*source, cluster.to_string(), signal)))
+                .filter_map(|source| sets.get(&(*source, cluster.to_string(), signal)).cloned())
+                .collect()
+        };
+        let by_signal = [
+            signal_sets(Signal::Cpu),
+            signal_sets(Signal::Rps),
+            signal_sets(Signal::CpuLimit),
+            signal_sets(Signal::Latency),
+        ];
+        drop(sets);
+        let find = |index: usize, endpoint: &Endpoint| -> Option<Reading> {
+            by_signal[index]
+                .iter()
                 .filter_map(|set| lookup(set, endpoint))
                 .max_by_key(|sample| sample.timestamp_ms)
                 .map(|sample| Reading {
@@ -117,10 +130,10 @@ impl SampleTable {
         endpoints
             .iter()
             .map(|endpoint| EndpointLoad {
-                cpu: find(Signal::Cpu, endpoint),
-                rps: find(Signal::Rps, endpoint),
-                cpu_limit: find(Signal::CpuLimit, endpoint),
-                latency: find(Signal::Latency, endpoint),
+                cpu: find(0, endpoint),
+                rps: find(1, endpoint),
+                cpu_limit: find(2, endpoint),
+                latency: find(3, endpoint),
             })
             .collect()
     }
