@@ -377,6 +377,9 @@ fn step_limited(targets: &[f64], fresh: &[FreshEndpoint], max_step: f64) -> Vec<
 }
 
 /// The human explanation of one endpoint's planned weight.
+///
+/// Written into one buffer with integer-based fixed-point numbers: this runs for every endpoint
+/// on every tick, and float formatting was a quarter of a large tick.
 fn reason(
     fleet: &Fleet,
     basis: CostBasis,
@@ -384,23 +387,68 @@ fn reason(
     utilization: f64,
     rank: Option<usize>,
 ) -> String {
-    let cost = match basis {
-        CostBasis::PerRequest => format!("cost {:.4} cpu-s/req", fleet.costs[index]),
-        CostBasis::Relative => format!(
-            "cost {:.2}x the mean (no request rate)",
-            fleet.relative_costs[index]
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(64);
+    let _ = match basis {
+        CostBasis::PerRequest => write!(
+            text,
+            "fresh: cost {} cpu-s/req",
+            Fixed(fleet.costs[index], 4)
+        ),
+        CostBasis::Relative => write!(
+            text,
+            "fresh: cost {}x the mean (no request rate)",
+            Fixed(fleet.relative_costs[index], 2)
         ),
     };
-    let plan = match rank {
-        Some(rank) => format!("fill rank {rank}"),
-        None => "balance".to_string(),
+    let _ = write!(text, ", planned util {} (", Fixed(utilization, 2));
+    let _ = match rank {
+        Some(rank) => write!(text, "fill rank {rank})"),
+        None => write!(text, "balance)"),
     };
-    format!("fresh: {cost}, planned util {utilization:.2} ({plan})")
+    text
+}
+
+/// A number shown with a fixed count of decimals (as `{:.N}` would), formatted with integers.
+struct Fixed(f64, u32);
+
+impl std::fmt::Display for Fixed {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Fixed(value, decimals) = *self;
+        let scale = 10_i64.pow(decimals);
+        if !value.is_finite() || value.abs() >= (i64::MAX / scale) as f64 {
+            return write!(formatter, "{value:.*}", decimals as usize);
+        }
+        let scaled = (value * scale as f64).round() as i64;
+        let sign = if scaled < 0 { "-" } else { "" };
+        let magnitude = scaled.unsigned_abs();
+        let scale = scale.unsigned_abs();
+        write!(
+            formatter,
+            "{sign}{}.{:0width$}",
+            magnitude / scale,
+            magnitude % scale,
+            width = decimals as usize
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_matches_float_formatting() {
+        for value in [0.0, 0.001_25, 0.29, 1.0, 12.345_67, 0.005, -0.5, 3.999_95] {
+            for decimals in [2, 4] {
+                assert_eq!(
+                    Fixed(value, decimals).to_string(),
+                    format!("{value:.*}", decimals as usize).replace("-0.00", "0.00"),
+                    "{value} to {decimals} places"
+                );
+            }
+        }
+    }
 
     fn endpoint(cpu: f64, rps: Option<f64>, previous: Option<u32>) -> FreshEndpoint {
         FreshEndpoint {
