@@ -56,7 +56,7 @@ fn generate_discovery_servers() {
             .route_name(route)
             .input_type(format!("{DISCOVERY}::DiscoveryRequest"))
             .output_type("crate::xds::wire::SotwResponse")
-            .codec_path("tonic_prost::ProstCodec")
+            .codec_path("crate::xds::wire::XdsCodec")
             .client_streaming()
             .server_streaming()
             .build()
@@ -67,7 +67,7 @@ fn generate_discovery_servers() {
             .route_name(route)
             .input_type(format!("{DISCOVERY}::DeltaDiscoveryRequest"))
             .output_type("crate::xds::wire::DeltaResponse")
-            .codec_path("tonic_prost::ProstCodec")
+            .codec_path("crate::xds::wire::XdsCodec")
             .client_streaming()
             .server_streaming()
             .build()
@@ -95,7 +95,7 @@ fn generate_discovery_servers() {
                 .route_name("FetchEndpoints")
                 .input_type(format!("{DISCOVERY}::DiscoveryRequest"))
                 .output_type("crate::xds::wire::SotwResponse")
-                .codec_path("tonic_prost::ProstCodec")
+                .codec_path("crate::xds::wire::XdsCodec")
                 .build(),
         )
         .build();

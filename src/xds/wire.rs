@@ -188,3 +188,42 @@ mod tests {
         assert_eq!(ours.encoded_len(), ours.encode_to_vec().len());
     }
 }
+
+/// The codec of our discovery services: prost encoding with small initial buffers.
+///
+/// tonic keeps one encode and one decode buffer per stream for the stream's whole life; with
+/// the default 8 KiB each, idle streams cost 16 KiB before any response. xDS requests are small
+/// and responses grow the encode buffer as needed, so 1 KiB initial buffers cut the memory of an
+/// idle connected Envoy without changing the wire.
+#[derive(Debug)]
+pub struct XdsCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Default for XdsCodec<T, U> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+/// Initial encode/decode buffer size of [`XdsCodec`].
+const CODEC_BUFFER_BYTES: usize = 1024;
+/// Encoded bytes after which tonic hands the buffer to HTTP/2 (its default).
+const CODEC_YIELD_BYTES: usize = 32 * 1024;
+
+impl<T, U> tonic::codec::Codec for XdsCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(CODEC_BUFFER_BYTES, CODEC_YIELD_BYTES))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(CODEC_BUFFER_BYTES, CODEC_YIELD_BYTES))
+    }
+}
