@@ -1,4 +1,4 @@
-//! Wires the pipeline: file source -> engine -> snapshots -> gRPC and admin listeners.
+//! Wires the pipeline: file and Kubernetes sources -> engine -> snapshots -> gRPC and admin listeners.
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -8,7 +8,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
 use crate::config;
-use crate::discovery::file::FileSource;
+use crate::discovery::{file::FileSource, kubernetes::KubernetesSource};
 use crate::engine::Engine;
 use crate::inspect::{self, InspectService};
 use crate::metrics::{
@@ -74,6 +74,10 @@ pub async fn serve(
         ));
     }
     tokio::spawn(engine.run(updates, settings.clone()));
+    if let Some(kubernetes) = config.kubernetes.clone() {
+        let kubernetes = KubernetesSource::connect(kubernetes).await?;
+        tokio::spawn(kubernetes.run(updates_sender.clone()));
+    }
     tokio::spawn(source.run(updates_sender));
 
     let xds_listener = TcpListener::bind(config.xds_listen)

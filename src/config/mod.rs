@@ -14,6 +14,7 @@ use crate::weighting;
 
 pub mod adaptive;
 pub mod duration;
+pub mod kubernetes;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -36,6 +37,9 @@ pub struct Config {
     /// Static clusters: each is one EDS resource.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Endpoints discovered from Kubernetes EndpointSlices.
+    #[serde(default)]
+    pub kubernetes: kubernetes::KubernetesConfig,
 }
 
 /// `xds:` keys.
@@ -147,6 +151,8 @@ pub struct ValidConfig {
     pub clusters: BTreeMap<String, Vec<Endpoint>>,
     /// Tick, metrics sources and weighting settings.
     pub adaptive: adaptive::AdaptiveConfig,
+    /// The Kubernetes source, when `kubernetes.enabled`.
+    pub kubernetes: Option<kubernetes::KubernetesSettings>,
 }
 
 /// One thing wrong with a configuration, at a field path such as `clusters[2].endpoints[0].port`.
@@ -269,6 +275,7 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
         &raw.clusters,
         &mut problems,
     );
+    let kubernetes = kubernetes::validate(&raw.kubernetes, &mut problems);
     match (xds_listen, admin_listen, problems.is_empty()) {
         (Some(xds_listen), Some(admin_listen), true) => Ok(ValidConfig {
             raw,
@@ -276,6 +283,7 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
             admin_listen,
             clusters,
             adaptive,
+            kubernetes,
         }),
         _ => Err(problems),
     }
