@@ -551,3 +551,112 @@ async fn replicas_fed_the_same_api_serve_the_same_versions_and_weights() {
         views[0].0, views[0].1, views[0].2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_cluster_gets_cpu_driven_weights_from_victoriametrics() {
+    use support::{FakeBackends, FakePod, VictoriaMetrics};
+    // Same request rate, different CPU: pod-a is the cheapest per request, pod-c the dearest.
+    let pods = [("pod-a", 0.2), ("pod-b", 0.5), ("pod-c", 1.5)];
+    let backends = FakeBackends::start(
+        "shop",
+        "checkout",
+        pods.iter()
+            .map(|(pod, cores)| FakePod {
+                pod,
+                cores: *cores,
+                rps: 100.0,
+            })
+            .collect(),
+    )
+    .await;
+    let victoria = VictoriaMetrics::start(&backends.addresses).await;
+    let api = FakeKubeApi::start().await;
+    api.push_list(
+        SERVICES,
+        200,
+        api::list(
+            "ServiceList",
+            "v1",
+            "100",
+            vec![api::service("shop", "checkout", 8080, json!({}), "90")],
+        ),
+    );
+    let slices = backends
+        .addresses
+        .iter()
+        .zip(pods)
+        .map(|(address, (pod, _))| {
+            api::slice(
+                "shop",
+                &format!("checkout-{pod}"),
+                "checkout",
+                address.port(),
+                &[api::ready("127.0.0.1", pod, "z1")],
+                "95",
+            )
+        })
+        .collect();
+    api.push_list(
+        SLICES,
+        200,
+        api::list("EndpointSliceList", "discovery.k8s.io/v1", "100", slices),
+    );
+    let directory = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = api.write_kubeconfig(directory.path());
+    // No clusters in the file: ${namespace} and ${container} come from the Service (the
+    // container defaults to the Service name, `checkout`).
+    let config = format!(
+        r#"tick: 1s
+metrics:
+  prometheus:
+    url: {url}
+    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
+    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
+    timeout: 1s
+weighting:
+  algorithm: capacity
+  objective: balance
+{kubernetes}"#,
+        url = victoria.url(),
+        kubernetes = server_config(&kubeconfig)
+    );
+    let server = Server::start(&config).await;
+    let mut inspect = InspectClient::connect(server.xds_url())
+        .await
+        .expect("connect Inspect");
+    let weights = support::wait_for(
+        Duration::from_secs(60),
+        "CPU-ordered weights on the discovered cluster",
+        || {
+            let mut inspect = inspect.clone();
+            async move {
+                let cluster = inspect
+                    .get_cluster(GetClusterRequest {
+                        name: ISTIO_CHECKOUT.into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let weight = |pod: &str| {
+                    cluster
+                        .endpoints
+                        .iter()
+                        .find(|endpoint| endpoint.pod == pod)
+                        .map(|endpoint| endpoint.weight)
+                };
+                let weights = [weight("pod-a")?, weight("pod-b")?, weight("pod-c")?];
+                (weights[0] > weights[1] && weights[1] > weights[2])
+                    .then_some((weights, cluster.mode))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "discovered cluster weights (pod-a, pod-b, pod-c): {:?}, mode {}",
+        weights.0, weights.1
+    );
+    let _ = inspect
+        .list_clusters(ListClustersRequest {})
+        .await
+        .expect("ListClusters");
+}

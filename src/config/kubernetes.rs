@@ -209,4 +209,41 @@ mod tests {
             vec!["kubernetes: select services: set kubernetes.services, kubernetes.selector, or both"]
         );
     }
+
+    #[test]
+    fn discovered_clusters_get_rendered_queries_and_bad_templates_are_caught() {
+        let config = parse(
+            "metrics:\n  prometheus: { url: \"http://127.0.0.1:8428\" }\nkubernetes: { enabled: true, services: [{ namespace: shop, name: checkout }] }\n",
+        )
+        .expect("valid");
+        let labels = crate::config::adaptive::discovered_labels(
+            "outbound|8080||checkout.shop.svc.cluster.local",
+            "shop",
+            "checkout",
+            "web",
+        );
+        let discovered = [(
+            "outbound|8080||checkout.shop.svc.cluster.local".to_string(),
+            labels,
+        )]
+        .into();
+        let merged = config.adaptive.with_discovered(&discovered);
+        let settings = merged.settings("outbound|8080||checkout.shop.svc.cluster.local");
+        let queries = settings.queries.as_ref().expect("rendered queries");
+        assert!(
+            queries.cpu.contains("namespace=\"shop\",container=\"web\""),
+            "{}",
+            queries.cpu
+        );
+        assert_eq!(settings.params, config.adaptive.defaults.params);
+
+        let found = problems(
+            "metrics:\n  prometheus: { url: \"http://127.0.0.1:8428\", cpu_query: \"up{job=\\\"${job}\\\"}\" }\nkubernetes: { enabled: true, services: [{ namespace: shop, name: checkout }] }\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("metrics.prometheus.cpu_query: unknown placeholder ${job}"),
+            "{found:?}"
+        );
+    }
 }

@@ -276,6 +276,9 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
         &mut problems,
     );
     let kubernetes = kubernetes::validate(&raw.kubernetes, &mut problems);
+    if kubernetes.is_some() {
+        adaptive::validate_discovered_templates(&adaptive, &mut problems);
+    }
     match (xds_listen, admin_listen, problems.is_empty()) {
         (Some(xds_listen), Some(admin_listen), true) => Ok(ValidConfig {
             raw,

@@ -15,16 +15,27 @@ use anyhow::Context;
 use futures::{stream, StreamExt};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::runtime::{watcher, WatchStreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{file::diff, ClusterUpdate, Endpoint, HealthStatus, Locality};
-use crate::config::kubernetes::{KubernetesSettings, Naming};
+use crate::config::{
+    adaptive::discovered_labels,
+    kubernetes::{KubernetesSettings, Naming},
+};
 
 /// The label Kubernetes puts on every EndpointSlice to name its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The Service annotation naming the container whose CPU is read (`${container}` in queries);
+/// unset, the Service name is used.
+pub const CONTAINER_ANNOTATION: &str = "adaptive-eds.io/container";
+
 /// `(namespace, name)` of an object.
 type ObjectKey = (String, String);
+
+/// Discovered cluster name -> its labels for query templates (`cluster`, `namespace`,
+/// `service`, `container`).
+pub type DiscoveredClusters = BTreeMap<String, BTreeMap<String, String>>;
 
 /// What the source keeps of a Service.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +44,8 @@ pub struct ServiceInfo {
     pub labels: BTreeMap<String, String>,
     /// TCP ports: `(port name, service port)`.
     pub ports: Vec<(String, u16)>,
+    /// The container whose CPU counts (annotation `adaptive-eds.io/container`, else the name).
+    pub container: String,
 }
 
 /// What the source keeps of one EndpointSlice.
@@ -100,7 +113,21 @@ pub fn service_info(service: &Service) -> Option<(ObjectKey, ServiceInfo)> {
         })
         .collect();
     let labels = service.metadata.labels.clone().unwrap_or_default();
-    Some((key, ServiceInfo { labels, ports }))
+    let container = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(CONTAINER_ANNOTATION))
+        .cloned()
+        .unwrap_or_else(|| key.1.clone());
+    Some((
+        key,
+        ServiceInfo {
+            labels,
+            ports,
+            container,
+        },
+    ))
 }
 
 /// Keeps what matters of an EndpointSlice; `None` for FQDN slices and slices without a Service.
@@ -211,6 +238,15 @@ pub fn clusters(
     services: &BTreeMap<ObjectKey, ServiceInfo>,
     slices: &BTreeMap<ObjectKey, SliceInfo>,
 ) -> BTreeMap<String, Vec<Endpoint>> {
+    clusters_and_labels(settings, services, slices).0
+}
+
+/// [`clusters`], plus each cluster's labels for the metrics query templates.
+pub fn clusters_and_labels(
+    settings: &KubernetesSettings,
+    services: &BTreeMap<ObjectKey, ServiceInfo>,
+    slices: &BTreeMap<ObjectKey, SliceInfo>,
+) -> (BTreeMap<String, Vec<Endpoint>>, DiscoveredClusters) {
     let mut slices_by_service: BTreeMap<ObjectKey, Vec<&SliceInfo>> = BTreeMap::new();
     for ((namespace, _), slice) in slices {
         slices_by_service
@@ -219,6 +255,7 @@ pub fn clusters(
             .push(slice);
     }
     let mut clusters = BTreeMap::new();
+    let mut labels = BTreeMap::new();
     for (key, service) in services {
         if !is_selected(settings, key, service) {
             continue;
@@ -227,11 +264,15 @@ pub fn clusters(
         for (port_name, service_port) in &service.ports {
             let endpoints = port_endpoints(service_slices, port_name);
             for name in cluster_names(settings, &key.0, &key.1, *service_port) {
+                labels.insert(
+                    name.clone(),
+                    discovered_labels(&name, &key.0, &key.1, &service.container),
+                );
                 clusters.insert(name, endpoints.clone());
             }
         }
     }
-    clusters
+    (clusters, labels)
 }
 
 /// The endpoints behind one named service port, across every slice of the service.
@@ -333,6 +374,7 @@ impl<T: PartialEq> Mirror<T> {
 pub struct KubernetesSource {
     settings: KubernetesSettings,
     client: kube::Client,
+    discovered: watch::Sender<DiscoveredClusters>,
 }
 
 impl KubernetesSource {
@@ -360,7 +402,18 @@ impl KubernetesSource {
 
     /// Uses an existing client (tests point one at a recorded API server).
     pub fn with_client(settings: KubernetesSettings, client: kube::Client) -> Self {
-        Self { settings, client }
+        let (discovered, _) = watch::channel(BTreeMap::new());
+        Self {
+            settings,
+            client,
+            discovered,
+        }
+    }
+
+    /// Follows the discovered clusters and their labels, so the weighting settings (and the
+    /// metrics queries) of each can be rendered at run time.
+    pub fn discovered(&self) -> watch::Receiver<DiscoveredClusters> {
+        self.discovered.subscribe()
     }
 
     /// Watches until `updates` is closed. Watch errors are logged and retried with backoff by
@@ -410,7 +463,15 @@ impl KubernetesSource {
             if !changed || !service_mirror.synced || !slice_mirror.synced {
                 continue;
             }
-            let next = clusters(&self.settings, &service_mirror.items, &slice_mirror.items);
+            let (next, labels) =
+                clusters_and_labels(&self.settings, &service_mirror.items, &slice_mirror.items);
+            self.discovered.send_if_modified(|current| {
+                let changed = *current != labels;
+                if changed {
+                    *current = labels;
+                }
+                changed
+            });
             let batch = diff(&sent, &next);
             if batch.is_empty() {
                 continue;
