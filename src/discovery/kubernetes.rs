@@ -31,7 +31,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const CONTAINER_ANNOTATION: &str = "adaptive-eds.io/container";
 
 /// `(namespace, name)` of an object.
-type ObjectKey = (String, String);
+pub type ObjectKey = (String, String);
 
 /// Discovered cluster name -> its labels for query templates (`cluster`, `namespace`,
 /// `service`, `container`).
