@@ -4,6 +4,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
+COPY benches ./benches
+# The workspace names lab/ as a member: cargo needs its manifest and sources to load it.
+COPY lab/Cargo.toml ./lab/Cargo.toml
+COPY lab/src ./lab/src
 RUN cargo build --release --locked --bin adaptive-eds
 
 FROM gcr.io/distroless/cc-debian12:nonroot

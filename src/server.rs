@@ -1,13 +1,20 @@
-//! Wires the pipeline: file source -> engine -> snapshots -> gRPC and admin listeners.
+//! Wires the pipeline: file and Kubernetes sources -> engine -> snapshots -> gRPC and admin listeners.
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 
 use crate::admin::{self, AdminState};
+use crate::config::adaptive::AdaptiveConfig;
 use crate::config::{self, XdsConfig};
-use crate::discovery::file::FileSource;
+use crate::discovery::{
+    file::FileSource,
+    kubernetes::{DiscoveredClusters, KubernetesSource},
+};
 use crate::engine::Engine;
 use crate::inspect::{self, InspectService};
 use crate::metrics::{
@@ -53,7 +60,14 @@ pub async fn serve(
         .map(|_| SeriesStore::default());
 
     let source = FileSource::new(config_path.clone(), config.clone(), &text, metrics.clone());
-    let settings = source.settings();
+    let kubernetes = match config.kubernetes.clone() {
+        Some(kubernetes) => Some(KubernetesSource::connect(kubernetes).await?),
+        None => None,
+    };
+    let settings = match &kubernetes {
+        Some(kubernetes) => merge_discovered(source.settings(), kubernetes.discovered()),
+        None => source.settings(),
+    };
     let mut engine = Engine::new(
         settings.borrow().clone(),
         table.clone(),
@@ -76,6 +90,9 @@ pub async fn serve(
         ));
     }
     tokio::spawn(engine.run(updates, settings.clone()));
+    if let Some(kubernetes) = kubernetes {
+        tokio::spawn(kubernetes.run(updates_sender.clone()));
+    }
     tokio::spawn(source.run(updates_sender));
 
     let xds_listener = TcpListener::bind(config.xds_listen)
@@ -162,6 +179,42 @@ pub async fn serve(
     }
     tracing::info!("adaptive-eds stopped");
     Ok(())
+}
+
+/// Follows the file's settings and the discovered clusters, publishing the file's settings with
+/// the discovered clusters added (`AdaptiveConfig::with_discovered`), so the engine and the
+/// metrics sources treat a discovered cluster like one the file names.
+fn merge_discovered(
+    mut file: watch::Receiver<Arc<AdaptiveConfig>>,
+    mut discovered: watch::Receiver<DiscoveredClusters>,
+) -> watch::Receiver<Arc<AdaptiveConfig>> {
+    // `borrow_and_update` marks both as seen, so `changed()` waits for the next change.
+    let merge = |file: &mut watch::Receiver<Arc<AdaptiveConfig>>,
+                 discovered: &mut watch::Receiver<DiscoveredClusters>| {
+        let file = file.borrow_and_update().clone();
+        Arc::new(file.with_discovered(&discovered.borrow_and_update()))
+    };
+    let (sender, receiver) = watch::channel(merge(&mut file, &mut discovered));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = file.changed() => if changed.is_err() { return },
+                changed = discovered.changed() => if changed.is_err() { return },
+            }
+            let next = merge(&mut file, &mut discovered);
+            sender.send_if_modified(|current| {
+                let changed = **current != *next;
+                if changed {
+                    *current = next;
+                }
+                changed
+            });
+            if sender.is_closed() {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 fn grpc_router(

@@ -214,6 +214,21 @@ async fn sotw_nack_keeps_the_last_good_version_without_resending() {
     stream.send(request(CLA, &["checkout"], "", "")).await;
     let first = stream.recv().await;
     stream.send(ack(&["checkout"], &first)).await;
+    // Let the ACK land before the change, or it would carry a stale nonce.
+    let mut inspect = adaptive_eds::inspect::pb::inspect_client::InspectClient::new(channel.clone());
+    support::wait_for(SOON, "the ACK to be recorded", || {
+        let mut inspect = inspect.clone();
+        let version = first.version_info.clone();
+        async move {
+            let clients = inspect
+                .list_clients(adaptive_eds::inspect::pb::ListClientsRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            clients.clients.iter().any(|client| client.last_acked_version == version).then_some(())
+        }
+    })
+    .await;
     server.rewrite(&CLUSTERS.replace("weight: 300", "weight: 41"));
     let rejected = stream.recv().await;
     let mut nack = request(CLA, &["checkout"], &first.version_info, &rejected.nonce);
@@ -227,7 +242,6 @@ async fn sotw_nack_keeps_the_last_good_version_without_resending() {
     stream.send(nack).await;
     stream.assert_quiet().await;
 
-    let mut inspect = adaptive_eds::inspect::pb::inspect_client::InspectClient::new(channel);
     let clients = inspect
         .list_clients(adaptive_eds::inspect::pb::ListClientsRequest {})
         .await

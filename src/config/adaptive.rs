@@ -292,8 +292,11 @@ pub struct AdaptiveConfig {
     pub remote_write: Option<RemoteWriteSettings>,
     /// Settings for clusters the file does not name (e.g. discovered ones).
     pub defaults: ClusterSettings,
-    /// Settings per cluster named in the file.
+    /// Settings per cluster named in the file (and, once merged, per discovered cluster).
     pub clusters: BTreeMap<String, ClusterSettings>,
+    /// `metrics.prometheus` as written: its query templates are rendered again for every
+    /// discovered cluster (see [`AdaptiveConfig::with_discovered`]).
+    pub query_templates: Option<PrometheusConfig>,
 }
 
 impl Default for AdaptiveConfig {
@@ -313,6 +316,7 @@ impl Default for AdaptiveConfig {
             remote_write: None,
             defaults,
             clusters: BTreeMap::new(),
+            query_templates: None,
         }
     }
 }
@@ -421,6 +425,80 @@ pub fn validate(
         remote_write,
         defaults,
         clusters: settings,
+        query_templates: metrics.prometheus.clone(),
+    }
+}
+
+/// The labels a discovered cluster offers to query templates: every placeholder has a value.
+pub fn discovered_labels(
+    cluster: &str,
+    namespace: &str,
+    service: &str,
+    container: &str,
+) -> BTreeMap<String, String> {
+    [
+        ("cluster", cluster),
+        ("namespace", namespace),
+        ("service", service),
+        ("container", container),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value.to_string()))
+    .collect()
+}
+
+/// Checks that the query templates render for discovered clusters (which have every label);
+/// catches an unknown placeholder even when the file names no cluster.
+pub fn validate_discovered_templates(config: &AdaptiveConfig, problems: &mut Vec<Problem>) {
+    if config.defaults.params.algorithm == Algorithm::Static {
+        return;
+    }
+    if let Some(templates) = &config.query_templates {
+        let labels = discovered_labels("c", "n", "s", "c");
+        let mut found = Vec::new();
+        render_queries(templates, &labels, "kubernetes", &mut found);
+        for problem in found {
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+    }
+}
+
+impl AdaptiveConfig {
+    /// This config plus settings for clusters discovered at run time (Kubernetes), given each
+    /// one's labels (`discovered_labels`). A cluster the file names keeps its own settings; the
+    /// others get the defaults, with the query templates rendered for their labels.
+    pub fn with_discovered(&self, discovered: &BTreeMap<String, BTreeMap<String, String>>) -> Self {
+        let mut merged = self.clone();
+        for (name, labels) in discovered {
+            if merged.clusters.contains_key(name) {
+                continue;
+            }
+            let queries = match (&self.query_templates, self.defaults.params.algorithm) {
+                (Some(templates), algorithm) if algorithm != Algorithm::Static => {
+                    let mut problems = Vec::new();
+                    let queries = render_queries(templates, labels, name, &mut problems);
+                    if !problems.is_empty() {
+                        tracing::error!(cluster = %name, ?problems, "cannot render the metrics queries for a discovered cluster; it keeps equal weights");
+                        None
+                    } else {
+                        Some(queries)
+                    }
+                }
+                _ => None,
+            };
+            merged.clusters.insert(
+                name.clone(),
+                ClusterSettings {
+                    params: self.defaults.params.clone(),
+                    tick: self.defaults.tick,
+                    queries,
+                    labels: labels.clone(),
+                },
+            );
+        }
+        merged
     }
 }
 

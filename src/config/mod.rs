@@ -14,6 +14,7 @@ use crate::weighting;
 
 pub mod adaptive;
 pub mod duration;
+pub mod kubernetes;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -36,6 +37,9 @@ pub struct Config {
     /// Static clusters: each is one EDS resource.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Endpoints discovered from Kubernetes EndpointSlices.
+    #[serde(default)]
+    pub kubernetes: kubernetes::KubernetesConfig,
 }
 
 /// `xds:` keys.
@@ -244,6 +248,8 @@ pub struct ValidConfig {
     pub adaptive: adaptive::AdaptiveConfig,
     /// TLS settings of the xDS port, if any.
     pub xds_tls: Option<crate::xds::tls::TlsSettings>,
+    /// The Kubernetes source, when `kubernetes.enabled`.
+    pub kubernetes: Option<kubernetes::KubernetesSettings>,
 }
 
 /// One thing wrong with a configuration, at a field path such as `clusters[2].endpoints[0].port`.
@@ -371,6 +377,10 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
         &raw.clusters,
         &mut problems,
     );
+    let kubernetes = kubernetes::validate(&raw.kubernetes, &mut problems);
+    if kubernetes.is_some() {
+        adaptive::validate_discovered_templates(&adaptive, &mut problems);
+    }
     match (xds_listen, admin_listen, problems.is_empty()) {
         (Some(xds_listen), Some(admin_listen), true) => Ok(ValidConfig {
             raw,
@@ -379,6 +389,7 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
             clusters,
             adaptive,
             xds_tls,
+            kubernetes,
         }),
         _ => Err(problems),
     }

@@ -139,8 +139,9 @@ impl FileSource {
         if next.raw.xds != self.current.raw.xds
             || next.raw.admin != self.current.raw.admin
             || remote_write(next) != remote_write(&self.current)
+            || next.raw.kubernetes != self.current.raw.kubernetes
         {
-            tracing::warn!(file = %self.path.display(), "xds, admin or metrics.remote_write.enabled changed; that takes effect only after a restart");
+            tracing::warn!(file = %self.path.display(), "xds, admin, kubernetes or metrics.remote_write.enabled changed; that takes effect only after a restart");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Where endpoints come from: each source emits whole endpoint sets per cluster.
 
 pub mod file;
+pub mod kubernetes;
 
 use std::{fmt, net::IpAddr};
 

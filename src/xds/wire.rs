@@ -220,10 +220,16 @@ where
     type Decoder = tonic_prost::ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(CODEC_BUFFER_BYTES, CODEC_YIELD_BYTES))
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(
+            CODEC_BUFFER_BYTES,
+            CODEC_YIELD_BYTES,
+        ))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(CODEC_BUFFER_BYTES, CODEC_YIELD_BYTES))
+        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(
+            CODEC_BUFFER_BYTES,
+            CODEC_YIELD_BYTES,
+        ))
     }
 }

@@ -2,6 +2,8 @@
 //! readiness within a deadline, and always stops what it started (on drop).
 #![allow(dead_code)]
 
+pub mod fake_kube_api;
+
 use std::{
     future::Future,
     net::TcpListener,
