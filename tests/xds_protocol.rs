@@ -39,20 +39,25 @@ clusters:
       - { address: 10.0.1.1, port: 8080, weight: 5 }
 "#;
 
-/// One SotW stream (ADS or EDS) driven by the test.
-struct Sotw {
-    requests: mpsc::Sender<DiscoveryRequest>,
-    responses: Streaming<DiscoveryResponse>,
+/// One xDS stream driven by the test: requests in, responses out, with deadlines.
+struct TestStream<Request, Response> {
+    requests: mpsc::Sender<Request>,
+    responses: Streaming<Response>,
 }
 
-impl Sotw {
-    async fn ads(channel: Channel) -> Self {
+impl<Request, Response: std::fmt::Debug> TestStream<Request, Response> {
+    /// Opens a stream with `open` (one of the generated client calls).
+    async fn open<F, Fut>(open: F) -> Self
+    where
+        F: FnOnce(ReceiverStream<Request>) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<tonic::Response<Streaming<Response>>, tonic::Status>,
+        >,
+    {
         let (requests, receiver) = mpsc::channel(16);
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let responses = client
-            .stream_aggregated_resources(ReceiverStream::new(receiver))
+        let responses = open(ReceiverStream::new(receiver))
             .await
-            .expect("open ADS")
+            .expect("open the stream")
             .into_inner();
         Self {
             requests,
@@ -60,25 +65,11 @@ impl Sotw {
         }
     }
 
-    async fn eds(channel: Channel) -> Self {
-        let (requests, receiver) = mpsc::channel(16);
-        let mut client = EndpointDiscoveryServiceClient::new(channel);
-        let responses = client
-            .stream_endpoints(ReceiverStream::new(receiver))
-            .await
-            .expect("open EDS")
-            .into_inner();
-        Self {
-            requests,
-            responses,
-        }
+    async fn send(&self, request: Request) {
+        assert!(self.requests.send(request).await.is_ok(), "send request");
     }
 
-    async fn send(&self, request: DiscoveryRequest) {
-        self.requests.send(request).await.expect("send request");
-    }
-
-    async fn recv(&mut self) -> DiscoveryResponse {
+    async fn recv(&mut self) -> Response {
         tokio::time::timeout(SOON, self.responses.message())
             .await
             .expect("a response in time")
@@ -90,6 +81,22 @@ impl Sotw {
         if let Ok(message) = tokio::time::timeout(QUIET, self.responses.message()).await {
             panic!("expected no response, got {message:?}");
         }
+    }
+}
+
+/// A state-of-the-world stream (ADS or the EDS service).
+type Sotw = TestStream<DiscoveryRequest, DiscoveryResponse>;
+
+impl Sotw {
+    async fn ads(channel: Channel) -> Self {
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        Self::open(|requests| async move { client.stream_aggregated_resources(requests).await })
+            .await
+    }
+
+    async fn eds(channel: Channel) -> Self {
+        let mut client = EndpointDiscoveryServiceClient::new(channel);
+        Self::open(|requests| async move { client.stream_endpoints(requests).await }).await
     }
 }
 
@@ -215,7 +222,8 @@ async fn sotw_nack_keeps_the_last_good_version_without_resending() {
     let first = stream.recv().await;
     stream.send(ack(&["checkout"], &first)).await;
     // Let the ACK land before the change, or it would carry a stale nonce.
-    let mut inspect = adaptive_eds::inspect::pb::inspect_client::InspectClient::new(channel.clone());
+    let mut inspect =
+        adaptive_eds::inspect::pb::inspect_client::InspectClient::new(channel.clone());
     support::wait_for(SOON, "the ACK to be recorded", || {
         let mut inspect = inspect.clone();
         let version = first.version_info.clone();
@@ -225,7 +233,11 @@ async fn sotw_nack_keeps_the_last_good_version_without_resending() {
                 .await
                 .ok()?
                 .into_inner();
-            clients.clients.iter().any(|client| client.last_acked_version == version).then_some(())
+            clients
+                .clients
+                .iter()
+                .any(|client| client.last_acked_version == version)
+                .then_some(())
         }
     })
     .await;
@@ -421,57 +433,19 @@ async fn hostile_requests_get_clear_statuses_and_empty_nodes_are_served() {
     server.stop().await;
 }
 
-/// One delta stream driven by the test.
-struct Delta {
-    requests: mpsc::Sender<DeltaDiscoveryRequest>,
-    responses: Streaming<DeltaDiscoveryResponse>,
-}
+/// An incremental stream (ADS or the EDS service).
+type Delta = TestStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
 
 impl Delta {
     async fn ads(channel: Channel) -> Self {
-        let (requests, receiver) = mpsc::channel(16);
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let responses = client
-            .delta_aggregated_resources(ReceiverStream::new(receiver))
+        Self::open(|requests| async move { client.delta_aggregated_resources(requests).await })
             .await
-            .expect("open delta ADS")
-            .into_inner();
-        Self {
-            requests,
-            responses,
-        }
     }
 
     async fn eds(channel: Channel) -> Self {
-        let (requests, receiver) = mpsc::channel(16);
         let mut client = EndpointDiscoveryServiceClient::new(channel);
-        let responses = client
-            .delta_endpoints(ReceiverStream::new(receiver))
-            .await
-            .expect("open delta EDS")
-            .into_inner();
-        Self {
-            requests,
-            responses,
-        }
-    }
-
-    async fn send(&self, request: DeltaDiscoveryRequest) {
-        self.requests.send(request).await.expect("send");
-    }
-
-    async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        tokio::time::timeout(SOON, self.responses.message())
-            .await
-            .expect("a response in time")
-            .expect("no stream error")
-            .expect("stream open")
-    }
-
-    async fn assert_quiet(&mut self) {
-        if let Ok(message) = tokio::time::timeout(QUIET, self.responses.message()).await {
-            panic!("expected no response, got {message:?}");
-        }
+        Self::open(|requests| async move { client.delta_endpoints(requests).await }).await
     }
 }
 

@@ -849,15 +849,7 @@ mod tests {
     use crate::weighting::params::{Algorithm, Objective};
     use std::time::Duration;
 
-    fn problems(text: &str) -> Vec<String> {
-        match parse(text) {
-            Ok(_) => Vec::new(),
-            Err(problems) => problems
-                .into_iter()
-                .map(|problem| format!("{}: {}", problem.field, problem.message))
-                .collect(),
-        }
-    }
+    use crate::config::problem_lines as problems;
 
     #[test]
     fn accepts_the_documented_shape_with_overrides() {

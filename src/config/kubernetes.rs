@@ -157,15 +157,7 @@ fn is_dns_label(text: &str) -> bool {
 mod tests {
     use crate::config::parse;
 
-    fn problems(text: &str) -> Vec<String> {
-        match parse(text) {
-            Ok(_) => Vec::new(),
-            Err(problems) => problems
-                .into_iter()
-                .map(|problem| format!("{}: {}", problem.field, problem.message))
-                .collect(),
-        }
-    }
+    use crate::config::problem_lines as problems;
 
     #[test]
     fn accepts_the_documented_shape_with_defaults() {

@@ -570,19 +570,23 @@ fn check_locality_totals(cluster_field: &str, endpoints: &[Endpoint], problems: 
     }
 }
 
+/// Every problem of `text` as `field: message` lines (empty when valid), for tests.
+#[cfg(test)]
+pub(crate) fn problem_lines(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems
+            .into_iter()
+            .map(|problem| format!("{}: {}", problem.field, problem.message))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn problems(text: &str) -> Vec<String> {
-        match parse(text) {
-            Ok(_) => Vec::new(),
-            Err(problems) => problems
-                .into_iter()
-                .map(|problem| format!("{}: {}", problem.field, problem.message))
-                .collect(),
-        }
-    }
+    use problem_lines as problems;
 
     #[test]
     fn accepts_the_documented_shape() {
