@@ -212,3 +212,39 @@ async fn sigterm_drains_open_streams_then_exits_zero() {
     );
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[tokio::test]
+async fn oversized_remote_write_bodies_get_413_and_are_counted() {
+    let server = InProcess::start(&format!(
+        "metrics: {{ remote_write: {{ enabled: true, max_body_bytes: 2048 }} }}\n{CLUSTERS}"
+    ))
+    .await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/api/v1/write", server.admin_url))
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 413);
+    let garbage = client
+        .post(format!("{}/api/v1/write", server.admin_url))
+        .body(vec![1u8; 100])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        garbage.status().as_u16(),
+        400,
+        "small garbage is a bad request, not a crash"
+    );
+    let (_, metrics) = http_get(&format!("{}/metrics", server.admin_url))
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("adaptive_eds_refusals_total{limit=\"remote_write_body\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

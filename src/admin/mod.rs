@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::{
-    body::Bytes,
+    body::Body,
     extract::{DefaultBodyLimit, State},
     http::{header, StatusCode},
     response::IntoResponse,
@@ -17,9 +17,6 @@ use crate::config::adaptive::AdaptiveConfig;
 use crate::metrics::remote_write::{self, SeriesStore};
 use crate::snapshot::SnapshotStore;
 use crate::telemetry::Metrics;
-
-/// Largest compressed remote-write body accepted.
-const MAX_WRITE_BODY: usize = 16 * 1024 * 1024;
 
 /// What the admin handlers read.
 #[derive(Clone)]
@@ -43,9 +40,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let router = if state.series.is_some() {
+        // The handler enforces metrics.remote_write.max_body_bytes itself (and counts refusals).
         router
             .route("/api/v1/write", post(write))
-            .layer(DefaultBodyLimit::max(MAX_WRITE_BODY))
+            .layer(DefaultBodyLimit::disable())
     } else {
         router
     };
@@ -53,10 +51,29 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// Prometheus remote-write 1.0 receiver (`vmagent -remoteWrite.url`, Prometheus `remote_write`).
-async fn write(State(state): State<AdminState>, body: Bytes) -> (StatusCode, String) {
+async fn write(State(state): State<AdminState>, body: Body) -> (StatusCode, String) {
     let settings = state.adaptive.borrow().remote_write.clone();
     let (Some(series), Some(settings)) = (&state.series, settings) else {
         return (StatusCode::NOT_FOUND, "remote write is disabled\n".into());
+    };
+    let body = match axum::body::to_bytes(body, settings.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            state
+                .metrics
+                .refusals
+                .get_or_create(&crate::telemetry::LimitLabels {
+                    limit: "remote_write_body".into(),
+                })
+                .inc();
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "body over metrics.remote_write.max_body_bytes ({} bytes) or unreadable\n",
+                    settings.max_body_bytes
+                ),
+            );
+        }
     };
     match remote_write::decode(&body) {
         Ok(request) => {

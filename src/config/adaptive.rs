@@ -100,6 +100,9 @@ pub struct RemoteWriteConfig {
     /// Only series with all these labels are kept.
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+    /// Largest (compressed) request body accepted; larger ones get HTTP 413 and are counted.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
 }
 
 /// `weighting:` (global) and `clusters[].weighting:` (overrides); every key optional.
@@ -184,6 +187,9 @@ fn default_cpu_metric() -> String {
 fn default_max_series() -> usize {
     100_000
 }
+fn default_max_body_bytes() -> usize {
+    16 * 1024 * 1024
+}
 
 /// Default tick.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(10);
@@ -253,6 +259,8 @@ pub struct RemoteWriteSettings {
     pub max_series: usize,
     /// Ingest filter.
     pub match_labels: BTreeMap<String, String>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
 }
 
 /// The PromQL of one cluster, placeholders filled in.
@@ -571,6 +579,12 @@ fn validate_remote_write(
             "expected at least 1, got 0",
         ));
     }
+    if config.max_body_bytes < 1024 {
+        problems.push(problem(
+            "metrics.remote_write.max_body_bytes",
+            format!("expected at least 1024, got {}", config.max_body_bytes),
+        ));
+    }
     if config.cpu_metric.trim().is_empty() {
         problems.push(problem(
             "metrics.remote_write.cpu_metric",
@@ -590,6 +604,7 @@ fn validate_remote_write(
         rate_window,
         max_series: config.max_series,
         match_labels: config.match_labels.clone(),
+        max_body_bytes: config.max_body_bytes,
     }
 }
 

@@ -333,6 +333,7 @@ mod tests {
             rate_window: Duration::from_secs(60),
             max_series: 3,
             match_labels: BTreeMap::from([("namespace".to_string(), "shop".to_string())]),
+            max_body_bytes: 1 << 20,
         }
     }
 
