@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::AtomicU64;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::adaptive::AdaptiveConfig;
@@ -26,6 +28,10 @@ struct ClusterState {
     endpoints: Vec<Endpoint>,
     /// Metric labels of each endpoint, built once per endpoint set.
     labels: Vec<EndpointLabels>,
+    /// Handles of each endpoint's weight gauge (setting one is an atomic store, no label lookup).
+    weight_gauges: Vec<Gauge>,
+    /// Handles of each endpoint's CPU gauge, while it has a sample.
+    cpu_gauges: Vec<Option<Gauge<f64, AtomicU64>>>,
     memory: ClusterMemory,
     mode: ClusterMode,
     last_tick: Option<Duration>,
@@ -176,22 +182,29 @@ impl Engine {
         if force || moved || state.resource.is_none() {
             let resource = build_resource(name, &state.endpoints, &weights);
             self.metrics.encodes.inc();
-            for (labels, served) in state.labels.iter().zip(&resource.endpoints) {
-                self.metrics
-                    .endpoint_weight
-                    .get_or_create(labels)
-                    .set(i64::from(served.weight));
+            for (gauge, served) in state.weight_gauges.iter().zip(&resource.endpoints) {
+                gauge.set(i64::from(served.weight));
             }
             state.resource = Some(Arc::new(resource));
         }
-        for (labels, weight) in state.labels.iter().zip(&weights) {
-            match weight.cpu {
-                Some(cpu) => {
-                    self.metrics.endpoint_cpu.get_or_create(labels).set(cpu);
+        let cpu_metrics = &self.metrics.endpoint_cpu;
+        for ((labels, gauge), weight) in
+            state.labels.iter().zip(&mut state.cpu_gauges).zip(&weights)
+        {
+            match (weight.cpu, gauge.as_ref()) {
+                (Some(cpu), Some(gauge)) => {
+                    gauge.set(cpu);
                 }
-                None => {
-                    self.metrics.endpoint_cpu.remove(labels);
+                (Some(cpu), None) => {
+                    let created = cpu_metrics.get_or_create(labels).clone();
+                    created.set(cpu);
+                    *gauge = Some(created);
                 }
+                (None, Some(_)) => {
+                    cpu_metrics.remove(labels);
+                    *gauge = None;
+                }
+                (None, None) => {}
             }
         }
         self.store.explain(

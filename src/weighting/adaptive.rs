@@ -5,6 +5,7 @@ use std::{
     time::Duration,
 };
 
+use super::EndpointKey;
 use super::{
     capacity, distance, static_weights, Algorithm, ClusterMemory, ClusterMode, CostBasis,
     EndpointLoad, EndpointMemory, Output, Params, Reading, Weight, WeightSource,
@@ -14,9 +15,10 @@ use crate::discovery::{Endpoint, Locality};
 /// Largest sum of weights Envoy accepts in one locality (the sum must stay below 2^32).
 const LOCALITY_SUM_LIMIT: u64 = u32::MAX as u64;
 
-/// The key under which an endpoint is remembered between ticks.
-pub fn endpoint_key(endpoint: &Endpoint) -> String {
-    format!("{}:{}", endpoint.address, endpoint.port)
+/// The key under which an endpoint is remembered between ticks (no string building: this runs
+/// for every endpoint on every tick).
+pub fn endpoint_key(endpoint: &Endpoint) -> EndpointKey {
+    (endpoint.address, endpoint.port)
 }
 
 /// A remembered cost estimate and whether it is only a lower bound.
@@ -69,8 +71,8 @@ pub(crate) struct Planned {
 /// What one endpoint brings to this tick, after invalid samples were dropped.
 #[derive(Clone, Debug)]
 struct Observation {
-    /// `address:port`, the memory key.
-    key: String,
+    /// Address and port, the memory key.
+    key: EndpointKey,
     /// Valid CPU reading, fresh or not.
     cpu: Option<Reading>,
     /// Valid request-rate reading, fresh or not.
@@ -527,11 +529,8 @@ fn publish(
         costs,
         cost_basis,
     } = tick;
-    let keys: BTreeSet<&str> = observations.iter().map(|o| o.key.as_str()).collect();
-    let set_changed = !keys
-        .iter()
-        .copied()
-        .eq(memory.endpoints.keys().map(String::as_str));
+    let keys: BTreeSet<EndpointKey> = observations.iter().map(|o| o.key).collect();
+    let set_changed = !keys.iter().eq(memory.endpoints.keys());
     let weight_moved = weights.iter().any(|weight| match weight.previous {
         Some(previous) => {
             let change = (f64::from(weight.weight) - f64::from(previous)).abs();
@@ -600,7 +599,7 @@ fn static_output(endpoints: &[Endpoint], memory: &ClusterMemory) -> Output {
             .map(|remembered| remembered.weight);
     }
     guard_locality_sums(&mut weights, endpoints);
-    let keys: BTreeSet<String> = endpoints.iter().map(endpoint_key).collect();
+    let keys: BTreeSet<EndpointKey> = endpoints.iter().map(endpoint_key).collect();
     let set_changed = !keys.iter().eq(memory.endpoints.keys());
     let weight_moved = weights
         .iter()

@@ -387,49 +387,60 @@ fn reason(
     utilization: f64,
     rank: Option<usize>,
 ) -> String {
-    use std::fmt::Write as _;
-    let mut text = String::with_capacity(64);
-    let _ = match basis {
-        CostBasis::PerRequest => write!(
-            text,
-            "fresh: cost {} cpu-s/req",
-            Fixed(fleet.costs[index], 4)
-        ),
-        CostBasis::Relative => write!(
-            text,
-            "fresh: cost {}x the mean (no request rate)",
-            Fixed(fleet.relative_costs[index], 2)
-        ),
-    };
-    let _ = write!(text, ", planned util {} (", Fixed(utilization, 2));
-    let _ = match rank {
-        Some(rank) => write!(text, "fill rank {rank})"),
-        None => write!(text, "balance)"),
-    };
+    let mut text = String::with_capacity(72);
+    match basis {
+        CostBasis::PerRequest => {
+            text.push_str("fresh: cost ");
+            push_fixed(&mut text, fleet.costs[index], 4);
+            text.push_str(" cpu-s/req");
+        }
+        CostBasis::Relative => {
+            text.push_str("fresh: cost ");
+            push_fixed(&mut text, fleet.relative_costs[index], 2);
+            text.push_str("x the mean (no request rate)");
+        }
+    }
+    text.push_str(", planned util ");
+    push_fixed(&mut text, utilization, 2);
+    match rank {
+        Some(rank) => {
+            text.push_str(" (fill rank ");
+            push_digits(&mut text, rank as u64, 1);
+            text.push(')');
+        }
+        None => text.push_str(" (balance)"),
+    }
     text
 }
 
-/// A number shown with a fixed count of decimals (as `{:.N}` would), formatted with integers.
-struct Fixed(f64, u32);
+/// Appends `value` with `decimals` decimals (as `{:.N}` would) using integer arithmetic only.
+fn push_fixed(text: &mut String, value: f64, decimals: u32) {
+    let scale = 10_u64.pow(decimals);
+    if !value.is_finite() || value.abs() >= (u64::MAX / scale) as f64 / 2.0 {
+        text.push_str(&format!("{value:.*}", decimals as usize));
+        return;
+    }
+    let scaled = (value * scale as f64).round();
+    if scaled < 0.0 {
+        text.push('-');
+    }
+    let magnitude = scaled.abs() as u64;
+    push_digits(text, magnitude / scale, 1);
+    text.push('.');
+    push_digits(text, magnitude % scale, decimals as usize);
+}
 
-impl std::fmt::Display for Fixed {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Fixed(value, decimals) = *self;
-        let scale = 10_i64.pow(decimals);
-        if !value.is_finite() || value.abs() >= (i64::MAX / scale) as f64 {
-            return write!(formatter, "{value:.*}", decimals as usize);
-        }
-        let scaled = (value * scale as f64).round() as i64;
-        let sign = if scaled < 0 { "-" } else { "" };
-        let magnitude = scaled.unsigned_abs();
-        let scale = scale.unsigned_abs();
-        write!(
-            formatter,
-            "{sign}{}.{:0width$}",
-            magnitude / scale,
-            magnitude % scale,
-            width = decimals as usize
-        )
+/// Appends the decimal digits of `number`, zero-padded to at least `width` digits.
+fn push_digits(text: &mut String, mut number: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while number > 0 || digits.len() - start < width {
+        start -= 1;
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+    }
+    for digit in &digits[start..] {
+        text.push(char::from(*digit));
     }
 }
 
@@ -441,8 +452,10 @@ mod tests {
     fn fixed_matches_float_formatting() {
         for value in [0.0, 0.001_25, 0.29, 1.0, 12.345_67, 0.005, -0.5, 3.999_95] {
             for decimals in [2, 4] {
+                let mut text = String::new();
+                push_fixed(&mut text, value, decimals);
                 assert_eq!(
-                    Fixed(value, decimals).to_string(),
+                    text,
                     format!("{value:.*}", decimals as usize).replace("-0.00", "0.00"),
                     "{value} to {decimals} places"
                 );

@@ -130,11 +130,14 @@ pub enum CostBasis {
     Relative,
 }
 
-/// What the weighting remembers of one cluster between ticks, keyed by `address:port`.
+/// Identity of an endpoint in the weighting memory: its address and port.
+pub type EndpointKey = (std::net::IpAddr, u16);
+
+/// What the weighting remembers of one cluster between ticks, keyed by address and port.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterMemory {
     /// Per endpoint.
-    pub endpoints: BTreeMap<String, EndpointMemory>,
+    pub endpoints: BTreeMap<EndpointKey, EndpointMemory>,
     /// The mode of the last tick, so a change of mode is published.
     pub mode: ClusterMode,
     /// `now - age` of the youngest valid CPU sample ever seen, to tell holding from fallback even
