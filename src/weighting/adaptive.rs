@@ -571,7 +571,7 @@ fn publish(
                 first_seen,
                 initial,
             };
-            (observation.key.clone(), remembered)
+            (observation.key, remembered)
         })
         .collect();
     let memory = ClusterMemory {
