@@ -1,11 +1,12 @@
 //! `lab simulate`: run the discrete-event simulator and print a markdown table.
 
+use adaptive_eds::weighting::{Algorithm, Objective, Params};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lab::fleet::{load_fleet, load_scenario, Fleet, Scenario};
 use lab::sim::{
-    render_markdown, simulate, EqualWeights, InverseCpuPerRequest, KnownCapacity, Policy,
-    SimConfig, TimedReport, WeightProvider,
+    render_markdown, simulate, EngineWeights, EqualWeights, InverseCpuPerRequest, KnownCapacity,
+    Policy, SimConfig, TimedReport, WeightProvider,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,6 +21,12 @@ enum Weights {
     InverseCpu,
     /// Oracle: true capacity from the fleet file.
     KnownCapacity,
+    /// The real engine: `distance`.
+    Distance,
+    /// The real engine: `capacity` with the `balance` objective.
+    CapacityBalance,
+    /// The real engine: `capacity` with the `latency` objective.
+    CapacityLatency,
 }
 
 /// Arguments of `lab simulate`.
@@ -63,8 +70,29 @@ pub struct SimulateArgs {
     active_request_bias: f64,
 }
 
-fn provider(weights: Weights, fleet: &Fleet) -> (Box<dyn WeightProvider>, &'static str) {
+fn provider(
+    weights: Weights,
+    fleet: &Fleet,
+    sample_age: Duration,
+) -> (Box<dyn WeightProvider>, &'static str) {
+    let engine = |algorithm, objective| -> Box<dyn WeightProvider> {
+        let params = Params {
+            algorithm,
+            objective,
+            ..Params::default()
+        };
+        Box::new(EngineWeights::new(fleet.pods().len(), params, sample_age))
+    };
     match weights {
+        Weights::Distance => (engine(Algorithm::Distance, Objective::Latency), "distance"),
+        Weights::CapacityBalance => (
+            engine(Algorithm::Capacity, Objective::Balance),
+            "capacity_balance",
+        ),
+        Weights::CapacityLatency => (
+            engine(Algorithm::Capacity, Objective::Latency),
+            "capacity_latency",
+        ),
         Weights::None => (Box::new(EqualWeights), "none"),
         Weights::InverseCpu => (Box::new(InverseCpuPerRequest), "inverse_cpu"),
         Weights::KnownCapacity => {
@@ -112,7 +140,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             &args.weights
         };
         for &weights in providers {
-            let (mut provider, name) = provider(weights, &fleet);
+            let (mut provider, name) = provider(weights, &fleet, args.metrics_delay);
             let started = Instant::now();
             let report = simulate(
                 &fleet,
