@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use lab::bench::loadgen::{drive, LoadPlan};
+use lab::bench::plot::{series_from_report, write_plots, PlotSeries};
 use lab::bench::process::{cpu_seconds, free_port, get_ok, http, wait_for, Process};
 use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
 use lab::bench::setup::{
@@ -50,6 +51,9 @@ pub struct BenchArgs {
     /// Results folder (default `lab/results/<date>-<fleet>[-<scenario>]`).
     #[arg(long)]
     results: Option<PathBuf>,
+    /// Only redraw the PNG plots of an existing results folder from its `report.md`.
+    #[arg(long)]
+    replot: bool,
     /// adaptive-eds binary (default: next to this `lab` binary).
     #[arg(long)]
     server: Option<PathBuf>,
@@ -153,7 +157,20 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
     })
 }
 
+fn replot(args: &BenchArgs) -> anyhow::Result<()> {
+    let folder = results_folder(args);
+    let path = folder.join("report.md");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    write_plots(&series_from_report(&text), &folder)?;
+    println!("plots written to {}", folder.display());
+    Ok(())
+}
+
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.replot {
+        return replot(&args);
+    }
     let context = context(&args)?;
     let policies = if args.policy.is_empty() {
         BenchPolicy::ALL.to_vec()
@@ -174,6 +191,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
         outcomes.push(outcome);
         write_report(&args, &context, &outcomes)?;
+    }
+    let series: Vec<PlotSeries> = outcomes.iter().map(PlotSeries::of).collect();
+    if let Err(error) = write_plots(&series, &context.results) {
+        tracing::warn!(%error, "plots not written");
     }
     print!("{}", render_markdown(&outcomes));
     println!("\nresults in {}", context.results.display());
