@@ -19,6 +19,9 @@ pub enum BenchPolicy {
     CapacityBalance,
     /// Envoy LEAST_REQUEST over adaptive-eds weights, `capacity` + `latency`.
     CapacityLatency,
+    /// Diagnostic, not in the default set: Envoy weighted ROUND_ROBIN over `capacity` +
+    /// `latency` weights, to separate the engine's plan from LEAST_REQUEST's reshaping of it.
+    CapacityLatencyRoundRobin,
 }
 
 impl BenchPolicy {
@@ -41,6 +44,7 @@ impl BenchPolicy {
             Self::Distance => "eds_distance",
             Self::CapacityBalance => "eds_capacity_balance",
             Self::CapacityLatency => "eds_capacity_latency",
+            Self::CapacityLatencyRoundRobin => "eds_capacity_latency_rr",
         }
     }
 
@@ -49,7 +53,9 @@ impl BenchPolicy {
         match self {
             Self::Distance => Some(("distance", "latency")),
             Self::CapacityBalance => Some(("capacity", "balance")),
-            Self::CapacityLatency => Some(("capacity", "latency")),
+            Self::CapacityLatency | Self::CapacityLatencyRoundRobin => {
+                Some(("capacity", "latency"))
+            }
             Self::RoundRobin | Self::LeastRequest | Self::Cswrr => None,
         }
     }
@@ -60,7 +66,9 @@ pub const CLUSTER: &str = "fleet";
 
 fn cluster_lb(policy: BenchPolicy) -> String {
     match policy {
-        BenchPolicy::RoundRobin => "    lb_policy: ROUND_ROBIN\n".to_owned(),
+        BenchPolicy::RoundRobin | BenchPolicy::CapacityLatencyRoundRobin => {
+            "    lb_policy: ROUND_ROBIN\n".to_owned()
+        }
         BenchPolicy::Cswrr => "    load_balancing_policy:\n      policies:\n      - typed_extension_config:\n          name: envoy.load_balancing_policies.client_side_weighted_round_robin\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin\n            blackout_period: 10s\n            weight_update_period: 1s\n".to_owned(),
         _ => "    lb_policy: LEAST_REQUEST\n".to_owned(),
     }

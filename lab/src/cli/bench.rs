@@ -244,6 +244,7 @@ struct Stack {
     emulator: Process,
     victoria: Process,
     server: Option<Process>,
+    server_xds_port: Option<u16>,
     envoy: Process,
     envoy_admin: u16,
     listener: u16,
@@ -316,6 +317,7 @@ async fn start_stack(
     Ok(Stack {
         emulator,
         victoria: victoria.0,
+        server_xds_port: server.as_ref().map(|server| server.1),
         server: server.map(|server| server.0),
         envoy,
         envoy_admin,
@@ -541,10 +543,26 @@ fn pod_outcomes(
         .collect()
 }
 
-/// Keeps Envoy's final cluster view (weights) next to the run's logs, for later reading.
+/// Keeps Envoy's final cluster view and, when our server is in the loop, its `Inspect`
+/// explanation of the weights (through grpcurl, if installed) next to the run's logs.
 async fn save_server_view(stack: &Stack, directory: &Path) {
     let url = format!("http://127.0.0.1:{}/clusters", stack.envoy_admin);
     if let Some(body) = get_ok(&url).await {
         let _ = std::fs::write(directory.join("envoy-clusters.txt"), body);
+    }
+    let Some(port) = stack.server_xds_port else {
+        return;
+    };
+    let request = format!("{{\"name\":\"{CLUSTER}\"}}");
+    let output = Command::new("grpcurl")
+        .args(["-plaintext", "-d", &request])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("adaptive_eds.inspect.v1.Inspect/GetCluster")
+        .output();
+    match output {
+        Ok(output) => {
+            let _ = std::fs::write(directory.join("inspect-cluster.json"), output.stdout);
+        }
+        Err(error) => tracing::warn!(%error, "grpcurl not run; Inspect view not saved"),
     }
 }
