@@ -130,21 +130,45 @@ fn cpu_limit_query(pods: &[Pod]) -> String {
     parts.join(" or ")
 }
 
+/// What the adaptive-eds config of a run is made of.
+#[derive(Debug, Clone)]
+pub struct ServerSettings<'a> {
+    /// Policy (gives the algorithm and objective).
+    pub policy: BenchPolicy,
+    /// Namespace label of the fleet's metrics.
+    pub namespace: &'a str,
+    /// The pods, in fleet order.
+    pub pods: &'a [Pod],
+    /// Each pod's port, index-aligned with `pods`.
+    pub ports: &'a [u16],
+    /// xDS listen port.
+    pub xds_port: u16,
+    /// Admin (metrics, health) listen port.
+    pub admin_port: u16,
+    /// VictoriaMetrics base URL.
+    pub victoria_url: &'a str,
+    /// `weighting.probe_share`, when not the server's default.
+    pub probe_share: Option<f64>,
+}
+
 /// adaptive-eds config: one cluster of the fleet's pods, PromQL pull from VictoriaMetrics.
-pub fn server_config(
-    policy: BenchPolicy,
-    namespace: &str,
-    pods: &[Pod],
-    ports: &[u16],
-    xds_port: u16,
-    admin_port: u16,
-    victoria_url: &str,
-) -> String {
+pub fn server_config(settings: &ServerSettings<'_>) -> String {
+    let ServerSettings {
+        policy,
+        namespace,
+        pods,
+        ports,
+        xds_port,
+        admin_port,
+        victoria_url,
+        probe_share,
+    } = *settings;
     let (algorithm, objective) = policy.weighting().unwrap_or(("static", "latency"));
     let container = pods.first().map_or("app", |pod| pod.container.as_str());
     let mut text = format!(
-        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n  prometheus:\n    url: {victoria_url}\n    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace=\"${{namespace}}\",container=\"${{container}}\"}}[5s])) by (pod)'\n    rps_query: 'sum(rate(emulator_requests_total{{namespace=\"${{namespace}}\"}}[5s])) by (pod)'\n    cpu_limit_query: '{limits}'\n    timeout: 1s\nweighting:\n  algorithm: {algorithm}\n  objective: {objective}\nclusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
+        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n  prometheus:\n    url: {victoria_url}\n    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace=\"${{namespace}}\",container=\"${{container}}\"}}[5s])) by (pod)'\n    rps_query: 'sum(rate(emulator_requests_total{{namespace=\"${{namespace}}\"}}[5s])) by (pod)'\n    cpu_limit_query: '{limits}'\n    timeout: 1s\nweighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
         limits = cpu_limit_query(pods),
+        probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
     );
     for (pod, port) in pods.iter().zip(ports) {
         text.push_str(&format!(

@@ -7,7 +7,8 @@ use lab::bench::plot::{series_from_report, write_plots, PlotSeries};
 use lab::bench::process::{cpu_seconds, free_port, get_ok, http, wait_for, Process};
 use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
 use lab::bench::setup::{
-    counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, CLUSTER,
+    counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, ServerSettings,
+    CLUSTER,
 };
 use lab::fleet::{load_fleet, load_scenario, Action, Fleet, Pod, Scenario};
 use std::collections::BTreeMap;
@@ -51,6 +52,9 @@ pub struct BenchArgs {
     /// Results folder (default `lab/results/<date>-<fleet>[-<scenario>]`).
     #[arg(long)]
     results: Option<PathBuf>,
+    /// adaptive-eds `weighting.probe_share` (default: the server's own default).
+    #[arg(long)]
+    probe_share: Option<f64>,
     /// Only redraw the PNG plots of an existing results folder from its `report.md`.
     #[arg(long)]
     replot: bool,
@@ -70,6 +74,7 @@ struct RunContext {
     server: PathBuf,
     lab: PathBuf,
     results: PathBuf,
+    probe_share: Option<f64>,
 }
 
 /// Runs the bench on a two-thread tokio runtime (the machine has two cores).
@@ -154,6 +159,7 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         server,
         lab,
         results,
+        probe_share: args.probe_share,
     })
 }
 
@@ -224,7 +230,7 @@ fn write_report(
 ) -> anyhow::Result<()> {
     let command: Vec<String> = std::env::args().collect();
     let header = format!(
-        "# lab bench: {} / {}\n\nCommand: `{}`\n\nRate {} rps base, service times x{}, warm-up {:?}, measured {:?} per policy, seed {}. One Envoy (`--concurrency 1`), all on 127.0.0.1.\n\n",
+        "# lab bench: {} / {}\n\nCommand: `{}`\n\nRate {} rps base, service times x{}, warm-up {:?}, measured {:?} per policy, seed {}, probe_share {}. One Envoy (`--concurrency 1`), all on 127.0.0.1.\n\n",
         args.fleet.display(),
         context.scenario.name,
         command.join(" "),
@@ -233,6 +239,8 @@ fn write_report(
         args.warmup,
         args.measure,
         args.seed,
+        args.probe_share
+            .map_or("default".to_owned(), |share| share.to_string()),
     );
     let path = context.results.join("report.md");
     std::fs::write(&path, header + &render_markdown(outcomes))
@@ -361,15 +369,17 @@ async fn start_server(
     victoria_port: u16,
 ) -> anyhow::Result<(Process, u16)> {
     let (xds_port, admin_port) = (free_port()?, free_port()?);
-    let config = server_config(
+    let victoria_url = format!("http://127.0.0.1:{victoria_port}");
+    let config = server_config(&ServerSettings {
         policy,
-        &context.namespace,
-        &context.pods,
-        &context.ports,
+        namespace: &context.namespace,
+        pods: &context.pods,
+        ports: &context.ports,
         xds_port,
         admin_port,
-        &format!("http://127.0.0.1:{victoria_port}"),
-    );
+        victoria_url: &victoria_url,
+        probe_share: context.probe_share,
+    });
     let path = directory.join("adaptive-eds.yaml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
     let mut process = Process::spawn(

@@ -68,18 +68,24 @@ pub struct SimulateArgs {
     /// LEAST_REQUEST active_request_bias.
     #[arg(long, default_value_t = 1.0)]
     active_request_bias: f64,
+    /// Engine `probe_share` for the engine providers (default: the engine's own default).
+    #[arg(long)]
+    probe_share: Option<f64>,
 }
 
 fn provider(
     weights: Weights,
     fleet: &Fleet,
-    sample_age: Duration,
+    args: &SimulateArgs,
 ) -> (Box<dyn WeightProvider>, &'static str) {
+    let sample_age = args.metrics_delay;
     let engine = |algorithm, objective| -> Box<dyn WeightProvider> {
+        let defaults = Params::default();
         let params = Params {
             algorithm,
             objective,
-            ..Params::default()
+            probe_share: args.probe_share.unwrap_or(defaults.probe_share),
+            ..defaults
         };
         Box::new(EngineWeights::new(fleet.pods().len(), params, sample_age))
     };
@@ -140,7 +146,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             &args.weights
         };
         for &weights in providers {
-            let (mut provider, name) = provider(weights, &fleet, args.metrics_delay);
+            let (mut provider, name) = provider(weights, &fleet, &args);
             let started = Instant::now();
             let report = simulate(
                 &fleet,
