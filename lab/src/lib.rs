@@ -2,6 +2,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod emulator;
 pub mod fleet;
 pub mod service_time;

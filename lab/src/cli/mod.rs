@@ -1,5 +1,6 @@
 //! Command-line arguments and dispatch to the subcommands.
 
+mod bench;
 mod emulate;
 mod simulate;
 
@@ -21,6 +22,8 @@ enum Command {
     Emulate(emulate::EmulateArgs),
     /// Simulate Envoy clients balancing over a fleet and print a markdown table.
     Simulate(simulate::SimulateArgs),
+    /// Compare balancing policies through a real Envoy in front of the emulated fleet.
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -29,6 +32,7 @@ impl Cli {
         match self.command {
             Command::Emulate(args) => emulate::run(args),
             Command::Simulate(args) => simulate::run(args),
+            Command::Bench(args) => bench::run(args),
         }
     }
 }

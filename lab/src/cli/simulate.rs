@@ -1,11 +1,12 @@
 //! `lab simulate`: run the discrete-event simulator and print a markdown table.
 
+use adaptive_eds::weighting::{Algorithm, Objective, Params};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lab::fleet::{load_fleet, load_scenario, Fleet, Scenario};
 use lab::sim::{
-    render_markdown, simulate, EqualWeights, InverseCpuPerRequest, KnownCapacity, Policy,
-    SimConfig, TimedReport, WeightProvider,
+    render_markdown, simulate, EngineWeights, EqualWeights, InverseCpuPerRequest, KnownCapacity,
+    Policy, SimConfig, TimedReport, WeightProvider,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,6 +21,12 @@ enum Weights {
     InverseCpu,
     /// Oracle: true capacity from the fleet file.
     KnownCapacity,
+    /// The real engine: `distance`.
+    Distance,
+    /// The real engine: `capacity` with the `balance` objective.
+    CapacityBalance,
+    /// The real engine: `capacity` with the `latency` objective.
+    CapacityLatency,
 }
 
 /// Arguments of `lab simulate`.
@@ -61,10 +68,37 @@ pub struct SimulateArgs {
     /// LEAST_REQUEST active_request_bias.
     #[arg(long, default_value_t = 1.0)]
     active_request_bias: f64,
+    /// Engine `probe_share` for the engine providers (default: the engine's own default).
+    #[arg(long)]
+    probe_share: Option<f64>,
 }
 
-fn provider(weights: Weights, fleet: &Fleet) -> (Box<dyn WeightProvider>, &'static str) {
+fn provider(
+    weights: Weights,
+    fleet: &Fleet,
+    args: &SimulateArgs,
+) -> (Box<dyn WeightProvider>, &'static str) {
+    let sample_age = args.metrics_delay;
+    let engine = |algorithm, objective| -> Box<dyn WeightProvider> {
+        let defaults = Params::default();
+        let params = Params {
+            algorithm,
+            objective,
+            probe_share: args.probe_share.unwrap_or(defaults.probe_share),
+            ..defaults
+        };
+        Box::new(EngineWeights::new(fleet.pods().len(), params, sample_age))
+    };
     match weights {
+        Weights::Distance => (engine(Algorithm::Distance, Objective::Latency), "distance"),
+        Weights::CapacityBalance => (
+            engine(Algorithm::Capacity, Objective::Balance),
+            "capacity_balance",
+        ),
+        Weights::CapacityLatency => (
+            engine(Algorithm::Capacity, Objective::Latency),
+            "capacity_latency",
+        ),
         Weights::None => (Box::new(EqualWeights), "none"),
         Weights::InverseCpu => (Box::new(InverseCpuPerRequest), "inverse_cpu"),
         Weights::KnownCapacity => {
@@ -112,7 +146,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             &args.weights
         };
         for &weights in providers {
-            let (mut provider, name) = provider(weights, &fleet);
+            let (mut provider, name) = provider(weights, &fleet, &args);
             let started = Instant::now();
             let report = simulate(
                 &fleet,

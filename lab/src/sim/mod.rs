@@ -6,6 +6,7 @@ mod cswrr;
 mod edf;
 mod endpoint;
 mod engine;
+mod engine_weights;
 mod latency;
 mod report;
 mod weights;
@@ -16,6 +17,7 @@ pub use cswrr::{CswrrSettings, OrcaReport, OrcaWeights};
 pub use edf::EdfScheduler;
 pub use endpoint::Endpoint;
 pub use engine::{simulate, SimError};
+pub use engine_weights::EngineWeights;
 pub use latency::{LatencyRecorder, LatencySummary};
 pub use report::{render_markdown, EndpointReport, SimReport, TimedReport};
 pub use weights::{

@@ -1,0 +1,7 @@
+//! `lab bench` pieces: open-loop load, process control, configuration texts and reports.
+
+pub mod loadgen;
+pub mod plot;
+pub mod process;
+pub mod report;
+pub mod setup;

@@ -1,0 +1,239 @@
+//! Configuration texts of a bench run: Envoy bootstrap, adaptive-eds config, scrape config.
+
+use crate::fleet::Pod;
+use clap::ValueEnum;
+
+/// One balancing setup compared by `lab bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum BenchPolicy {
+    /// Envoy ROUND_ROBIN over STATIC endpoints.
+    RoundRobin,
+    /// Envoy LEAST_REQUEST over STATIC endpoints: the baseline.
+    LeastRequest,
+    /// Envoy client-side weighted round robin fed by the emulator's ORCA headers.
+    Cswrr,
+    /// Envoy LEAST_REQUEST over adaptive-eds weights, `distance`.
+    Distance,
+    /// Envoy LEAST_REQUEST over adaptive-eds weights, `capacity` + `balance`.
+    CapacityBalance,
+    /// Envoy LEAST_REQUEST over adaptive-eds weights, `capacity` + `latency`.
+    CapacityLatency,
+    /// Diagnostic, not in the default set: Envoy weighted ROUND_ROBIN over `capacity` +
+    /// `latency` weights, to separate the engine's plan from LEAST_REQUEST's reshaping of it.
+    CapacityLatencyRoundRobin,
+}
+
+impl BenchPolicy {
+    /// Every policy, in report order.
+    pub const ALL: [BenchPolicy; 6] = [
+        Self::RoundRobin,
+        Self::LeastRequest,
+        Self::Cswrr,
+        Self::Distance,
+        Self::CapacityBalance,
+        Self::CapacityLatency,
+    ];
+
+    /// Name used in tables and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastRequest => "least_request",
+            Self::Cswrr => "cswrr",
+            Self::Distance => "eds_distance",
+            Self::CapacityBalance => "eds_capacity_balance",
+            Self::CapacityLatency => "eds_capacity_latency",
+            Self::CapacityLatencyRoundRobin => "eds_capacity_latency_rr",
+        }
+    }
+
+    /// The adaptive-eds `weighting` algorithm and objective, when our server is in the loop.
+    pub fn weighting(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Distance => Some(("distance", "latency")),
+            Self::CapacityBalance => Some(("capacity", "balance")),
+            Self::CapacityLatency | Self::CapacityLatencyRoundRobin => {
+                Some(("capacity", "latency"))
+            }
+            Self::RoundRobin | Self::LeastRequest | Self::Cswrr => None,
+        }
+    }
+}
+
+/// Name of the Envoy cluster (and EDS resource) in front of the fleet.
+pub const CLUSTER: &str = "fleet";
+
+fn cluster_lb(policy: BenchPolicy) -> String {
+    match policy {
+        BenchPolicy::RoundRobin | BenchPolicy::CapacityLatencyRoundRobin => {
+            "    lb_policy: ROUND_ROBIN\n".to_owned()
+        }
+        BenchPolicy::Cswrr => "    load_balancing_policy:\n      policies:\n      - typed_extension_config:\n          name: envoy.load_balancing_policies.client_side_weighted_round_robin\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin\n            blackout_period: 10s\n            weight_update_period: 1s\n".to_owned(),
+        _ => "    lb_policy: LEAST_REQUEST\n".to_owned(),
+    }
+}
+
+fn static_endpoints(ports: &[u16]) -> String {
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|port| format!("          - {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}\n"))
+        .collect();
+    format!(
+        "    type: STATIC\n    load_assignment:\n      cluster_name: {CLUSTER}\n      endpoints:\n      - lb_endpoints:\n{}",
+        endpoints.concat()
+    )
+}
+
+/// Envoy bootstrap: one listener on `listener_port` routing to the fleet cluster, with STATIC
+/// endpoints for the Envoy-only policies or EDS over ADS from `xds_port` for ours.
+pub fn envoy_bootstrap(
+    policy: BenchPolicy,
+    admin_port: u16,
+    listener_port: u16,
+    xds_port: Option<u16>,
+    ports: &[u16],
+) -> String {
+    let mut text = format!(
+        "node: {{ id: lab-bench, cluster: lab }}\n\
+admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}\n"
+    );
+    if xds_port.is_some() {
+        text.push_str("dynamic_resources:\n  ads_config:\n    api_type: GRPC\n    transport_api_version: V3\n    set_node_on_first_message_only: true\n    grpc_services: [{ envoy_grpc: { cluster_name: adaptive_eds } }]\n");
+    }
+    text.push_str(&format!(
+        "static_resources:\n  listeners:\n  - name: ingress\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }} }}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: ingress\n          route_config:\n            virtual_hosts:\n            - {{ name: all, domains: [\"*\"], routes: [{{ match: {{ prefix: \"/\" }}, route: {{ cluster: {CLUSTER}, timeout: 10s }} }}] }}\n          http_filters:\n          - name: envoy.filters.http.router\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}\n  clusters:\n"
+    ));
+    if let Some(xds_port) = xds_port {
+        text.push_str(&format!("  - name: adaptive_eds\n    type: STATIC\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ http2_protocol_options: {{}} }}\n    load_assignment:\n      cluster_name: adaptive_eds\n      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }} }} }} }}] }}]\n"));
+    }
+    text.push_str(&format!("  - name: {CLUSTER}\n    connect_timeout: 1s\n"));
+    text.push_str(&cluster_lb(policy));
+    match xds_port {
+        Some(_) => text.push_str("    type: EDS\n    eds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3 } }\n"),
+        None => text.push_str(&static_endpoints(ports)),
+    }
+    text
+}
+
+/// PromQL giving each pod's CPU limit (its cores) as constants, since the emulator exports none.
+fn cpu_limit_query(pods: &[Pod]) -> String {
+    let parts: Vec<String> = pods
+        .iter()
+        .map(|pod| {
+            format!(
+                "label_replace(vector({}), \"pod\", \"{}\", \"\", \"\")",
+                pod.cores, pod.name
+            )
+        })
+        .collect();
+    parts.join(" or ")
+}
+
+/// What the adaptive-eds config of a run is made of.
+#[derive(Debug, Clone)]
+pub struct ServerSettings<'a> {
+    /// Policy (gives the algorithm and objective).
+    pub policy: BenchPolicy,
+    /// Namespace label of the fleet's metrics.
+    pub namespace: &'a str,
+    /// The pods, in fleet order.
+    pub pods: &'a [Pod],
+    /// Each pod's port, index-aligned with `pods`.
+    pub ports: &'a [u16],
+    /// xDS listen port.
+    pub xds_port: u16,
+    /// Admin (metrics, health) listen port.
+    pub admin_port: u16,
+    /// VictoriaMetrics base URL.
+    pub victoria_url: &'a str,
+    /// `weighting.probe_share`, when not the server's default.
+    pub probe_share: Option<f64>,
+}
+
+/// adaptive-eds config: one cluster of the fleet's pods, PromQL pull from VictoriaMetrics.
+pub fn server_config(settings: &ServerSettings<'_>) -> String {
+    let ServerSettings {
+        policy,
+        namespace,
+        pods,
+        ports,
+        xds_port,
+        admin_port,
+        victoria_url,
+        probe_share,
+    } = *settings;
+    let (algorithm, objective) = policy.weighting().unwrap_or(("static", "latency"));
+    let container = pods.first().map_or("app", |pod| pod.container.as_str());
+    let mut text = format!(
+        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n  prometheus:\n    url: {victoria_url}\n    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace=\"${{namespace}}\",container=\"${{container}}\"}}[5s])) by (pod)'\n    rps_query: 'sum(rate(emulator_requests_total{{namespace=\"${{namespace}}\"}}[5s])) by (pod)'\n    cpu_limit_query: '{limits}'\n    timeout: 1s\nweighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
+        limits = cpu_limit_query(pods),
+        probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
+    );
+    for (pod, port) in pods.iter().zip(ports) {
+        text.push_str(&format!(
+            "      - {{ address: 127.0.0.1, port: {port}, pod: {} }}\n",
+            pod.name
+        ));
+    }
+    text
+}
+
+/// VictoriaMetrics scrape config: every pod's `/metrics` each second.
+pub fn scrape_config(ports: &[u16]) -> String {
+    let targets: Vec<String> = ports
+        .iter()
+        .map(|port| format!("\"127.0.0.1:{port}\""))
+        .collect();
+    format!(
+        "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: fleet\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    )
+}
+
+/// Sums, per pod, the samples of `metric` in a Prometheus text page (`name{...pod="x"...} value`).
+pub fn counter_by_pod(page: &str, metric: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut totals = std::collections::BTreeMap::new();
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        if !rest.starts_with('{') {
+            continue;
+        }
+        let Some((labels, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let pod = labels
+            .split_once("pod=\"")
+            .and_then(|(_, tail)| tail.split_once('"'))
+            .map(|(pod, _)| pod.to_owned());
+        if let (Some(pod), Ok(value)) = (pod, value.trim().parse::<f64>()) {
+            *totals.entry(pod).or_insert(0.0) += value;
+        }
+    }
+    totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counters_by_pod() {
+        let page = "# HELP x\nemulator_requests_total{namespace=\"lab\",pod=\"a-0\"} 12\nemulator_requests_total{namespace=\"lab\",pod=\"a-1\"} 3\nemulator_request_duration_seconds_count{pod=\"a-0\"} 9\n";
+        let totals = counter_by_pod(page, "emulator_requests_total");
+        assert_eq!(totals.get("a-0"), Some(&12.0));
+        assert_eq!(totals.get("a-1"), Some(&3.0));
+        assert_eq!(totals.len(), 2);
+    }
+
+    #[test]
+    fn bootstraps_name_the_policy() {
+        let text = envoy_bootstrap(BenchPolicy::Cswrr, 1, 2, None, &[3, 4]);
+        assert!(text.contains("client_side_weighted_round_robin"));
+        assert!(text.contains("port_value: 4"));
+        let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 1, 2, Some(5), &[3]);
+        assert!(text.contains("type: EDS") && text.contains("LEAST_REQUEST"));
+    }
+}

@@ -1,0 +1,578 @@
+//! `lab bench`: the emulated fleet, VictoriaMetrics, adaptive-eds and a real Envoy, under open-loop load.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use lab::bench::loadgen::{drive, LoadPlan};
+use lab::bench::plot::{series_from_report, write_plots, PlotSeries};
+use lab::bench::process::{cpu_seconds, free_port, get_ok, http, wait_for, Process};
+use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
+use lab::bench::setup::{
+    counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, ServerSettings,
+    CLUSTER,
+};
+use lab::fleet::{load_fleet, load_scenario, Action, Fleet, Pod, Scenario};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Arguments of `lab bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Fleet file (YAML).
+    #[arg(long)]
+    fleet: PathBuf,
+    /// Optional scenario (slowdowns applied through the pods' admin endpoint, load factors by the generator).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Policies to compare, comma separated (default: all six).
+    #[arg(long, value_delimiter = ',')]
+    policy: Vec<BenchPolicy>,
+    /// Base offered load through Envoy, requests per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Multiplies every service time, so a lower rate keeps the fleet's utilization pattern.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Warm-up excluded from the figures (weights converge).
+    #[arg(long, default_value = "25s", value_parser = super::parse_duration)]
+    warmup: Duration,
+    /// Measured time per policy.
+    #[arg(long, default_value = "40s", value_parser = super::parse_duration)]
+    measure: Duration,
+    /// Length of the p99-over-time windows.
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+    window: Duration,
+    /// Port of the first pod.
+    #[arg(long, default_value_t = 21001)]
+    base_port: u16,
+    /// Seed of the arrival process.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Results folder (default `lab/results/<date>-<fleet>[-<scenario>]`).
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// adaptive-eds `weighting.probe_share` (default: the server's own default).
+    #[arg(long)]
+    probe_share: Option<f64>,
+    /// Only redraw the PNG plots of an existing results folder from its `report.md`.
+    #[arg(long)]
+    replot: bool,
+    /// adaptive-eds binary (default: next to this `lab` binary).
+    #[arg(long)]
+    server: Option<PathBuf>,
+}
+
+/// Everything a single policy run needs.
+struct RunContext {
+    pods: Vec<Pod>,
+    namespace: String,
+    fleet_file: PathBuf,
+    scenario: Scenario,
+    plan: LoadPlan,
+    ports: Vec<u16>,
+    server: PathBuf,
+    lab: PathBuf,
+    results: PathBuf,
+    probe_share: Option<f64>,
+}
+
+/// Runs the bench on a two-thread tokio runtime (the machine has two cores).
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(bench(args))
+}
+
+fn scaled(fleet: &Fleet, factor: f64) -> Fleet {
+    let mut fleet = fleet.clone();
+    for group in &mut fleet.groups {
+        group.service_time.mean_ms *= factor;
+    }
+    fleet
+}
+
+fn results_folder(args: &BenchArgs) -> PathBuf {
+    if let Some(path) = &args.results {
+        return path.clone();
+    }
+    let stem = |path: &Path| {
+        path.file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let mut name = format!("{}-{}", &date[..10], stem(&args.fleet));
+    if let Some(scenario) = &args.scenario {
+        name.push('-');
+        name.push_str(&stem(scenario));
+    }
+    Path::new("lab/results").join(name)
+}
+
+fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
+    let fleet = load_fleet(&args.fleet).context("loading the fleet")?;
+    let scenario = match &args.scenario {
+        Some(path) => load_scenario(path, &fleet).context("loading the scenario")?,
+        None => Scenario {
+            name: "steady".to_owned(),
+            events: Vec::new(),
+        },
+    };
+    let results = results_folder(args);
+    std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
+    let scaled = scaled(&fleet, args.time_scale);
+    let fleet_file = results.join("fleet-scaled.yaml");
+    let text = serde_norway::to_string(&scaled).context("writing the scaled fleet")?;
+    std::fs::write(&fleet_file, text)
+        .with_context(|| format!("writing {}", fleet_file.display()))?;
+    let lab = std::env::current_exe().context("locating the lab binary")?;
+    let server = match &args.server {
+        Some(path) => path.clone(),
+        None => lab.with_file_name("adaptive-eds"),
+    };
+    if !server.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p adaptive-eds` or pass --server",
+            server.display()
+        );
+    }
+    let pods = scaled.pods();
+    let count = u16::try_from(pods.len()).context("too many pods")?;
+    Ok(RunContext {
+        ports: (0..count).map(|index| args.base_port + index).collect(),
+        pods,
+        namespace: scaled.namespace.clone(),
+        fleet_file,
+        scenario,
+        plan: LoadPlan {
+            rate: args.rate,
+            warmup: args.warmup,
+            measure: args.measure,
+            window: args.window,
+            seed: args.seed,
+            timeout: Duration::from_secs(10),
+        },
+        server,
+        lab,
+        results,
+        probe_share: args.probe_share,
+    })
+}
+
+fn replot(args: &BenchArgs) -> anyhow::Result<()> {
+    let folder = results_folder(args);
+    let path = folder.join("report.md");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    write_plots(&series_from_report(&text), &folder)?;
+    println!("plots written to {}", folder.display());
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.replot {
+        return replot(&args);
+    }
+    let context = context(&args)?;
+    let policies = if args.policy.is_empty() {
+        BenchPolicy::ALL.to_vec()
+    } else {
+        args.policy.clone()
+    };
+    let mut outcomes = Vec::new();
+    for policy in policies {
+        tracing::info!(policy = policy.name(), "run starting");
+        let outcome = tokio::select! {
+            outcome = run_policy(&context, policy) => outcome.with_context(|| format!("running {}", policy.name()))?,
+            signal = stop_signal() => bail!("{signal}: every process of the run was stopped"),
+        };
+        tracing::info!(
+            policy = policy.name(),
+            p99_ms = outcome.p99(),
+            "run finished"
+        );
+        outcomes.push(outcome);
+        write_report(&args, &context, &outcomes)?;
+    }
+    let series: Vec<PlotSeries> = outcomes.iter().map(PlotSeries::of).collect();
+    if let Err(error) = write_plots(&series, &context.results) {
+        tracing::warn!(%error, "plots not written");
+    }
+    print!("{}", render_markdown(&outcomes));
+    println!("\nresults in {}", context.results.display());
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM and names it; the caller's early return drops (stops) every process.
+async fn stop_signal() -> &'static str {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+        () = terminate => "terminated (SIGTERM)",
+    }
+}
+
+fn write_report(
+    args: &BenchArgs,
+    context: &RunContext,
+    outcomes: &[RunOutcome],
+) -> anyhow::Result<()> {
+    let command: Vec<String> = std::env::args().collect();
+    let header = format!(
+        "# lab bench: {} / {}\n\nCommand: `{}`\n\nRate {} rps base, service times x{}, warm-up {:?}, measured {:?} per policy, seed {}, probe_share {}. One Envoy (`--concurrency 1`), all on 127.0.0.1.\n\n",
+        args.fleet.display(),
+        context.scenario.name,
+        command.join(" "),
+        args.rate,
+        args.time_scale,
+        args.warmup,
+        args.measure,
+        args.seed,
+        args.probe_share
+            .map_or("default".to_owned(), |share| share.to_string()),
+    );
+    let path = context.results.join("report.md");
+    std::fs::write(&path, header + &render_markdown(outcomes))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The processes of one run; dropping it stops them all.
+struct Stack {
+    emulator: Process,
+    victoria: Process,
+    server: Option<Process>,
+    server_xds_port: Option<u16>,
+    envoy: Process,
+    envoy_admin: u16,
+    listener: u16,
+}
+
+async fn start_stack(
+    context: &RunContext,
+    policy: BenchPolicy,
+    directory: &Path,
+) -> anyhow::Result<Stack> {
+    let total = context.plan.warmup + context.plan.measure + Duration::from_secs(120);
+    let emulator = Process::spawn(
+        "lab emulate",
+        Command::new(&context.lab)
+            .arg("emulate")
+            .arg("--fleet")
+            .arg(&context.fleet_file)
+            .arg("--base-port")
+            .arg(context.ports[0].to_string())
+            .arg("--duration")
+            .arg(format!("{}s", total.as_secs())),
+        &directory.join("emulator.log"),
+    )?;
+    for port in &context.ports {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        wait_for(Duration::from_secs(20), &url, || get_ok(&url)).await?;
+    }
+    let victoria = start_victoria(context, directory).await?;
+    let victoria_port = victoria.1;
+    let server = match policy.weighting() {
+        Some(_) => Some(start_server(context, policy, directory, victoria_port).await?),
+        None => None,
+    };
+    let (envoy_admin, listener) = (free_port()?, free_port()?);
+    let bootstrap = envoy_bootstrap(
+        policy,
+        envoy_admin,
+        listener,
+        server.as_ref().map(|server| server.1),
+        &context.ports,
+    );
+    let path = directory.join("envoy.yaml");
+    std::fs::write(&path, bootstrap).with_context(|| format!("writing {}", path.display()))?;
+    let mut envoy = Process::spawn(
+        "envoy",
+        Command::new("envoy")
+            .arg("-c")
+            .arg(&path)
+            .args([
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--disable-hot-restart",
+            ])
+            .args(["--log-level", "warn"]),
+        &directory.join("envoy.log"),
+    )?;
+    let count = context.ports.len();
+    wait_for(
+        Duration::from_secs(30),
+        "Envoy to know every pod",
+        || async {
+            envoy_weights(envoy_admin)
+                .await
+                .filter(|weights| weights.len() == count)
+        },
+    )
+    .await?;
+    envoy.check_running()?;
+    Ok(Stack {
+        emulator,
+        victoria: victoria.0,
+        server_xds_port: server.as_ref().map(|server| server.1),
+        server: server.map(|server| server.0),
+        envoy,
+        envoy_admin,
+        listener,
+    })
+}
+
+async fn start_victoria(context: &RunContext, directory: &Path) -> anyhow::Result<(Process, u16)> {
+    let port = free_port()?;
+    let scrape = directory.join("scrape.yaml");
+    std::fs::write(&scrape, scrape_config(&context.ports))
+        .with_context(|| format!("writing {}", scrape.display()))?;
+    let process = Process::spawn(
+        "victoria-metrics",
+        Command::new("victoria-metrics")
+            .arg(format!(
+                "-storageDataPath={}",
+                directory.join("victoria").display()
+            ))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-promscrape.config={}", scrape.display()))
+            .args([
+                "-search.latencyOffset=1s",
+                "-search.disableCache",
+                "-loggerLevel=WARN",
+            ]),
+        &directory.join("victoria.log"),
+    )?;
+    let url = format!("http://127.0.0.1:{port}/health");
+    wait_for(Duration::from_secs(20), "VictoriaMetrics /health", || {
+        get_ok(&url)
+    })
+    .await?;
+    Ok((process, port))
+}
+
+async fn start_server(
+    context: &RunContext,
+    policy: BenchPolicy,
+    directory: &Path,
+    victoria_port: u16,
+) -> anyhow::Result<(Process, u16)> {
+    let (xds_port, admin_port) = (free_port()?, free_port()?);
+    let victoria_url = format!("http://127.0.0.1:{victoria_port}");
+    let config = server_config(&ServerSettings {
+        policy,
+        namespace: &context.namespace,
+        pods: &context.pods,
+        ports: &context.ports,
+        xds_port,
+        admin_port,
+        victoria_url: &victoria_url,
+        probe_share: context.probe_share,
+    });
+    let path = directory.join("adaptive-eds.yaml");
+    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    let mut process = Process::spawn(
+        "adaptive-eds",
+        Command::new(&context.server)
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info"),
+        &directory.join("adaptive-eds.log"),
+    )?;
+    let url = format!("http://127.0.0.1:{admin_port}/readyz");
+    let ready = wait_for(Duration::from_secs(20), "adaptive-eds /readyz", || {
+        get_ok(&url)
+    })
+    .await;
+    process.check_running()?;
+    ready?;
+    Ok((process, xds_port))
+}
+
+/// Envoy's weight per upstream port for the fleet cluster.
+async fn envoy_weights(admin_port: u16) -> Option<BTreeMap<u16, u64>> {
+    let body = get_ok(&format!(
+        "http://127.0.0.1:{admin_port}/clusters?format=json"
+    ))
+    .await?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let status = json["cluster_statuses"]
+        .as_array()?
+        .iter()
+        .find(|status| status["name"] == CLUSTER)?;
+    status["host_statuses"]
+        .as_array()?
+        .iter()
+        .map(|host| {
+            let port = host["address"]["socket_address"]["port_value"].as_u64()?;
+            Some((
+                u16::try_from(port).ok()?,
+                host["weight"].as_u64().unwrap_or(1),
+            ))
+        })
+        .collect()
+}
+
+/// Sum of a counter per pod, read from every pod's `/metrics`.
+async fn fleet_counters(
+    ports: &[u16],
+) -> anyhow::Result<(BTreeMap<String, f64>, BTreeMap<String, f64>)> {
+    let (mut requests, mut cpu) = (BTreeMap::new(), BTreeMap::new());
+    for port in ports {
+        let page = get_ok(&format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .with_context(|| format!("reading the metrics of pod port {port}"))?;
+        requests.extend(counter_by_pod(&page, "emulator_requests_total"));
+        cpu.extend(counter_by_pod(&page, "container_cpu_usage_seconds_total"));
+    }
+    Ok((requests, cpu))
+}
+
+/// CPU seconds of each process, in `ProcessCpu` field order.
+fn process_seconds(stack: &Stack) -> [f64; 5] {
+    let of = |pid: u32| cpu_seconds(&pid.to_string()).unwrap_or(0.0);
+    [
+        of(stack.envoy.pid()),
+        cpu_seconds("self").unwrap_or(0.0),
+        of(stack.emulator.pid()),
+        of(stack.victoria.pid()),
+        stack.server.as_ref().map_or(0.0, |server| of(server.pid())),
+    ]
+}
+
+/// Applies the scenario's slowdowns through the pods' admin endpoint, on the load's clock.
+async fn apply_slowdowns(context: &RunContext, start: tokio::time::Instant) {
+    for event in &context.scenario.events {
+        let Action::SetSlowdown { pod, factor } = &event.action else {
+            continue;
+        };
+        let Some(index) = context
+            .pods
+            .iter()
+            .position(|candidate| &candidate.name == pod)
+        else {
+            continue;
+        };
+        tokio::time::sleep_until(start + event.at).await;
+        let url = format!("http://127.0.0.1:{}/admin/slowdown", context.ports[index]);
+        if let Err(error) = http(hyper::Method::POST, &url, &factor.to_string()).await {
+            tracing::warn!(%error, pod, "slowdown not applied");
+        }
+    }
+}
+
+async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result<RunOutcome> {
+    let directory = context.results.join("runs").join(policy.name());
+    std::fs::create_dir_all(&directory)
+        .with_context(|| format!("creating {}", directory.display()))?;
+    let mut stack = start_stack(context, policy, &directory).await?;
+    let uri: hyper::Uri = format!("http://127.0.0.1:{}/", stack.listener)
+        .parse()
+        .context("building the listener URI")?;
+    let start = tokio::time::Instant::now();
+    let load = drive(uri, &context.plan, &context.scenario);
+    let measure_start = async {
+        tokio::time::sleep_until(start + context.plan.warmup).await;
+        (
+            fleet_counters(&context.ports).await,
+            process_seconds(&stack),
+        )
+    };
+    let slowdowns = apply_slowdowns(context, start);
+    let total = context.plan.warmup + context.plan.measure;
+    let (load, (before, cpu_before), _) =
+        tokio::join!(load, measure_start, tokio::time::timeout(total, slowdowns));
+    let seconds = start.elapsed().as_secs_f64() - context.plan.warmup.as_secs_f64();
+    let after = fleet_counters(&context.ports).await?;
+    let cpu_after = process_seconds(&stack);
+    let before = before?;
+    let weights = envoy_weights(stack.envoy_admin).await.unwrap_or_default();
+    save_server_view(&stack, &directory).await;
+    stack.envoy.check_running()?;
+    let cores: Vec<f64> = cpu_after
+        .iter()
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before) / seconds)
+        .collect();
+    Ok(RunOutcome {
+        policy: policy.name().to_owned(),
+        load,
+        seconds: context.plan.measure.as_secs_f64(),
+        pods: pod_outcomes(context, &before, &after, &weights, seconds),
+        fleet_cpu: sum_delta(&before.1, &after.1) / seconds,
+        process_cpu: ProcessCpu {
+            envoy: cores[0],
+            load_generator: cores[1],
+            emulator: cores[2],
+            victoria: cores[3],
+            server: cores[4],
+        },
+    })
+}
+
+type Counters = (BTreeMap<String, f64>, BTreeMap<String, f64>);
+
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, pod: &str) -> f64 {
+    after.get(pod).copied().unwrap_or(0.0) - before.get(pod).copied().unwrap_or(0.0)
+}
+
+fn sum_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> f64 {
+    after.keys().map(|pod| delta(before, after, pod)).sum()
+}
+
+fn pod_outcomes(
+    context: &RunContext,
+    before: &Counters,
+    after: &Counters,
+    weights: &BTreeMap<u16, u64>,
+    seconds: f64,
+) -> Vec<PodOutcome> {
+    let total = sum_delta(&before.0, &after.0).max(1.0);
+    context
+        .pods
+        .iter()
+        .zip(&context.ports)
+        .map(|(pod, port)| PodOutcome {
+            name: pod.name.clone(),
+            share: delta(&before.0, &after.0, &pod.name) / total,
+            utilization: delta(&before.1, &after.1, &pod.name) / seconds / f64::from(pod.cores),
+            final_weight: weights.get(port).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Keeps Envoy's final cluster view and, when our server is in the loop, its `Inspect`
+/// explanation of the weights (through grpcurl, if installed) next to the run's logs.
+async fn save_server_view(stack: &Stack, directory: &Path) {
+    let url = format!("http://127.0.0.1:{}/clusters", stack.envoy_admin);
+    if let Some(body) = get_ok(&url).await {
+        let _ = std::fs::write(directory.join("envoy-clusters.txt"), body);
+    }
+    let Some(port) = stack.server_xds_port else {
+        return;
+    };
+    let request = format!("{{\"name\":\"{CLUSTER}\"}}");
+    let output = Command::new("grpcurl")
+        .args(["-plaintext", "-d", &request])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("adaptive_eds.inspect.v1.Inspect/GetCluster")
+        .output();
+    match output {
+        Ok(output) => {
+            let _ = std::fs::write(directory.join("inspect-cluster.json"), output.stdout);
+        }
+        Err(error) => tracing::warn!(%error, "grpcurl not run; Inspect view not saved"),
+    }
+}

@@ -1,0 +1,167 @@
+//! Seeded simulations of the real weighting engine (`EngineWeights`): the product's claims.
+
+mod common;
+
+use adaptive_eds::weighting::{Algorithm, Objective, Params};
+use common::crate_file;
+use lab::fleet::{load_fleet, Fleet, Scenario};
+use lab::sim::{simulate, EngineWeights, EqualWeights, Policy, SimConfig, SimReport};
+use std::time::Duration;
+
+fn seed_fleet() -> Fleet {
+    load_fleet(&crate_file("fleets/seed.yaml")).unwrap()
+}
+
+fn steady() -> Scenario {
+    Scenario {
+        name: "steady".to_owned(),
+        events: Vec::new(),
+    }
+}
+
+fn config(policy: Policy, seconds: u64) -> SimConfig {
+    SimConfig {
+        policy,
+        requests_per_second: 1000.0,
+        duration: Duration::from_secs(seconds),
+        seed: 11,
+        metrics_delay: Duration::from_secs(1),
+        ..SimConfig::default()
+    }
+}
+
+fn engine(fleet: &Fleet, algorithm: Algorithm, objective: Objective) -> EngineWeights {
+    let params = Params {
+        algorithm,
+        objective,
+        ..Params::default()
+    };
+    EngineWeights::new(fleet.pods().len(), params, Duration::from_secs(1))
+}
+
+fn least_request_p99(fleet: &Fleet, seconds: u64) -> f64 {
+    let report = simulate(
+        fleet,
+        &steady(),
+        &config(Policy::LeastRequest, seconds),
+        &mut EqualWeights,
+        "none",
+    )
+    .unwrap();
+    report.latency.p99_ms
+}
+
+fn capacity_latency_run(fleet: &Fleet, seconds: u64) -> SimReport {
+    let mut provider = engine(fleet, Algorithm::Capacity, Objective::Latency);
+    simulate(
+        fleet,
+        &steady(),
+        &config(Policy::LeastRequest, seconds),
+        &mut provider,
+        "capacity_latency",
+    )
+    .unwrap()
+}
+
+/// The product claim: capacity + latency at least halves LEAST_REQUEST's p99 on the seed fleet.
+///
+/// Ignored: the engine does not reach it. Measured 2026-11-24 (seed 11, 1000 rps, 60 s, metrics
+/// delay 1 s): LEAST_REQUEST p99 27.5 ms, capacity+latency p99 ~17 ms, ratio ~0.62x (1.6x
+/// better, not 2x). The p99 sits at the service time of the slow pods: `probe_share` (1%)
+/// keeps ~1.2% of the traffic on each of the 12 endpoints outside the plan, ~14% in all,
+/// including the 22 ms fib29 pod. With `probe_share` 0.001 the same simulation reaches 0.29x,
+/// and the real-Envoy bench with 0.002 reaches 0.30x (README, Benchmarks). Do not weaken this
+/// test; improve the engine's default.
+#[test]
+#[ignore = "engine reaches ~1.6x, not 2x (see doc comment)"]
+fn capacity_latency_halves_least_request_p99() {
+    let fleet = seed_fleet();
+    let baseline = least_request_p99(&fleet, 60);
+    let adaptive = capacity_latency_run(&fleet, 60).latency.p99_ms;
+    assert!(
+        adaptive * 2.0 <= baseline,
+        "capacity+latency p99 {adaptive:.2} ms vs least_request {baseline:.2} ms"
+    );
+}
+
+/// A regression guard below the claim: capacity + latency clearly beats LEAST_REQUEST's p99.
+#[test]
+fn capacity_latency_beats_least_request_p99() {
+    let fleet = seed_fleet();
+    let baseline = least_request_p99(&fleet, 60);
+    let adaptive = capacity_latency_run(&fleet, 60).latency.p99_ms;
+    assert!(
+        adaptive * 1.4 <= baseline,
+        "capacity+latency p99 {adaptive:.2} ms vs least_request {baseline:.2} ms"
+    );
+}
+
+/// Largest relative change of any weight between consecutive ticks in `history[from..]`.
+fn largest_step(history: &[Vec<u32>], from: usize) -> f64 {
+    history[from..]
+        .windows(2)
+        .flat_map(|pair| {
+            pair[0].iter().zip(&pair[1]).map(|(&before, &after)| {
+                (f64::from(after) - f64::from(before)).abs() / f64::from(before.max(1))
+            })
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Weights settle: over 200 ticks, after a 50-tick warm-up no weight moves by more than 20%
+/// in one tick, for both `capacity` objectives.
+#[test]
+fn weights_settle_over_200_ticks() {
+    let fleet = seed_fleet();
+    let modes = [
+        (Algorithm::Capacity, Objective::Balance),
+        (Algorithm::Capacity, Objective::Latency),
+    ];
+    for (algorithm, objective) in modes {
+        let mut provider = engine(&fleet, algorithm, objective);
+        simulate(
+            &fleet,
+            &steady(),
+            &config(Policy::LeastRequest, 202),
+            &mut provider,
+            "engine",
+        )
+        .unwrap();
+        let history = provider.history();
+        assert!(history.len() >= 200, "{} ticks", history.len());
+        let step = largest_step(history, 50);
+        eprintln!("{algorithm:?}/{objective:?}: largest step {:.3}", step);
+        assert!(
+            step <= 0.2,
+            "{algorithm:?}/{objective:?}: a weight moved {:.0}% in one tick after settling",
+            step * 100.0
+        );
+    }
+}
+
+/// `distance` (the published operator's algorithm) does not settle on the seed fleet.
+///
+/// Ignored: measured 2026-11-24 (seed 11, 1000 rps, 202 ticks): after 50 ticks a weight still
+/// moved by 152% in one tick; the fib27 weights wander between 100 and ~460 because each
+/// tick moves every weight against its CPU's distance from the mean, with no notion of cost
+/// per request, so the fleet never reaches a fixed point. Kept as a baseline, not a product claim.
+#[test]
+#[ignore = "distance oscillates (152% steps after 50 ticks, see doc comment)"]
+fn distance_settles_over_200_ticks() {
+    let fleet = seed_fleet();
+    let mut provider = engine(&fleet, Algorithm::Distance, Objective::Latency);
+    simulate(
+        &fleet,
+        &steady(),
+        &config(Policy::LeastRequest, 202),
+        &mut provider,
+        "distance",
+    )
+    .unwrap();
+    let step = largest_step(provider.history(), 50);
+    assert!(
+        step <= 0.2,
+        "a weight moved {:.0}% in one tick",
+        step * 100.0
+    );
+}
