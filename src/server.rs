@@ -7,6 +7,7 @@ use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
 };
+use tonic::service::interceptor::InterceptedService;
 
 use crate::admin::{self, AdminState};
 use crate::config::adaptive::AdaptiveConfig;
@@ -223,9 +224,13 @@ fn grpc_router(
     limits: &XdsConfig,
 ) -> anyhow::Result<tonic::transport::server::Router> {
     let xds_service = XdsService::new(context.clone());
-    let inspect_service = limits
-        .inspect
-        .then(|| InspectService::new(context.store.clone(), clients).server());
+    let operators = OperatorGate::new(limits, context.metrics.clone());
+    let inspect_service = limits.inspect.then(|| {
+        InterceptedService::new(
+            InspectService::new(context.store.clone(), clients).server(),
+            operators.clone(),
+        )
+    });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let mut names = vec![
         "",
@@ -247,16 +252,18 @@ fn grpc_router(
     }
     let (reflection_v1, reflection_v1alpha) = if limits.reflection {
         (
-            Some(
+            Some(InterceptedService::new(
                 reflection_builder(limits.inspect)
                     .build_v1()
                     .context("building gRPC reflection (v1)")?,
-            ),
-            Some(
+                operators.clone(),
+            )),
+            Some(InterceptedService::new(
                 reflection_builder(limits.inspect)
                     .build_v1alpha()
                     .context("building gRPC reflection (v1alpha)")?,
-            ),
+                operators,
+            )),
         )
     } else {
         (None, None)
@@ -270,6 +277,56 @@ fn grpc_router(
         .add_optional_service(inspect_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha))
+}
+
+/// Lets only the configured operator identities call `Inspect` and reflection (all callers when
+/// `xds.tls.operator_identities` is empty).
+#[derive(Clone)]
+struct OperatorGate {
+    allowed: Arc<Vec<String>>,
+    metrics: Metrics,
+}
+
+impl OperatorGate {
+    fn new(limits: &XdsConfig, metrics: Metrics) -> Self {
+        let allowed = limits
+            .tls
+            .as_ref()
+            .map(|tls| tls.operator_identities.clone())
+            .unwrap_or_default();
+        Self {
+            allowed: Arc::new(allowed),
+            metrics,
+        }
+    }
+}
+
+impl tonic::service::Interceptor for OperatorGate {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if self.allowed.is_empty() {
+            return Ok(request);
+        }
+        let identities = request
+            .extensions()
+            .get::<connections::PeerInfo>()
+            .map(|peer| Arc::clone(&peer.identities))
+            .unwrap_or_default();
+        if identities
+            .iter()
+            .any(|identity| self.allowed.contains(identity))
+        {
+            return Ok(request);
+        }
+        self.metrics
+            .refusals
+            .get_or_create(&crate::telemetry::LimitLabels {
+                limit: "operator_identity".into(),
+            })
+            .inc();
+        Err(tonic::Status::permission_denied(
+            "Inspect and reflection are limited to xds.tls.operator_identities",
+        ))
+    }
 }
 
 /// Reflection over every service on the port, so both reflection versions list all of them

@@ -132,6 +132,53 @@ async fn tls_connect(
     Ok(leaf.to_vec())
 }
 
+/// Calls `Inspect/ListClusters` over mutual TLS as `identity` (a tonic client on our own rustls
+/// connector: tonic is built without its TLS feature).
+async fn inspect_over_tls(
+    directory: &Path,
+    port: u16,
+    identity: &str,
+) -> Result<adaptive_eds::inspect::pb::ListClustersResponse, tonic::Status> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(directory.join("ca.pem")).expect("ca") {
+        roots.add(certificate.expect("pem")).expect("add root");
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(directory.join(format!("{identity}.pem")))
+            .expect("cert")
+            .collect::<Result<_, _>>()
+            .expect("pem");
+    let key =
+        PrivateKeyDer::from_pem_file(directory.join(format!("{identity}-key.pem"))).expect("key");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let channel = tonic::transport::Endpoint::from_static("http://adaptive-eds")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                let name = ServerName::try_from("adaptive-eds").map_err(std::io::Error::other)?;
+                let stream = connector.connect(name, socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let mut inspect = adaptive_eds::inspect::pb::inspect_client::InspectClient::new(channel);
+    inspect
+        .list_clusters(adaptive_eds::inspect::pb::ListClustersRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_serves_allowed_envoys_refuses_others_and_reloads_certificates() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -141,6 +188,11 @@ async fn mutual_tls_serves_allowed_envoys_refuses_others_and_reloads_certificate
     pki.write_ca(tls);
     pki.issue(tls, "server", server_sans());
     pki.issue(tls, "envoy", vec![uri("spiffe://test/ns/shop/sa/envoy")]);
+    pki.issue(
+        tls,
+        "operator",
+        vec![uri("spiffe://test/ns/ops/sa/operator")],
+    );
     pki.issue(
         tls,
         "intruder",
@@ -153,7 +205,7 @@ async fn mutual_tls_serves_allowed_envoys_refuses_others_and_reloads_certificate
     std::fs::write(
         &config,
         format!(
-            "xds:\n  listen: \"127.0.0.1:{xds_port}\"\n  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n    allowed_identities: [\"spiffe://test/ns/shop/sa/envoy\"]\n    reload_interval: 500ms\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n{CLUSTERS}",
+            "xds:\n  listen: \"127.0.0.1:{xds_port}\"\n  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n    allowed_identities: [\"spiffe://test/ns/shop/sa/envoy\", \"spiffe://test/ns/ops/sa/operator\"]\n    operator_identities: [\"spiffe://test/ns/ops/sa/operator\"]\n    reload_interval: 500ms\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n{CLUSTERS}",
             path("server.pem"),
             path("server-key.pem"),
             path("ca.pem")
@@ -213,6 +265,15 @@ async fn mutual_tls_serves_allowed_envoys_refuses_others_and_reloads_certificate
         metrics.contains("adaptive_eds_refusals_total{limit=\"tls_handshake\"}"),
         "{metrics}"
     );
+
+    // Inspect (and reflection) answer the operator only, not the Envoys.
+    let as_envoy = inspect_over_tls(tls, xds_port, "envoy").await;
+    let denied = as_envoy.expect_err("an Envoy may not inspect");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let as_operator = inspect_over_tls(tls, xds_port, "operator")
+        .await
+        .expect("the operator may");
+    assert_eq!(as_operator.clusters.len(), 2);
 
     // Rotate the server certificate: new connections get the new one, no restart.
     pki.issue(tls, "server", server_sans());

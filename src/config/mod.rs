@@ -93,6 +93,9 @@ pub struct XdsTlsConfig {
     pub allowed_identities: Vec<String>,
     /// How often the files are checked for changes (default 5s).
     pub reload_interval: Option<duration::ConfigDuration>,
+    /// If set, only clients with one of these identities may call `Inspect` and reflection.
+    #[serde(default)]
+    pub operator_identities: Vec<String>,
 }
 
 /// `admin:` keys.
@@ -411,6 +414,12 @@ fn validate_tls(tls: &XdsTlsConfig, problems: &mut Vec<Problem>) -> crate::xds::
         .client_ca_file
         .as_deref()
         .map(|path| file("client_ca_file", path));
+    if client_ca_file.is_none() && !tls.operator_identities.is_empty() {
+        problems.push(problem(
+            "xds.tls.operator_identities",
+            "needs xds.tls.client_ca_file: identities come from client certificates",
+        ));
+    }
     if client_ca_file.is_none() && !tls.allowed_identities.is_empty() {
         problems.push(problem(
             "xds.tls.allowed_identities",

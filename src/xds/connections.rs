@@ -17,7 +17,7 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use super::tls::TlsReloader;
 use crate::telemetry::{LimitLabels, Metrics};
@@ -32,11 +32,20 @@ enum Transport {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+/// What a request knows of its connection (tonic puts it in the request's extensions).
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfo {
+    /// The client's address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// URI and `dns:` SANs of the client certificate (empty without mutual TLS).
+    pub identities: Arc<Vec<String>>,
+}
+
 /// A connection that counts itself open until dropped.
 #[derive(Debug)]
 pub struct CountedStream {
     inner: Transport,
-    peer: TcpConnectInfo,
+    peer: PeerInfo,
     open: Arc<AtomicUsize>,
     metrics: Metrics,
 }
@@ -65,7 +74,7 @@ impl Drop for CountedStream {
 }
 
 impl Connected for CountedStream {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.peer.clone()
     }
@@ -144,7 +153,10 @@ pub fn accept_limited(
             open.fetch_add(1, Ordering::Relaxed);
             metrics.connections.inc();
             let counted = Counted {
-                peer: socket.connect_info(),
+                peer: PeerInfo {
+                    remote: Some(peer),
+                    identities: Arc::default(),
+                },
                 open: Arc::clone(&open),
                 metrics: metrics.clone(),
             };
@@ -169,7 +181,7 @@ pub fn accept_limited(
 
 /// The bookkeeping of an accepted connection, before its transport is ready.
 struct Counted {
-    peer: TcpConnectInfo,
+    peer: PeerInfo,
     open: Arc<AtomicUsize>,
     metrics: Metrics,
 }
@@ -209,7 +221,7 @@ async fn handshake(
     tls: TlsReloader,
     sender: mpsc::Sender<io::Result<CountedStream>>,
 ) {
-    let peer = counted.peer.remote_addr();
+    let peer = counted.peer.remote;
     let Some(acceptor) = tls.acceptor() else {
         return;
     };
@@ -241,6 +253,8 @@ async fn handshake(
         );
         return;
     }
+    let mut counted = counted;
+    counted.peer.identities = Arc::new(leaf.map(super::tls::identities).unwrap_or_default());
     let _ = sender
         .send(Ok(counted.wrap(Transport::Tls(Box::new(stream)))))
         .await;
