@@ -82,6 +82,12 @@ impl Engine {
                         .iter()
                         .map(|endpoint| endpoint_labels(&cluster, endpoint))
                         .collect();
+                    state.weight_gauges = state
+                        .labels
+                        .iter()
+                        .map(|labels| self.metrics.endpoint_weight.get_or_create(labels).clone())
+                        .collect();
+                    state.cpu_gauges = vec![None; endpoints.len()];
                     state.endpoints = endpoints;
                     self.recompute(&cluster, true);
                 }
@@ -437,6 +443,73 @@ mod tests {
         assert!(
             explanation.endpoints[3].1.cpu.is_none(),
             "no invented sample for an unmeasured pod"
+        );
+    }
+
+    #[test]
+    fn weight_and_cpu_gauges_follow_the_served_endpoints() {
+        use crate::config::adaptive::JoinBy;
+        use crate::metrics::{Sample, SampleSet, Signal, SourceKind};
+
+        let config = config::parse(
+            "metrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n  - {address: 10.0.0.2, port: 1, pod: two}\n",
+        )
+        .expect("valid");
+        let table = SampleTable::default();
+        let now_ms = crate::metrics::unix_millis(SystemTime::now());
+        let samples = [("one", 0.2), ("two", 0.8)]
+            .into_iter()
+            .map(|(pod, value)| {
+                (
+                    pod.to_string(),
+                    Sample {
+                        value,
+                        timestamp_ms: now_ms,
+                    },
+                )
+            })
+            .collect();
+        table.replace(
+            SourceKind::Pull,
+            "a",
+            Signal::Cpu,
+            SampleSet {
+                join_by: JoinBy::Pod,
+                samples,
+            },
+        );
+        let (metrics, registry) = Metrics::registered();
+        let mut engine = Engine::new(
+            Arc::new(config.adaptive.clone()),
+            table,
+            SnapshotStore::new(),
+            metrics,
+        );
+        engine.apply(crate::discovery::file::diff(
+            &BTreeMap::new(),
+            &config.clusters,
+        ));
+        engine.publish();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for pod in ["one", "two"] {
+            assert!(
+                text.lines()
+                    .any(|line| line.starts_with("adaptive_eds_endpoint_weight{")
+                        && line.contains(&format!("pod=\"{pod}\""))),
+                "weight of {pod} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("pod=\"one\"} 0.2"), "cpu of one:\n{text}");
+        assert!(text.contains("pod=\"two\"} 0.8"), "cpu of two:\n{text}");
+        engine.apply(vec![ClusterUpdate::Removed {
+            cluster: "a".into(),
+        }]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            !text.contains("pod=\"one\""),
+            "removed cluster's series are gone:\n{text}"
         );
     }
 }
