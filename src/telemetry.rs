@@ -242,70 +242,79 @@ impl Metrics {
     }
 }
 
+/// The `/metrics` text of a fresh registry with one sample in every family (labelled families
+/// only show once they have a child): what dashboards can query, for tests of dashboards and
+/// of the registrations.
+pub fn example_exposition() -> String {
+    let (metrics, registry) = Metrics::registered();
+    let labels = EndpointLabels {
+        cluster: "c".into(),
+        endpoint: "e".into(),
+        pod: "p".into(),
+    };
+    metrics
+        .config_reloads
+        .get_or_create(&ResultLabels {
+            result: "ok".into(),
+        })
+        .inc();
+    metrics.streams.get_or_create(&Metrics::kind("k")).inc();
+    metrics.pushes.get_or_create(&Metrics::kind("k")).inc();
+    metrics.acks.get_or_create(&Metrics::kind("k")).inc();
+    metrics.nacks.get_or_create(&Metrics::kind("k")).inc();
+    metrics
+        .rejected_requests
+        .get_or_create(&Metrics::kind("k"))
+        .inc();
+    metrics.endpoint_weight.get_or_create(&labels).set(1);
+    metrics.endpoint_cpu.get_or_create(&labels).set(0.5);
+    metrics
+        .cluster_mode
+        .get_or_create(&ModeLabels {
+            cluster: "c".into(),
+            mode: "fresh".into(),
+        })
+        .set(1);
+    metrics
+        .dropped_samples
+        .get_or_create(&ClusterLabels {
+            cluster: "c".into(),
+        })
+        .inc();
+    metrics
+        .remote_write_samples
+        .get_or_create(&ResultLabels {
+            result: "ok".into(),
+        })
+        .inc();
+    metrics
+        .metric_queries
+        .get_or_create(&QueryLabels {
+            cluster: "c".into(),
+            signal: "cpu".into(),
+            result: "ok".into(),
+        })
+        .inc();
+    metrics.tick_duration.observe(0.001);
+    metrics
+        .refusals
+        .get_or_create(&LimitLabels { limit: "x".into() })
+        .inc();
+    metrics.connections.inc();
+    metrics.encodes.inc();
+    let mut text = String::new();
+    // Encoding into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_family_is_registered() {
-        let (metrics, registry) = Metrics::registered();
-        let labels = EndpointLabels {
-            cluster: "c".into(),
-            endpoint: "e".into(),
-            pod: "p".into(),
-        };
-        metrics
-            .config_reloads
-            .get_or_create(&ResultLabels {
-                result: "ok".into(),
-            })
-            .inc();
-        metrics.streams.get_or_create(&Metrics::kind("k")).inc();
-        metrics.pushes.get_or_create(&Metrics::kind("k")).inc();
-        metrics.acks.get_or_create(&Metrics::kind("k")).inc();
-        metrics.nacks.get_or_create(&Metrics::kind("k")).inc();
-        metrics
-            .rejected_requests
-            .get_or_create(&Metrics::kind("k"))
-            .inc();
-        metrics.endpoint_weight.get_or_create(&labels).set(1);
-        metrics.endpoint_cpu.get_or_create(&labels).set(0.5);
-        metrics
-            .cluster_mode
-            .get_or_create(&ModeLabels {
-                cluster: "c".into(),
-                mode: "fresh".into(),
-            })
-            .set(1);
-        metrics
-            .dropped_samples
-            .get_or_create(&ClusterLabels {
-                cluster: "c".into(),
-            })
-            .inc();
-        metrics
-            .remote_write_samples
-            .get_or_create(&ResultLabels {
-                result: "ok".into(),
-            })
-            .inc();
-        metrics
-            .metric_queries
-            .get_or_create(&QueryLabels {
-                cluster: "c".into(),
-                signal: "cpu".into(),
-                result: "ok".into(),
-            })
-            .inc();
-        metrics.tick_duration.observe(0.001);
-        metrics
-            .refusals
-            .get_or_create(&LimitLabels { limit: "x".into() })
-            .inc();
-        metrics.connections.inc();
-        metrics.encodes.inc();
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let text = example_exposition();
         for name in [
             "adaptive_eds_config_reloads_total",
             "adaptive_eds_xds_streams",

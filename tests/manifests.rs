@@ -177,58 +177,10 @@ fn check_envoy_filter(what: &str, document: &Value) {
     }
 }
 
-/// Names of the families the server registers (`# TYPE name kind`); labelled families appear
-/// only once they have a child, so one of each is created.
+/// Names of the families the server registers (`# TYPE name kind`).
 fn registered_families() -> BTreeSet<String> {
-    use adaptive_eds::telemetry::{
-        ClusterLabels, EndpointLabels, Metrics, ModeLabels, QueryLabels, ResultLabels,
-    };
-    let (metrics, registry) = Metrics::registered();
-    let endpoint = EndpointLabels {
-        cluster: "c".into(),
-        endpoint: "e".into(),
-        pod: "p".into(),
-    };
-    let result = ResultLabels {
-        result: "ok".into(),
-    };
-    metrics.config_reloads.get_or_create(&result).inc();
-    metrics.remote_write_samples.get_or_create(&result).inc();
-    for family in [
-        &metrics.pushes,
-        &metrics.acks,
-        &metrics.nacks,
-        &metrics.rejected_requests,
-    ] {
-        family.get_or_create(&Metrics::kind("k")).inc();
-    }
-    metrics.streams.get_or_create(&Metrics::kind("k")).inc();
-    metrics.endpoint_weight.get_or_create(&endpoint).set(1);
-    metrics.endpoint_cpu.get_or_create(&endpoint).set(0.5);
-    metrics
-        .cluster_mode
-        .get_or_create(&ModeLabels {
-            cluster: "c".into(),
-            mode: "fresh".into(),
-        })
-        .set(1);
-    metrics
-        .dropped_samples
-        .get_or_create(&ClusterLabels {
-            cluster: "c".into(),
-        })
-        .inc();
-    metrics
-        .metric_queries
-        .get_or_create(&QueryLabels {
-            cluster: "c".into(),
-            signal: "cpu".into(),
-            result: "ok".into(),
-        })
-        .inc();
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode registry");
-    text.lines()
+    adaptive_eds::telemetry::example_exposition()
+        .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_string)
