@@ -288,6 +288,36 @@ impl SnapshotStore {
     }
 }
 
+/// Snapshots for protocol tests, so serving's tests need not build discovery types.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// One endpoint per cluster, `127.0.0.1:9000` with the given weight.
+    pub(crate) fn snapshot(clusters: &[(&str, u32)]) -> Snapshot {
+        let mut map = BTreeMap::new();
+        for (name, weight) in clusters {
+            let served = ServedEndpoint {
+                endpoint: Endpoint {
+                    address: std::net::IpAddr::from([127, 0, 0, 1]),
+                    port: 9000,
+                    configured_weight: Some(*weight),
+                    pod: None,
+                    locality: Locality::default(),
+                    health: HealthStatus::Healthy,
+                },
+                weight: *weight,
+                reason: String::new(),
+            };
+            map.insert(
+                name.to_string(),
+                Arc::new(ClusterResource::build(name, vec![served])),
+            );
+        }
+        Snapshot::new(map)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,7 +131,7 @@ pub enum CostBasis {
 }
 
 /// Identity of an endpoint in the weighting memory: its address and port.
-pub type EndpointKey = (std::net::IpAddr, u16);
+pub type EndpointKey = (core::net::IpAddr, u16);
 
 /// What the weighting remembers of one cluster between ticks, keyed by address and port.
 #[derive(Clone, Debug, Default, PartialEq)]

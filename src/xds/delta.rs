@@ -195,33 +195,10 @@ impl DeltaState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{Endpoint, HealthStatus, Locality};
-    use crate::snapshot::{ClusterResource, ServedEndpoint, CLUSTER_LOAD_ASSIGNMENT};
+    use crate::snapshot::CLUSTER_LOAD_ASSIGNMENT;
     use envoy_types::pb::google::rpc::Status;
-    use std::{collections::BTreeMap, sync::Arc};
 
-    fn snapshot(clusters: &[(&str, u32)]) -> Snapshot {
-        let mut map = BTreeMap::new();
-        for (name, weight) in clusters {
-            let served = ServedEndpoint {
-                endpoint: Endpoint {
-                    address: "127.0.0.1".parse().expect("ip"),
-                    port: 9000,
-                    configured_weight: Some(*weight),
-                    pod: None,
-                    locality: Locality::default(),
-                    health: HealthStatus::Healthy,
-                },
-                weight: *weight,
-                reason: String::new(),
-            };
-            map.insert(
-                name.to_string(),
-                Arc::new(ClusterResource::build(name, vec![served])),
-            );
-        }
-        Snapshot::new(map)
-    }
+    use crate::snapshot::testing::snapshot;
 
     fn subscribe(names: &[&str]) -> DeltaDiscoveryRequest {
         DeltaDiscoveryRequest {
