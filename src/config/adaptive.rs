@@ -864,7 +864,7 @@ mod tests {
     use crate::weighting::params::{Algorithm, Objective};
     use std::time::Duration;
 
-    use crate::config::problem_lines as problems;
+    use crate::config::{assert_problems_start_with, problem_lines as problems};
 
     #[test]
     fn accepts_the_documented_shape_with_overrides() {
@@ -982,13 +982,7 @@ clusters: [{ name: a }]
             "weighting.max_weight: must be at least min_weight (50), got 10",
             "metrics.prometheus.cpu_query: unknown placeholder ${job}",
         ];
-        assert_eq!(found.len(), expected.len(), "{found:#?}");
-        for (found, expected) in found.iter().zip(expected) {
-            assert!(
-                found.starts_with(expected),
-                "{found} should start with {expected}"
-            );
-        }
+        assert_problems_start_with(&found, &expected);
     }
 
     #[test]

@@ -591,6 +591,18 @@ pub(crate) fn problem_lines(text: &str) -> Vec<String> {
     }
 }
 
+/// Asserts that `found` has one line per `expected` prefix, in order (for tests).
+#[cfg(test)]
+pub(crate) fn assert_problems_start_with(found: &[String], expected: &[&str]) {
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (found, expected) in found.iter().zip(expected) {
+        assert!(
+            found.starts_with(expected),
+            "{found} should start with {expected}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,13 +687,7 @@ clusters:
             "clusters[1].endpoints[1]: duplicate endpoint 10.0.0.1:80",
             "clusters[2].name: must not be empty",
         ];
-        assert_eq!(found.len(), expected.len(), "{found:#?}");
-        for (found, expected) in found.iter().zip(expected) {
-            assert!(
-                found.starts_with(expected),
-                "{found} should start with {expected}"
-            );
-        }
+        assert_problems_start_with(&found, &expected);
     }
 
     #[test]
