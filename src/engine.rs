@@ -324,6 +324,50 @@ mod tests {
     use super::*;
     use crate::config;
 
+    /// A config with one adaptive cluster `a` whose endpoints have these pods.
+    fn adaptive_config(pods: &[&str]) -> config::ValidConfig {
+        let mut text = String::from(
+            "metrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n",
+        );
+        for (index, pod) in pods.iter().enumerate() {
+            text.push_str(&format!(
+                "  - {{address: 10.0.0.{}, port: 1, pod: {pod}}}\n",
+                index + 1
+            ));
+        }
+        config::parse(&text).expect("valid")
+    }
+
+    /// A sample table with fresh CPU samples of cluster `a`, by pod.
+    fn cpu_table(samples: impl IntoIterator<Item = (String, f64)>) -> SampleTable {
+        use crate::config::adaptive::JoinBy;
+        use crate::metrics::{Sample, SampleSet, Signal, SourceKind};
+        let now_ms = crate::metrics::unix_millis(SystemTime::now());
+        let samples = samples
+            .into_iter()
+            .map(|(pod, value)| {
+                (
+                    pod,
+                    Sample {
+                        value,
+                        timestamp_ms: now_ms,
+                    },
+                )
+            })
+            .collect();
+        let table = SampleTable::default();
+        table.replace(
+            SourceKind::Pull,
+            "a",
+            Signal::Cpu,
+            SampleSet {
+                join_by: JoinBy::Pod,
+                samples,
+            },
+        );
+        table
+    }
+
     #[test]
     fn publishes_weights_and_only_real_changes() {
         let store = SnapshotStore::new();
@@ -362,51 +406,17 @@ mod tests {
 
     #[test]
     fn bad_and_unmatched_samples_never_break_a_tick() {
-        use crate::config::adaptive::JoinBy;
-        use crate::metrics::{Sample, SampleSet, Signal, SourceKind};
-        use std::collections::HashMap;
-
-        let config = config::parse(
-            "metrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: nan}\n  - {address: 10.0.0.2, port: 1, pod: negative}\n  - {address: 10.0.0.3, port: 1, pod: good}\n  - {address: 10.0.0.4, port: 1, pod: unmeasured}\n",
-        )
-        .expect("valid");
-        let table = SampleTable::default();
-        let now_ms = crate::metrics::unix_millis(SystemTime::now());
-        let mut samples: HashMap<String, Sample> = [
+        let config = adaptive_config(&["nan", "negative", "good", "unmeasured"]);
+        let named = [
             ("nan", f64::NAN),
             ("negative", -1.0),
             ("good", 0.5),
             ("stranger", 3.0),
         ]
         .into_iter()
-        .map(|(pod, value)| {
-            (
-                pod.to_string(),
-                Sample {
-                    value,
-                    timestamp_ms: now_ms,
-                },
-            )
-        })
-        .collect();
-        for index in 0..5000 {
-            samples.insert(
-                format!("unrelated-{index}"),
-                Sample {
-                    value: 1.0,
-                    timestamp_ms: now_ms,
-                },
-            );
-        }
-        table.replace(
-            SourceKind::Pull,
-            "a",
-            Signal::Cpu,
-            SampleSet {
-                join_by: JoinBy::Pod,
-                samples,
-            },
-        );
+        .map(|(pod, value)| (pod.to_string(), value));
+        let unrelated = (0..5000).map(|index| (format!("unrelated-{index}"), 1.0));
+        let table = cpu_table(named.chain(unrelated));
         let store = SnapshotStore::new();
         let metrics = Metrics::default();
         let mut engine = Engine::new(
@@ -448,36 +458,8 @@ mod tests {
 
     #[test]
     fn weight_and_cpu_gauges_follow_the_served_endpoints() {
-        use crate::config::adaptive::JoinBy;
-        use crate::metrics::{Sample, SampleSet, Signal, SourceKind};
-
-        let config = config::parse(
-            "metrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n  - {address: 10.0.0.2, port: 1, pod: two}\n",
-        )
-        .expect("valid");
-        let table = SampleTable::default();
-        let now_ms = crate::metrics::unix_millis(SystemTime::now());
-        let samples = [("one", 0.2), ("two", 0.8)]
-            .into_iter()
-            .map(|(pod, value)| {
-                (
-                    pod.to_string(),
-                    Sample {
-                        value,
-                        timestamp_ms: now_ms,
-                    },
-                )
-            })
-            .collect();
-        table.replace(
-            SourceKind::Pull,
-            "a",
-            Signal::Cpu,
-            SampleSet {
-                join_by: JoinBy::Pod,
-                samples,
-            },
-        );
+        let config = adaptive_config(&["one", "two"]);
+        let table = cpu_table([("one".to_string(), 0.2), ("two".to_string(), 0.8)]);
         let (metrics, registry) = Metrics::registered();
         let mut engine = Engine::new(
             Arc::new(config.adaptive.clone()),
