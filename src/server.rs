@@ -317,12 +317,7 @@ impl tonic::service::Interceptor for OperatorGate {
         {
             return Ok(request);
         }
-        self.metrics
-            .refusals
-            .get_or_create(&crate::telemetry::LimitLabels {
-                limit: "operator_identity".into(),
-            })
-            .inc();
+        self.metrics.refuse("operator_identity");
         Err(tonic::Status::permission_denied(
             "Inspect and reflection are limited to xds.tls.operator_identities",
         ))

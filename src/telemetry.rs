@@ -236,6 +236,15 @@ impl Metrics {
         (metrics, registry)
     }
 
+    /// Counts one refusal by `limit` (`max_streams`, `client_identity`, ...).
+    pub fn refuse(&self, limit: &str) {
+        self.refusals
+            .get_or_create(&LimitLabels {
+                limit: limit.into(),
+            })
+            .inc();
+    }
+
     /// The label set for a stream kind.
     pub fn kind(kind: &str) -> StreamLabels {
         StreamLabels { kind: kind.into() }

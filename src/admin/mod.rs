@@ -59,13 +59,7 @@ async fn write(State(state): State<AdminState>, body: Body) -> (StatusCode, Stri
     let body = match axum::body::to_bytes(body, settings.max_body_bytes).await {
         Ok(body) => body,
         Err(_) => {
-            state
-                .metrics
-                .refusals
-                .get_or_create(&crate::telemetry::LimitLabels {
-                    limit: "remote_write_body".into(),
-                })
-                .inc();
+            state.metrics.refuse("remote_write_body");
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use super::tls::TlsReloader;
-use crate::telemetry::{LimitLabels, Metrics};
+use crate::telemetry::Metrics;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -145,7 +145,7 @@ pub fn accept_limited(
                 }
             };
             if open.load(Ordering::Relaxed) >= max_open {
-                refuse(&metrics, "max_connections");
+                metrics.refuse("max_connections");
                 tracing::warn!(%peer, max_open, "connection refused: xds.max_connections reached");
                 continue;
             }
@@ -206,15 +206,6 @@ impl Drop for Counted {
     }
 }
 
-fn refuse(metrics: &Metrics, limit: &str) {
-    metrics
-        .refusals
-        .get_or_create(&LimitLabels {
-            limit: limit.into(),
-        })
-        .inc();
-}
-
 async fn handshake(
     socket: TcpStream,
     counted: Counted,
@@ -228,12 +219,12 @@ async fn handshake(
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
-            refuse(&counted.metrics, "tls_handshake");
+            counted.metrics.refuse("tls_handshake");
             tracing::warn!(?peer, %error, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            refuse(&counted.metrics, "tls_handshake");
+            counted.metrics.refuse("tls_handshake");
             tracing::warn!(?peer, "TLS handshake timed out");
             return;
         }
@@ -244,7 +235,7 @@ async fn handshake(
         .peer_certificates()
         .and_then(|chain| chain.first());
     if !tls.allows(leaf) {
-        refuse(&counted.metrics, "client_identity");
+        counted.metrics.refuse("client_identity");
         let presented = leaf.map(super::tls::identities).unwrap_or_default();
         tracing::warn!(
             ?peer,

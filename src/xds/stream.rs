@@ -44,12 +44,7 @@ pub struct XdsContext {
 impl XdsContext {
     /// Counts a refusal by `limit`.
     pub fn refuse(&self, limit: &str) {
-        self.metrics
-            .refusals
-            .get_or_create(&crate::telemetry::LimitLabels {
-                limit: limit.into(),
-            })
-            .inc();
+        self.metrics.refuse(limit);
     }
 
     /// Refuses a new stream when `max_streams` are already open.
