@@ -129,7 +129,7 @@ pub struct WeightingConfig {
     pub smoothing: Option<f64>,
     /// `latency`: utilization ceiling.
     pub utilization_ceiling: Option<f64>,
-    /// `latency`: traffic share kept on endpoints outside the plan.
+    /// `latency`: traffic share kept, in all, on the endpoints outside the plan.
     pub probe_share: Option<f64>,
     /// CPU limit (cores) assumed when unknown.
     pub default_cpu_limit: Option<f64>,

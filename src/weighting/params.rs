@@ -69,7 +69,8 @@ pub struct Params {
     pub smoothing: f64,
     /// `latency`: planned utilization never exceeds this (CPU / limit).
     pub utilization_ceiling: f64,
-    /// `latency`: share of traffic kept on each endpoint outside the plan, so its cost stays measured.
+    /// `latency`: share of traffic kept, in all, on the endpoints outside the plan (split equally),
+    /// so their costs stay measured.
     pub probe_share: f64,
     /// CPU limit (cores) assumed for endpoints whose limit is unknown.
     pub default_cpu_limit: f64,
