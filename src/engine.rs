@@ -17,7 +17,7 @@ use crate::config::adaptive::AdaptiveConfig;
 use crate::discovery::{ClusterUpdate, Endpoint};
 use crate::metrics::SampleTable;
 use crate::snapshot::{
-    ClusterExplanation, ClusterResource, ServedEndpoint, Snapshot, SnapshotStore,
+    ClusterExplanation, ClusterResource, EncodedEndpoints, ServedEndpoint, Snapshot, SnapshotStore,
 };
 use crate::telemetry::{ClusterLabels, EndpointLabels, Metrics, ModeLabels};
 use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weight};
@@ -32,6 +32,8 @@ struct ClusterState {
     weight_gauges: Vec<Gauge>,
     /// Handles of each endpoint's CPU gauge, while it has a sample.
     cpu_gauges: Vec<Option<Gauge<f64, AtomicU64>>>,
+    /// The endpoints' assignment with all but the weights encoded, built once per endpoint set.
+    encoded: EncodedEndpoints,
     memory: ClusterMemory,
     mode: ClusterMode,
     last_tick: Option<Duration>,
@@ -88,6 +90,7 @@ impl Engine {
                         .map(|labels| self.metrics.endpoint_weight.get_or_create(labels).clone())
                         .collect();
                     state.cpu_gauges = vec![None; endpoints.len()];
+                    state.encoded = EncodedEndpoints::new(&cluster, &endpoints);
                     state.endpoints = endpoints;
                     self.recompute(&cluster, true);
                 }
@@ -186,7 +189,7 @@ impl Engine {
             state.mode = mode;
         }
         if force || moved || state.resource.is_none() {
-            let resource = build_resource(name, &state.endpoints, &weights);
+            let resource = build_resource(&state.encoded, &state.endpoints, &weights);
             self.metrics.encodes.inc();
             for (gauge, served) in state.weight_gauges.iter().zip(&resource.endpoints) {
                 gauge.set(i64::from(served.weight));
@@ -306,7 +309,11 @@ fn endpoint_labels(cluster: &str, endpoint: &Endpoint) -> EndpointLabels {
     }
 }
 
-fn build_resource(cluster: &str, endpoints: &[Endpoint], weights: &[Weight]) -> ClusterResource {
+fn build_resource(
+    encoded: &EncodedEndpoints,
+    endpoints: &[Endpoint],
+    weights: &[Weight],
+) -> ClusterResource {
     let served = endpoints
         .iter()
         .zip(weights)
@@ -316,7 +323,7 @@ fn build_resource(cluster: &str, endpoints: &[Endpoint], weights: &[Weight]) -> 
             reason: weight.reason.clone(),
         })
         .collect();
-    ClusterResource::build(cluster, served)
+    ClusterResource::from_encoded(encoded, served)
 }
 
 #[cfg(test)]
