@@ -30,7 +30,7 @@ fn snapshot(weights: &[(u8, u32)]) -> Snapshot {
                 health: HealthStatus::Healthy,
             },
             weight: (*weight).max(1),
-            reason: String::new(),
+            reason: Default::default(),
         };
         clusters.insert(
             name.clone(),

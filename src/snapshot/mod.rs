@@ -20,21 +20,21 @@ mod encoding;
 pub use encoding::EncodedEndpoints;
 
 use crate::discovery::Endpoint;
-use crate::weighting::{ClusterMode, Weight};
+use crate::weighting::{ClusterMode, Reason, Weight};
 
 /// Type URL of EDS resources.
 pub const CLUSTER_LOAD_ASSIGNMENT: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 /// One endpoint as served: where it is, its weight and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServedEndpoint {
     /// The endpoint as discovered.
     pub endpoint: Endpoint,
     /// `load_balancing_weight` sent to Envoy.
     pub weight: u32,
     /// Why it has that weight.
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// One cluster's `ClusterLoadAssignment`, encoded once and shared by every stream.
@@ -257,7 +257,7 @@ pub(crate) mod testing {
                     health: HealthStatus::Healthy,
                 },
                 weight: *weight,
-                reason: String::new(),
+                reason: Reason::default(),
             };
             map.insert(
                 name.to_string(),
@@ -287,7 +287,7 @@ mod tests {
                 health: HealthStatus::Healthy,
             },
             weight,
-            reason: "configured".into(),
+            reason: Reason::configured(),
         }
     }
 

@@ -11,6 +11,7 @@ mod distance;
 pub mod params;
 #[cfg(test)]
 mod properties;
+mod reason;
 #[cfg(test)]
 mod testing;
 
@@ -20,6 +21,7 @@ use crate::discovery::Endpoint;
 
 pub use adaptive::endpoint_key;
 pub use params::{Algorithm, DistanceParams, Objective, Params};
+pub use reason::Reason;
 
 /// One measured value and how old its sample is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -189,8 +191,8 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub struct Weight {
     /// The weight to serve, at least 1.
     pub weight: u32,
-    /// A short human explanation, shown by the `Inspect` API.
-    pub reason: String,
+    /// Why: a short human explanation, shown by the `Inspect` API.
+    pub reason: Reason,
     /// Where the weight came from.
     pub source: WeightSource,
     /// The weight served before this tick, if any.
@@ -221,16 +223,16 @@ pub fn static_weights(endpoints: &[Endpoint]) -> Vec<Weight> {
         u32::try_from(mean.max(1)).unwrap_or(u32::MAX)
     };
     let share_reason = if configured.is_empty() {
-        format!("equal share (default {DEFAULT_WEIGHT})")
+        Reason::default_share()
     } else {
-        "equal share (mean of the configured weights)".to_string()
+        Reason::mean_share()
     };
     endpoints
         .iter()
         .map(|endpoint| match endpoint.configured_weight {
             Some(weight) => Weight {
                 weight,
-                reason: "configured".into(),
+                reason: Reason::configured(),
                 ..Weight::default()
             },
             None => Weight {
