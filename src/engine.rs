@@ -25,7 +25,8 @@ use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weig
 /// One cluster's state between ticks.
 #[derive(Debug, Default)]
 struct ClusterState {
-    endpoints: Vec<Endpoint>,
+    /// Shared with the served resource and the explanation, so a tick clones no endpoint.
+    endpoints: Vec<Arc<Endpoint>>,
     /// Metric labels of each endpoint, built once per endpoint set.
     labels: Vec<EndpointLabels>,
     /// Handles of each endpoint's weight gauge (setting one is an atomic store, no label lookup).
@@ -91,7 +92,7 @@ impl Engine {
                         .collect();
                     state.cpu_gauges = vec![None; endpoints.len()];
                     state.encoded = EncodedEndpoints::new(&cluster, &endpoints);
-                    state.endpoints = endpoints;
+                    state.endpoints = endpoints.into_iter().map(Arc::new).collect();
                     self.recompute(&cluster, true);
                 }
                 ClusterUpdate::Removed { cluster } => {
@@ -311,14 +312,14 @@ fn endpoint_labels(cluster: &str, endpoint: &Endpoint) -> EndpointLabels {
 
 fn build_resource(
     encoded: &EncodedEndpoints,
-    endpoints: &[Endpoint],
+    endpoints: &[Arc<Endpoint>],
     weights: &[Weight],
 ) -> ClusterResource {
     let served = endpoints
         .iter()
         .zip(weights)
         .map(|(endpoint, weight)| ServedEndpoint {
-            endpoint: endpoint.clone(),
+            endpoint: Arc::clone(endpoint),
             weight: weight.weight.max(1),
             reason: weight.reason.clone(),
         })

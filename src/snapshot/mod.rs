@@ -29,8 +29,8 @@ pub const CLUSTER_LOAD_ASSIGNMENT: &str =
 /// One endpoint as served: where it is, its weight and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServedEndpoint {
-    /// The endpoint as discovered.
-    pub endpoint: Endpoint,
+    /// The endpoint as discovered (shared with the engine and the explanation).
+    pub endpoint: Arc<Endpoint>,
     /// `load_balancing_weight` sent to Envoy.
     pub weight: u32,
     /// Why it has that weight.
@@ -55,7 +55,7 @@ pub struct ClusterResource {
 impl ClusterResource {
     /// Builds and encodes the assignment for `name`.
     pub fn build(name: &str, endpoints: Vec<ServedEndpoint>) -> Self {
-        let encoded = EncodedEndpoints::new(name, endpoints.iter().map(|served| &served.endpoint));
+        let encoded = EncodedEndpoints::new(name, endpoints.iter().map(|served| &*served.endpoint));
         Self::from_encoded(&encoded, endpoints)
     }
 
@@ -158,7 +158,7 @@ pub struct ClusterExplanation {
     /// When it was computed.
     pub computed_at: SystemTime,
     /// Each endpoint with its computed weight and inputs, in source order.
-    pub endpoints: Vec<(Endpoint, Weight)>,
+    pub endpoints: Vec<(Arc<Endpoint>, Weight)>,
 }
 
 /// Publishes snapshots to every reader; readers always see the newest, never a queue.
@@ -248,14 +248,14 @@ pub(crate) mod testing {
         let mut map = BTreeMap::new();
         for (name, weight) in clusters {
             let served = ServedEndpoint {
-                endpoint: Endpoint {
+                endpoint: Arc::new(Endpoint {
                     address: std::net::IpAddr::from([127, 0, 0, 1]),
                     port: 9000,
                     configured_weight: Some(*weight),
                     pod: None,
                     locality: Locality::default(),
                     health: HealthStatus::Healthy,
-                },
+                }),
                 weight: *weight,
                 reason: Reason::default(),
             };
@@ -275,7 +275,7 @@ mod tests {
 
     fn served(port: u16, weight: u32, zone: &str) -> ServedEndpoint {
         ServedEndpoint {
-            endpoint: Endpoint {
+            endpoint: Arc::new(Endpoint {
                 address: "127.0.0.1".parse().expect("ip"),
                 port,
                 configured_weight: Some(weight),
@@ -285,7 +285,7 @@ mod tests {
                     ..Default::default()
                 },
                 health: HealthStatus::Healthy,
-            },
+            }),
             weight,
             reason: Reason::configured(),
         }

@@ -1,6 +1,7 @@
 //! Rules shared by the load-driven algorithms: sample hygiene, modes, fill-ins, bounds, publishing.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
@@ -125,8 +126,8 @@ pub(crate) fn percentile(values: &[f64], percent: f64) -> Option<f64> {
 }
 
 /// See [`super::compute`].
-pub(crate) fn compute(
-    endpoints: &[Endpoint],
+pub(crate) fn compute<E: Borrow<Endpoint>>(
+    endpoints: &[E],
     loads: &[EndpointLoad],
     memory: &ClusterMemory,
     params: &Params,
@@ -141,7 +142,13 @@ pub(crate) fn compute(
         .enumerate()
         .map(|(index, endpoint)| {
             let load = loads.get(index).cloned().unwrap_or_default();
-            observe(endpoint, &load, memory, params, &mut dropped_samples)
+            observe(
+                endpoint.borrow(),
+                &load,
+                memory,
+                params,
+                &mut dropped_samples,
+            )
         })
         .collect();
     let last_sample_at = youngest_sample(&observations, memory, now);
@@ -465,7 +472,7 @@ fn slow_start(
 ///
 /// When the whole cluster's sum is within the limit no locality can exceed it, so the usual case
 /// skips grouping by locality (comparing localities for every endpoint was a fifth of a tick).
-fn guard_locality_sums(weights: &mut [Weight], endpoints: &[Endpoint]) {
+fn guard_locality_sums<E: Borrow<Endpoint>>(weights: &mut [Weight], endpoints: &[E]) {
     let mut total: u64 = 0;
     for weight in weights.iter_mut() {
         weight.weight = weight.weight.max(1);
@@ -477,12 +484,12 @@ fn guard_locality_sums(weights: &mut [Weight], endpoints: &[Endpoint]) {
     let mut sums: BTreeMap<&Locality, (u64, u64)> = BTreeMap::new();
     for (weight, endpoint) in weights.iter_mut().zip(endpoints) {
         weight.weight = weight.weight.max(1);
-        let entry = sums.entry(&endpoint.locality).or_default();
+        let entry = sums.entry(&endpoint.borrow().locality).or_default();
         entry.0 += u64::from(weight.weight);
         entry.1 += 1;
     }
     for (weight, endpoint) in weights.iter_mut().zip(endpoints) {
-        let Some(&(sum, count)) = sums.get(&endpoint.locality) else {
+        let Some(&(sum, count)) = sums.get(&endpoint.borrow().locality) else {
             continue;
         };
         if sum <= LOCALITY_SUM_LIMIT {
@@ -573,16 +580,19 @@ fn publish(
 }
 
 /// The static algorithm: configured weights, remembered so that a change is published.
-fn static_output(endpoints: &[Endpoint], memory: &ClusterMemory) -> Output {
+fn static_output<E: Borrow<Endpoint>>(endpoints: &[E], memory: &ClusterMemory) -> Output {
     let mut weights = static_weights(endpoints);
     for (weight, endpoint) in weights.iter_mut().zip(endpoints) {
         weight.previous = memory
             .endpoints
-            .get(&endpoint_key(endpoint))
+            .get(&endpoint_key(endpoint.borrow()))
             .map(|remembered| remembered.weight);
     }
     guard_locality_sums(&mut weights, endpoints);
-    let keys: BTreeSet<EndpointKey> = endpoints.iter().map(endpoint_key).collect();
+    let keys: BTreeSet<EndpointKey> = endpoints
+        .iter()
+        .map(|endpoint| endpoint_key(endpoint.borrow()))
+        .collect();
     let set_changed = !keys.iter().eq(memory.endpoints.keys());
     let weight_moved = weights
         .iter()
@@ -596,7 +606,7 @@ fn static_output(endpoints: &[Endpoint], memory: &ClusterMemory) -> Output {
                 weight: weight.weight,
                 ..EndpointMemory::default()
             };
-            (endpoint_key(endpoint), entry)
+            (endpoint_key(endpoint.borrow()), entry)
         })
         .collect();
     Output {

@@ -15,7 +15,7 @@ mod reason;
 #[cfg(test)]
 mod testing;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{borrow::Borrow, collections::BTreeMap, time::Duration};
 
 use crate::discovery::Endpoint;
 
@@ -173,8 +173,8 @@ pub struct Output {
 /// The output's weights are always the ones to serve: when [`Output::moved`] is false they are
 /// the weights already served (the memory), so skipping the push changes nothing, and the next
 /// tick compares against what is really served, so a slow drift adds up until it is published.
-pub fn compute(
-    endpoints: &[Endpoint],
+pub fn compute<E: Borrow<Endpoint>>(
+    endpoints: &[E],
     loads: &[EndpointLoad],
     memory: &ClusterMemory,
     params: &Params,
@@ -210,10 +210,10 @@ pub struct Weight {
 /// Static weights: the configured weight where set; elsewhere an equal share, which is the mean
 /// of the configured weights in the cluster (rounded, at least 1), or [`DEFAULT_WEIGHT`] if none
 /// is configured.
-pub fn static_weights(endpoints: &[Endpoint]) -> Vec<Weight> {
+pub fn static_weights<E: Borrow<Endpoint>>(endpoints: &[E]) -> Vec<Weight> {
     let configured: Vec<u64> = endpoints
         .iter()
-        .filter_map(|endpoint| endpoint.configured_weight.map(u64::from))
+        .filter_map(|endpoint| endpoint.borrow().configured_weight.map(u64::from))
         .collect();
     let share = if configured.is_empty() {
         DEFAULT_WEIGHT
@@ -229,7 +229,7 @@ pub fn static_weights(endpoints: &[Endpoint]) -> Vec<Weight> {
     };
     endpoints
         .iter()
-        .map(|endpoint| match endpoint.configured_weight {
+        .map(|endpoint| match endpoint.borrow().configured_weight {
             Some(weight) => Weight {
                 weight,
                 reason: Reason::configured(),
