@@ -17,7 +17,7 @@ use crate::config::adaptive::AdaptiveConfig;
 use crate::discovery::{ClusterUpdate, Endpoint};
 use crate::metrics::SampleTable;
 use crate::snapshot::{
-    ClusterExplanation, ClusterResource, ServedEndpoint, Snapshot, SnapshotStore,
+    ClusterExplanation, ClusterResource, EncodedEndpoints, ServedEndpoint, Snapshot, SnapshotStore,
 };
 use crate::telemetry::{ClusterLabels, EndpointLabels, Metrics, ModeLabels};
 use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weight};
@@ -25,13 +25,16 @@ use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weig
 /// One cluster's state between ticks.
 #[derive(Debug, Default)]
 struct ClusterState {
-    endpoints: Vec<Endpoint>,
+    /// Shared with the served resource and the explanation, so a tick clones no endpoint.
+    endpoints: Vec<Arc<Endpoint>>,
     /// Metric labels of each endpoint, built once per endpoint set.
     labels: Vec<EndpointLabels>,
     /// Handles of each endpoint's weight gauge (setting one is an atomic store, no label lookup).
     weight_gauges: Vec<Gauge>,
     /// Handles of each endpoint's CPU gauge, while it has a sample.
     cpu_gauges: Vec<Option<Gauge<f64, AtomicU64>>>,
+    /// The endpoints' assignment with all but the weights encoded, built once per endpoint set.
+    encoded: EncodedEndpoints,
     memory: ClusterMemory,
     mode: ClusterMode,
     last_tick: Option<Duration>,
@@ -88,7 +91,8 @@ impl Engine {
                         .map(|labels| self.metrics.endpoint_weight.get_or_create(labels).clone())
                         .collect();
                     state.cpu_gauges = vec![None; endpoints.len()];
-                    state.endpoints = endpoints;
+                    state.encoded = EncodedEndpoints::new(&cluster, &endpoints);
+                    state.endpoints = endpoints.into_iter().map(Arc::new).collect();
                     self.recompute(&cluster, true);
                 }
                 ClusterUpdate::Removed { cluster } => {
@@ -186,7 +190,7 @@ impl Engine {
             state.mode = mode;
         }
         if force || moved || state.resource.is_none() {
-            let resource = build_resource(name, &state.endpoints, &weights);
+            let resource = build_resource(&state.encoded, &state.endpoints, &weights);
             self.metrics.encodes.inc();
             for (gauge, served) in state.weight_gauges.iter().zip(&resource.endpoints) {
                 gauge.set(i64::from(served.weight));
@@ -306,17 +310,21 @@ fn endpoint_labels(cluster: &str, endpoint: &Endpoint) -> EndpointLabels {
     }
 }
 
-fn build_resource(cluster: &str, endpoints: &[Endpoint], weights: &[Weight]) -> ClusterResource {
+fn build_resource(
+    encoded: &EncodedEndpoints,
+    endpoints: &[Arc<Endpoint>],
+    weights: &[Weight],
+) -> ClusterResource {
     let served = endpoints
         .iter()
         .zip(weights)
         .map(|(endpoint, weight)| ServedEndpoint {
-            endpoint: endpoint.clone(),
+            endpoint: Arc::clone(endpoint),
             weight: weight.weight.max(1),
             reason: weight.reason.clone(),
         })
         .collect();
-    ClusterResource::build(cluster, served)
+    ClusterResource::from_encoded(encoded, served)
 }
 
 #[cfg(test)]

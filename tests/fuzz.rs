@@ -21,16 +21,16 @@ fn snapshot(weights: &[(u8, u32)]) -> Snapshot {
     for (name, weight) in weights {
         let name = format!("c{}", name % 4);
         let served = ServedEndpoint {
-            endpoint: Endpoint {
+            endpoint: Arc::new(Endpoint {
                 address: "10.0.0.1".parse().expect("ip"),
                 port: 80,
                 configured_weight: None,
                 pod: None,
                 locality: Locality::default(),
                 health: HealthStatus::Healthy,
-            },
+            }),
             weight: (*weight).max(1),
-            reason: String::new(),
+            reason: Default::default(),
         };
         clusters.insert(
             name.clone(),

@@ -111,7 +111,7 @@ impl pb::inspect_server::Inspect for InspectService {
                     pod: served.endpoint.pod.clone().unwrap_or_default(),
                     zone: served.endpoint.locality.zone.clone(),
                     health: health_name(served.endpoint.health).into(),
-                    reason: served.reason.clone(),
+                    reason: served.reason.to_string(),
                     source: computed.source.as_str().into(),
                     computed_weight: computed.weight,
                     previous_weight: computed.previous,

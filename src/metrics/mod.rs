@@ -4,6 +4,7 @@ pub mod prometheus;
 pub mod remote_write;
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
     sync::{Arc, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -91,10 +92,10 @@ impl SampleTable {
     /// The load of each endpoint of `cluster` (index-aligned), with sample ages at `now`.
     ///
     /// Where both sources know an endpoint, the newer sample wins.
-    pub fn loads(
+    pub fn loads<E: Borrow<Endpoint>>(
         &self,
         cluster: &str,
-        endpoints: &[Endpoint],
+        endpoints: &[E],
         now: SystemTime,
     ) -> Vec<EndpointLoad> {
         let Ok(sets) = self.sets.read() else {
@@ -129,6 +130,7 @@ impl SampleTable {
         };
         endpoints
             .iter()
+            .map(Borrow::borrow)
             .map(|endpoint| EndpointLoad {
                 cpu: find(0, endpoint),
                 rps: find(1, endpoint),

@@ -8,35 +8,33 @@ use std::{
 
 use bytes::Bytes;
 use envoy_types::pb::{
-    envoy::{
-        config::{
-            core::v3::{self as core, address, socket_address},
-            endpoint::v3::{self as endpoint, lb_endpoint},
-        },
-        service::discovery::v3::Resource,
-    },
-    google::protobuf::{Any, UInt32Value},
+    envoy::{config::endpoint::v3 as endpoint, service::discovery::v3::Resource},
+    google::protobuf::Any,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::discovery::{Endpoint, HealthStatus, Locality};
-use crate::weighting::{ClusterMode, Weight};
+mod encoding;
+
+pub use encoding::EncodedEndpoints;
+
+use crate::discovery::Endpoint;
+use crate::weighting::{ClusterMode, Reason, Weight};
 
 /// Type URL of EDS resources.
 pub const CLUSTER_LOAD_ASSIGNMENT: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 /// One endpoint as served: where it is, its weight and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServedEndpoint {
-    /// The endpoint as discovered.
-    pub endpoint: Endpoint,
+    /// The endpoint as discovered (shared with the engine and the explanation).
+    pub endpoint: Arc<Endpoint>,
     /// `load_balancing_weight` sent to Envoy.
     pub weight: u32,
     /// Why it has that weight.
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// One cluster's `ClusterLoadAssignment`, encoded once and shared by every stream.
@@ -57,24 +55,33 @@ pub struct ClusterResource {
 impl ClusterResource {
     /// Builds and encodes the assignment for `name`.
     pub fn build(name: &str, endpoints: Vec<ServedEndpoint>) -> Self {
-        let assignment = assignment(name, &endpoints);
-        let value = assignment.encode_to_vec();
+        let encoded = EncodedEndpoints::new(name, endpoints.iter().map(|served| &*served.endpoint));
+        Self::from_encoded(&encoded, endpoints)
+    }
+
+    /// Encodes the assignment of `endpoints` from their pre-encoded parts (`encoded` must have
+    /// been built from the same endpoints, in the same order).
+    pub fn from_encoded(encoded: &EncodedEndpoints, endpoints: Vec<ServedEndpoint>) -> Self {
+        let weights: Vec<u32> = endpoints.iter().map(|served| served.weight).collect();
+        let value = encoded.encode(&weights);
         let version = short_hash(&value);
+        let name = encoded.cluster_name();
         let any = Any {
             type_url: CLUSTER_LOAD_ASSIGNMENT.into(),
             value,
         };
+        let any_bytes = Bytes::from(any.encode_to_vec());
         let delta_resource = Resource {
             name: name.into(),
             version: version.clone(),
-            resource: Some(any.clone()),
+            resource: Some(any),
             ..Default::default()
         };
         Self {
             name: name.into(),
             version,
             endpoints,
-            any: Bytes::from(any.encode_to_vec()),
+            any: any_bytes,
             delta_resource: Bytes::from(delta_resource.encode_to_vec()),
         }
     }
@@ -83,64 +90,6 @@ impl ClusterResource {
     pub fn assignment(&self) -> Option<endpoint::ClusterLoadAssignment> {
         let any = Any::decode(self.any.clone()).ok()?;
         endpoint::ClusterLoadAssignment::decode(any.value.as_slice()).ok()
-    }
-}
-
-fn assignment(name: &str, endpoints: &[ServedEndpoint]) -> endpoint::ClusterLoadAssignment {
-    let mut localities: BTreeMap<&Locality, Vec<endpoint::LbEndpoint>> = BTreeMap::new();
-    for served in endpoints {
-        localities
-            .entry(&served.endpoint.locality)
-            .or_default()
-            .push(lb_endpoint(served));
-    }
-    endpoint::ClusterLoadAssignment {
-        cluster_name: name.into(),
-        endpoints: localities
-            .into_iter()
-            .map(|(locality, lb_endpoints)| endpoint::LocalityLbEndpoints {
-                locality: Some(core::Locality {
-                    region: locality.region.clone(),
-                    zone: locality.zone.clone(),
-                    sub_zone: locality.sub_zone.clone(),
-                }),
-                lb_endpoints,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn lb_endpoint(served: &ServedEndpoint) -> endpoint::LbEndpoint {
-    let socket = core::SocketAddress {
-        address: served.endpoint.address.to_string(),
-        port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
-            served.endpoint.port,
-        ))),
-        ..Default::default()
-    };
-    endpoint::LbEndpoint {
-        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
-            address: Some(core::Address {
-                address: Some(address::Address::SocketAddress(socket)),
-            }),
-            hostname: served.endpoint.pod.clone().unwrap_or_default(),
-            ..Default::default()
-        })),
-        health_status: health_status(served.endpoint.health) as i32,
-        load_balancing_weight: Some(UInt32Value {
-            value: served.weight.max(1),
-        }),
-        ..Default::default()
-    }
-}
-
-fn health_status(health: HealthStatus) -> core::HealthStatus {
-    match health {
-        HealthStatus::Healthy => core::HealthStatus::Healthy,
-        HealthStatus::Draining => core::HealthStatus::Draining,
-        HealthStatus::Unhealthy => core::HealthStatus::Unhealthy,
     }
 }
 
@@ -209,7 +158,7 @@ pub struct ClusterExplanation {
     /// When it was computed.
     pub computed_at: SystemTime,
     /// Each endpoint with its computed weight and inputs, in source order.
-    pub endpoints: Vec<(Endpoint, Weight)>,
+    pub endpoints: Vec<(Arc<Endpoint>, Weight)>,
 }
 
 /// Publishes snapshots to every reader; readers always see the newest, never a queue.
@@ -292,22 +241,23 @@ impl SnapshotStore {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::discovery::{HealthStatus, Locality};
 
     /// One endpoint per cluster, `127.0.0.1:9000` with the given weight.
     pub(crate) fn snapshot(clusters: &[(&str, u32)]) -> Snapshot {
         let mut map = BTreeMap::new();
         for (name, weight) in clusters {
             let served = ServedEndpoint {
-                endpoint: Endpoint {
+                endpoint: Arc::new(Endpoint {
                     address: std::net::IpAddr::from([127, 0, 0, 1]),
                     port: 9000,
                     configured_weight: Some(*weight),
                     pod: None,
                     locality: Locality::default(),
                     health: HealthStatus::Healthy,
-                },
+                }),
                 weight: *weight,
-                reason: String::new(),
+                reason: Reason::default(),
             };
             map.insert(
                 name.to_string(),
@@ -321,10 +271,11 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::{HealthStatus, Locality};
 
     fn served(port: u16, weight: u32, zone: &str) -> ServedEndpoint {
         ServedEndpoint {
-            endpoint: Endpoint {
+            endpoint: Arc::new(Endpoint {
                 address: "127.0.0.1".parse().expect("ip"),
                 port,
                 configured_weight: Some(weight),
@@ -334,9 +285,9 @@ mod tests {
                     ..Default::default()
                 },
                 health: HealthStatus::Healthy,
-            },
+            }),
             weight,
-            reason: "configured".into(),
+            reason: Reason::configured(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Rules shared by the load-driven algorithms: sample hygiene, modes, fill-ins, bounds, publishing.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
@@ -8,7 +9,7 @@ use std::{
 use super::EndpointKey;
 use super::{
     capacity, distance, static_weights, Algorithm, ClusterMemory, ClusterMode, CostBasis,
-    EndpointLoad, EndpointMemory, Output, Params, Reading, Weight, WeightSource,
+    EndpointLoad, EndpointMemory, Output, Params, Reading, Reason, Weight, WeightSource,
 };
 use crate::discovery::{Endpoint, Locality};
 
@@ -63,7 +64,7 @@ pub(crate) struct Planned {
     /// Weight, already within the bounds.
     pub weight: u32,
     /// Why.
-    pub reason: String,
+    pub reason: Reason,
     /// Smoothed cost to remember, if the algorithm keeps one.
     pub cost: Option<Cost>,
 }
@@ -125,8 +126,8 @@ pub(crate) fn percentile(values: &[f64], percent: f64) -> Option<f64> {
 }
 
 /// See [`super::compute`].
-pub(crate) fn compute(
-    endpoints: &[Endpoint],
+pub(crate) fn compute<E: Borrow<Endpoint>>(
+    endpoints: &[E],
     loads: &[EndpointLoad],
     memory: &ClusterMemory,
     params: &Params,
@@ -141,7 +142,13 @@ pub(crate) fn compute(
         .enumerate()
         .map(|(index, endpoint)| {
             let load = loads.get(index).cloned().unwrap_or_default();
-            observe(endpoint, &load, memory, params, &mut dropped_samples)
+            observe(
+                endpoint.borrow(),
+                &load,
+                memory,
+                params,
+                &mut dropped_samples,
+            )
         })
         .collect();
     let last_sample_at = youngest_sample(&observations, memory, now);
@@ -260,7 +267,7 @@ fn explained(
     observation: &Observation,
     weight: u32,
     source: WeightSource,
-    reason: String,
+    reason: Reason,
 ) -> Weight {
     let cpu = observation.cpu.map(|reading| reading.value);
     Weight {
@@ -348,16 +355,11 @@ fn fresh_weights(
 }
 
 /// Why an endpoint without a fresh sample got the fill-in weight.
-fn fill_in_reason(observation: &Observation, fill_percentile: f64, params: &Params) -> String {
-    let why = match observation.cpu {
-        Some(reading) => format!(
-            "cpu sample {}s old (stale after {}s)",
-            reading.age.as_secs(),
-            params.stale_after.as_secs()
-        ),
-        None => "no cpu sample yet".to_string(),
-    };
-    format!("new-pod: {why}; weight at p{fill_percentile:.0} of the computed weights")
+fn fill_in_reason(observation: &Observation, fill_percentile: f64, params: &Params) -> Reason {
+    let stale = observation
+        .cpu
+        .map(|reading| (reading.age.as_secs(), params.stale_after.as_secs()));
+    Reason::new_pod(stale, fill_percentile)
 }
 
 /// Holding: every endpoint keeps its served weight; unknown ones get the median of those.
@@ -380,13 +382,13 @@ fn held_weights(
                 observation,
                 memory.weight,
                 WeightSource::Stale,
-                format!("holding: newest cpu sample {age}s old; last weight kept"),
+                Reason::holding(age, true),
             ),
             None => explained(
                 observation,
                 median,
                 WeightSource::Stale,
-                format!("holding: newest cpu sample {age}s old; median of the held weights"),
+                Reason::holding(age, false),
             ),
         })
         .collect();
@@ -412,25 +414,10 @@ fn equal_weights(
             .filter(|observation| observation.fresh)
             .filter_map(|observation| observation.cpu.map(|reading| reading.value))
             .sum();
-        (
-            WeightSource::Idle,
-            format!(
-                "idle: cluster uses {total:.3} cores (< {}); equal weights",
-                params.idle_cpu
-            ),
-        )
+        (WeightSource::Idle, Reason::idle(total, params.idle_cpu))
     } else {
-        let why = match last_sample_at {
-            Some(taken) => format!(
-                "newest cpu sample {}s old",
-                now.saturating_sub(taken).as_secs()
-            ),
-            None => "no cpu sample ever".to_string(),
-        };
-        (
-            WeightSource::Fallback,
-            format!("fallback: {why}; equal weights"),
-        )
+        let age = last_sample_at.map(|taken| now.saturating_sub(taken).as_secs());
+        (WeightSource::Fallback, Reason::fallback(age))
     };
     let weights = observations
         .iter()
@@ -477,26 +464,32 @@ fn slow_start(
         let target = f64::from(weight.weight.max(low));
         let ramped = f64::from(low) + (target - f64::from(low)) * progress;
         weight.weight = ramped.round().clamp(f64::from(low), target) as u32;
-        weight.reason = format!(
-            "{}; slow start {:.0}% of {}",
-            weight.reason,
-            progress * 100.0,
-            target
-        );
+        weight.reason.ramped(progress * 100.0, target);
     }
 }
 
 /// Scales down any locality whose weights would sum to 2^32 or more, keeping every weight >= 1.
-fn guard_locality_sums(weights: &mut [Weight], endpoints: &[Endpoint]) {
+///
+/// When the whole cluster's sum is within the limit no locality can exceed it, so the usual case
+/// skips grouping by locality (comparing localities for every endpoint was a fifth of a tick).
+fn guard_locality_sums<E: Borrow<Endpoint>>(weights: &mut [Weight], endpoints: &[E]) {
+    let mut total: u64 = 0;
+    for weight in weights.iter_mut() {
+        weight.weight = weight.weight.max(1);
+        total += u64::from(weight.weight);
+    }
+    if total <= LOCALITY_SUM_LIMIT {
+        return;
+    }
     let mut sums: BTreeMap<&Locality, (u64, u64)> = BTreeMap::new();
     for (weight, endpoint) in weights.iter_mut().zip(endpoints) {
         weight.weight = weight.weight.max(1);
-        let entry = sums.entry(&endpoint.locality).or_default();
+        let entry = sums.entry(&endpoint.borrow().locality).or_default();
         entry.0 += u64::from(weight.weight);
         entry.1 += 1;
     }
     for (weight, endpoint) in weights.iter_mut().zip(endpoints) {
-        let Some(&(sum, count)) = sums.get(&endpoint.locality) else {
+        let Some(&(sum, count)) = sums.get(&endpoint.borrow().locality) else {
             continue;
         };
         if sum <= LOCALITY_SUM_LIMIT {
@@ -506,7 +499,7 @@ fn guard_locality_sums(weights: &mut [Weight], endpoints: &[Endpoint]) {
         let budget = LOCALITY_SUM_LIMIT.saturating_sub(count);
         let scaled = u128::from(weight.weight) * u128::from(budget) / u128::from(sum);
         weight.weight = u32::try_from(scaled).unwrap_or(u32::MAX).max(1);
-        weight.reason = format!("{}; scaled down: locality sum over 2^32", weight.reason);
+        weight.reason.scale_down();
     }
 }
 
@@ -543,10 +536,7 @@ fn publish(
         for weight in &mut weights {
             if let Some(previous) = weight.previous {
                 if previous != weight.weight {
-                    weight.reason = format!(
-                        "{}; still serving {previous}: within push threshold",
-                        weight.reason
-                    );
+                    weight.reason.keep_serving(previous);
                     weight.weight = previous;
                 }
             }
@@ -590,16 +580,19 @@ fn publish(
 }
 
 /// The static algorithm: configured weights, remembered so that a change is published.
-fn static_output(endpoints: &[Endpoint], memory: &ClusterMemory) -> Output {
+fn static_output<E: Borrow<Endpoint>>(endpoints: &[E], memory: &ClusterMemory) -> Output {
     let mut weights = static_weights(endpoints);
     for (weight, endpoint) in weights.iter_mut().zip(endpoints) {
         weight.previous = memory
             .endpoints
-            .get(&endpoint_key(endpoint))
+            .get(&endpoint_key(endpoint.borrow()))
             .map(|remembered| remembered.weight);
     }
     guard_locality_sums(&mut weights, endpoints);
-    let keys: BTreeSet<EndpointKey> = endpoints.iter().map(endpoint_key).collect();
+    let keys: BTreeSet<EndpointKey> = endpoints
+        .iter()
+        .map(|endpoint| endpoint_key(endpoint.borrow()))
+        .collect();
     let set_changed = !keys.iter().eq(memory.endpoints.keys());
     let weight_moved = weights
         .iter()
@@ -613,7 +606,7 @@ fn static_output(endpoints: &[Endpoint], memory: &ClusterMemory) -> Output {
                 weight: weight.weight,
                 ..EndpointMemory::default()
             };
-            (endpoint_key(endpoint), entry)
+            (endpoint_key(endpoint.borrow()), entry)
         })
         .collect();
     Output {
@@ -821,7 +814,7 @@ mod tests {
         assert_eq!(values(&output), vec![10000, 5000, 2500, 5000, 5000]);
         assert_eq!(output.weights[3].source, WeightSource::NewPod);
         assert_eq!(output.weights[4].source, WeightSource::NewPod);
-        assert!(output.weights[4].reason.contains("120s old"));
+        assert!(output.weights[4].reason.to_string().contains("120s old"));
     }
 
     #[test]
@@ -867,7 +860,7 @@ mod tests {
             "{:?}",
             half.weights[2]
         );
-        assert!(half.weights[2].reason.contains("slow start"));
+        assert!(half.weights[2].reason.to_string().contains("slow start"));
         let done = run(&endpoints(3), &even(3), &half.memory, &params, 120);
         assert_eq!(values(&done), vec![10000, 10000, 10000]);
     }
@@ -969,11 +962,15 @@ mod tests {
         assert_eq!(first.sample_age, Some(Duration::from_secs(7)));
         assert_eq!(first.previous, None);
         assert!(
-            first.reason.contains("cost 0.0100 cpu-s/req"),
+            first.reason.to_string().contains("cost 0.0100 cpu-s/req"),
             "{}",
             first.reason
         );
-        assert!(first.reason.contains("fill rank 1"), "{}", first.reason);
+        assert!(
+            first.reason.to_string().contains("fill rank 1"),
+            "{}",
+            first.reason
+        );
         assert_eq!(output.weights[1].utilization, Some(0.25));
         let again = run(&endpoints(2), &loads, &output.memory, &params, 10);
         assert_eq!(again.weights[0].previous, Some(first.weight));

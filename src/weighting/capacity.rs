@@ -2,7 +2,7 @@
 
 use super::{
     adaptive::{middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned},
-    CostBasis, Objective, Params,
+    CostBasis, Objective, Params, Reason,
 };
 
 /// Request rates at or below this (per second) are too small to divide CPU by.
@@ -416,92 +416,25 @@ fn step_limited(targets: &[f64], fresh: &[FreshEndpoint], max_step: f64) -> Vec<
         .collect()
 }
 
-/// The human explanation of one endpoint's planned weight.
-///
-/// Written into one buffer with integer-based fixed-point numbers: this runs for every endpoint
-/// on every tick, and float formatting was a quarter of a large tick.
+/// The explanation of one endpoint's planned weight: the cost it shows and the planned
+/// utilization (written as text only when read).
 fn reason(
     fleet: &Fleet,
     basis: CostBasis,
     index: usize,
     utilization: f64,
     rank: Option<usize>,
-) -> String {
-    let mut text = String::with_capacity(72);
-    match basis {
-        CostBasis::PerRequest => {
-            text.push_str("fresh: cost ");
-            push_fixed(&mut text, fleet.costs[index], 4);
-            text.push_str(" cpu-s/req");
-        }
-        CostBasis::Relative => {
-            text.push_str("fresh: cost ");
-            push_fixed(&mut text, fleet.relative_costs[index], 2);
-            text.push_str("x the mean (no request rate)");
-        }
-    }
-    text.push_str(", planned util ");
-    push_fixed(&mut text, utilization, 2);
-    match rank {
-        Some(rank) => {
-            text.push_str(" (fill rank ");
-            push_digits(&mut text, rank as u64, 1);
-            text.push(')');
-        }
-        None => text.push_str(" (balance)"),
-    }
-    text
-}
-
-/// Appends `value` with `decimals` decimals (as `{:.N}` would) using integer arithmetic only.
-fn push_fixed(text: &mut String, value: f64, decimals: u32) {
-    let scale = 10_u64.pow(decimals);
-    if !value.is_finite() || value.abs() >= (u64::MAX / scale) as f64 / 2.0 {
-        text.push_str(&format!("{value:.*}", decimals as usize));
-        return;
-    }
-    let scaled = (value * scale as f64).round();
-    if scaled < 0.0 {
-        text.push('-');
-    }
-    let magnitude = scaled.abs() as u64;
-    push_digits(text, magnitude / scale, 1);
-    text.push('.');
-    push_digits(text, magnitude % scale, decimals as usize);
-}
-
-/// Appends the decimal digits of `number`, zero-padded to at least `width` digits.
-fn push_digits(text: &mut String, mut number: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    while number > 0 || digits.len() - start < width {
-        start -= 1;
-        digits[start] = b'0' + (number % 10) as u8;
-        number /= 10;
-    }
-    for digit in &digits[start..] {
-        text.push(char::from(*digit));
-    }
+) -> Reason {
+    let cost = match basis {
+        CostBasis::PerRequest => fleet.costs[index],
+        CostBasis::Relative => fleet.relative_costs[index],
+    };
+    Reason::capacity(basis, cost, utilization, rank)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fixed_matches_float_formatting() {
-        for value in [0.0, 0.001_25, 0.29, 1.0, 12.345_67, 0.005, -0.5, 3.999_95] {
-            for decimals in [2, 4] {
-                let mut text = String::new();
-                push_fixed(&mut text, value, decimals);
-                assert_eq!(
-                    text,
-                    format!("{value:.*}", decimals as usize).replace("-0.00", "0.00"),
-                    "{value} to {decimals} places"
-                );
-            }
-        }
-    }
 
     fn endpoint(cpu: f64, rps: Option<f64>, previous: Option<u32>) -> FreshEndpoint {
         FreshEndpoint {
@@ -555,7 +488,7 @@ mod tests {
         assert_eq!(basis, CostBasis::Relative);
         let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
         assert_eq!(weights, vec![10000, 10000, 5000]);
-        assert!(planned[2].reason.contains("no request rate"));
+        assert!(planned[2].reason.to_string().contains("no request rate"));
     }
 
     #[test]
@@ -585,9 +518,9 @@ mod tests {
         let planned = plan(&fresh, None, &params(Objective::Latency)).0;
         let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
         assert_eq!(weights, vec![10000, 34, 34]);
-        assert!(planned[0].reason.contains("fill rank 1"));
+        assert!(planned[0].reason.to_string().contains("fill rank 1"));
         assert!(
-            planned[0].reason.contains("planned util 0.30"),
+            planned[0].reason.to_string().contains("planned util 0.30"),
             "{}",
             planned[0].reason
         );

@@ -2,7 +2,7 @@
 
 use super::{
     adaptive::{bounds, middle_weight, percentile, to_weight, FreshEndpoint, Planned},
-    Params,
+    Params, Reason,
 };
 
 /// Weights for the endpoints with fresh CPU, index-aligned with `fresh`.
@@ -31,11 +31,13 @@ pub(crate) fn plan(fresh: &[FreshEndpoint], params: &Params) -> Vec<Planned> {
             let final_weight = to_weight(weight * scale, params);
             Planned {
                 weight: final_weight,
-                reason: format!(
-                    "fresh: cpu {:.3} is {:+.0}% from mean {mean:.3}; weight {} -> {final_weight} (median rescaled x{scale:.2})",
+                reason: Reason::distance(
                     endpoint.cpu,
-                    distance * 100.0,
+                    distance,
+                    mean,
                     endpoint.previous.unwrap_or(middle as u32),
+                    final_weight,
+                    scale,
                 ),
                 cost: None,
             }

@@ -11,15 +11,17 @@ mod distance;
 pub mod params;
 #[cfg(test)]
 mod properties;
+mod reason;
 #[cfg(test)]
 mod testing;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{borrow::Borrow, collections::BTreeMap, time::Duration};
 
 use crate::discovery::Endpoint;
 
 pub use adaptive::endpoint_key;
 pub use params::{Algorithm, DistanceParams, Objective, Params};
+pub use reason::Reason;
 
 /// One measured value and how old its sample is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -171,8 +173,8 @@ pub struct Output {
 /// The output's weights are always the ones to serve: when [`Output::moved`] is false they are
 /// the weights already served (the memory), so skipping the push changes nothing, and the next
 /// tick compares against what is really served, so a slow drift adds up until it is published.
-pub fn compute(
-    endpoints: &[Endpoint],
+pub fn compute<E: Borrow<Endpoint>>(
+    endpoints: &[E],
     loads: &[EndpointLoad],
     memory: &ClusterMemory,
     params: &Params,
@@ -189,8 +191,8 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub struct Weight {
     /// The weight to serve, at least 1.
     pub weight: u32,
-    /// A short human explanation, shown by the `Inspect` API.
-    pub reason: String,
+    /// Why: a short human explanation, shown by the `Inspect` API.
+    pub reason: Reason,
     /// Where the weight came from.
     pub source: WeightSource,
     /// The weight served before this tick, if any.
@@ -208,10 +210,10 @@ pub struct Weight {
 /// Static weights: the configured weight where set; elsewhere an equal share, which is the mean
 /// of the configured weights in the cluster (rounded, at least 1), or [`DEFAULT_WEIGHT`] if none
 /// is configured.
-pub fn static_weights(endpoints: &[Endpoint]) -> Vec<Weight> {
+pub fn static_weights<E: Borrow<Endpoint>>(endpoints: &[E]) -> Vec<Weight> {
     let configured: Vec<u64> = endpoints
         .iter()
-        .filter_map(|endpoint| endpoint.configured_weight.map(u64::from))
+        .filter_map(|endpoint| endpoint.borrow().configured_weight.map(u64::from))
         .collect();
     let share = if configured.is_empty() {
         DEFAULT_WEIGHT
@@ -221,16 +223,16 @@ pub fn static_weights(endpoints: &[Endpoint]) -> Vec<Weight> {
         u32::try_from(mean.max(1)).unwrap_or(u32::MAX)
     };
     let share_reason = if configured.is_empty() {
-        format!("equal share (default {DEFAULT_WEIGHT})")
+        Reason::default_share()
     } else {
-        "equal share (mean of the configured weights)".to_string()
+        Reason::mean_share()
     };
     endpoints
         .iter()
-        .map(|endpoint| match endpoint.configured_weight {
+        .map(|endpoint| match endpoint.borrow().configured_weight {
             Some(weight) => Weight {
                 weight,
-                reason: "configured".into(),
+                reason: Reason::configured(),
                 ..Weight::default()
             },
             None => Weight {
