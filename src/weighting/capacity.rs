@@ -172,8 +172,13 @@ fn smoothed_costs(
 /// The costs to plan with: the smoothed ones, and the median of those for endpoints without one
 /// (1.0 when no endpoint has one), so an unmeasured endpoint is planned as a typical one.
 fn planning_costs(smoothed: &[Option<Cost>]) -> Vec<f64> {
-    let known: Vec<f64> = smoothed.iter().flatten().map(|cost| cost.value).collect();
-    let typical = percentile(&known, 50.0).unwrap_or(1.0);
+    let typical = if smoothed.iter().all(Option::is_some) {
+        // Not needed: skip the sort on the hot path (every tick, every cluster).
+        1.0
+    } else {
+        let known: Vec<f64> = smoothed.iter().flatten().map(|cost| cost.value).collect();
+        percentile(&known, 50.0).unwrap_or(1.0)
+    };
     smoothed
         .iter()
         .map(|cost| cost.map_or(typical, |cost| cost.value))
