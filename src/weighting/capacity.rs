@@ -2,6 +2,7 @@
 
 use super::{
     adaptive::{middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned},
+    reason::CostSource,
     CostBasis, Objective, Params, Reason,
 };
 
@@ -29,6 +30,14 @@ const SATURATION: f64 = 0.95;
 /// well below their mean) and its weight swung x3; 25% still separates 2 ms from 3.3 ms pods.
 const COST_TIER_TOLERANCE: f64 = 0.25;
 
+/// A cost estimate this fraction above the remembered cost is a clear rise: the endpoint got
+/// slower, so the estimate is believed at once (in proportion to its evidence) and the weight
+/// may fall past the step limit. Twice [`COST_TIER_TOLERANCE`]: on the seed fleet simulated with
+/// 1 s samples, a fib27 pod at 50 rps read 25% above its average a few times in 200 ticks from
+/// noise alone, never 50%; a pod turning 4x slower reads 1.6x or more on the first tick whose
+/// 5 s rate window holds one slow second.
+const CLEAR_RISE: f64 = 0.5;
+
 /// The cluster as the planner sees it: cost, capacity at the ceiling, and the demand to place.
 struct Fleet {
     /// Cost of one unit of traffic in cores: CPU seconds per request, or per whole-cluster traffic.
@@ -39,6 +48,16 @@ struct Fleet {
     demand: f64,
     /// Each cost relative to the traffic-weighted mean cost, for explanations.
     relative_costs: Vec<f64>,
+}
+
+/// One endpoint's smoothed cost and, when it clearly rose this tick, by what factor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Smoothed {
+    /// The cost to plan with and remember; `None` without any estimate or memory.
+    cost: Option<Cost>,
+    /// The factor by which the cost rose this tick, when beyond [`CLEAR_RISE`]: the
+    /// endpoint got slower, and its weight may fall without the step limit.
+    rose: Option<f64>,
 }
 
 /// Weights for the endpoints with fresh CPU, index-aligned with `fresh`, and the unit of the
@@ -59,20 +78,28 @@ pub(crate) fn plan(
     let shares = served_shares(fresh);
     let smoothed = smoothed_costs(fresh, &shares, basis, basis_before, params);
     let values = planning_costs(&smoothed);
+    let rose: Vec<bool> = smoothed.iter().map(|cost| cost.rose.is_some()).collect();
     let fleet = fleet(fresh, &shares, &values, basis, params);
     let (loads, ranks) = match params.objective {
         Objective::Balance => (balance(&fleet), vec![None; fresh.len()]),
         Objective::Latency => fill(&fleet, params.probe_share),
     };
-    let planned = weights_for(&loads, fresh, params)
+    let planned = weights_for(&loads, fresh, &rose, params)
         .into_iter()
         .enumerate()
         .map(|(index, weight)| {
             let utilization = loads[index] * fleet.costs[index] / fresh[index].limit;
+            let source = match smoothed[index] {
+                Smoothed { cost: None, .. } => CostSource::Assumed,
+                Smoothed {
+                    rose: Some(factor), ..
+                } => CostSource::Rose(factor),
+                Smoothed { rose: None, .. } => CostSource::Measured,
+            };
             Planned {
                 weight,
-                reason: reason(&fleet, basis, index, utilization, ranks[index]),
-                cost: smoothed[index],
+                reason: reason(&fleet, basis, index, source, utilization, ranks[index]),
+                cost: smoothed[index].cost,
             }
         })
         .collect();
@@ -107,33 +134,34 @@ fn served_shares(fresh: &[FreshEndpoint]) -> Vec<f64> {
 /// an endpoint that served none keeps its remembered cost. Relative: CPU / share of traffic,
 /// divided by the cluster's CPU, which is the cost over the traffic-weighted mean cost; it is
 /// independent of the total rate, so it can be averaged across ticks while the load changes.
+///
+/// A clear rise (beyond [`CLEAR_RISE`]) is believed at once rather than averaged in,
+/// still in proportion to its evidence: an endpoint that turned slow must lose its traffic on
+/// the next tick, while a fall is averaged, so a noisy cheap reading is slow to win traffic.
 fn smoothed_costs(
     fresh: &[FreshEndpoint],
     shares: &[f64],
     basis: CostBasis,
     basis_before: Option<CostBasis>,
     params: &Params,
-) -> Vec<Option<Cost>> {
+) -> Vec<Smoothed> {
     let total_cpu: f64 = fresh.iter().map(|endpoint| endpoint.cpu).sum();
     let newest = if params.smoothing.is_finite() && params.smoothing > 0.0 {
         params.smoothing.min(1.0)
     } else {
         1.0
     };
+    // Each estimate with its evidence (1.0: full).
     let estimates: Vec<Option<(f64, f64)>> = fresh
         .iter()
         .zip(shares)
         .map(|(endpoint, share)| match basis {
-            CostBasis::PerRequest => endpoint.rps.filter(|rps| *rps > RPS_EPSILON).map(|rps| {
-                (
-                    endpoint.cpu / rps,
-                    newest * (rps / FULL_EVIDENCE_RPS).min(1.0),
-                )
-            }),
-            CostBasis::Relative if total_cpu > 0.0 => {
-                Some((endpoint.cpu / share / total_cpu, newest))
-            }
-            CostBasis::Relative => Some((1.0, newest)),
+            CostBasis::PerRequest => endpoint
+                .rps
+                .filter(|rps| *rps > RPS_EPSILON)
+                .map(|rps| (endpoint.cpu / rps, (rps / FULL_EVIDENCE_RPS).min(1.0))),
+            CostBasis::Relative if total_cpu > 0.0 => Some((endpoint.cpu / share / total_cpu, 1.0)),
+            CostBasis::Relative => Some((1.0, 1.0)),
         })
         .collect();
     let olds: Vec<Option<Cost>> = fresh
@@ -161,9 +189,21 @@ fn smoothed_costs(
                 value: old.value * rescale,
                 ..old
             });
-            match estimate {
-                Some((value, weight)) => Some(blend(*value, saturated, old, *weight)),
-                None => old,
+            let Some((value, evidence)) = *estimate else {
+                return Smoothed {
+                    cost: old,
+                    rose: None,
+                };
+            };
+            let rising = old.is_some_and(|old| value > old.value * (1.0 + CLEAR_RISE));
+            let weight = if rising { evidence } else { newest * evidence };
+            let cost = blend(value, saturated, old, weight);
+            let rose = old
+                .map(|old| cost.value / old.value)
+                .filter(|factor| *factor > 1.0 + CLEAR_RISE);
+            Smoothed {
+                cost: Some(cost),
+                rose,
             }
         })
         .collect()
@@ -171,17 +211,20 @@ fn smoothed_costs(
 
 /// The costs to plan with: the smoothed ones, and the median of those for endpoints without one
 /// (1.0 when no endpoint has one), so an unmeasured endpoint is planned as a typical one.
-fn planning_costs(smoothed: &[Option<Cost>]) -> Vec<f64> {
-    let typical = if smoothed.iter().all(Option::is_some) {
+fn planning_costs(smoothed: &[Smoothed]) -> Vec<f64> {
+    let typical = if smoothed.iter().all(|smoothed| smoothed.cost.is_some()) {
         // Not needed: skip the sort on the hot path (every tick, every cluster).
         1.0
     } else {
-        let known: Vec<f64> = smoothed.iter().flatten().map(|cost| cost.value).collect();
+        let known: Vec<f64> = smoothed
+            .iter()
+            .filter_map(|smoothed| smoothed.cost.map(|cost| cost.value))
+            .collect();
         percentile(&known, 50.0).unwrap_or(1.0)
     };
     smoothed
         .iter()
-        .map(|cost| cost.map_or(typical, |cost| cost.value))
+        .map(|smoothed| smoothed.cost.map_or(typical, |cost| cost.value))
         .collect()
 }
 
@@ -368,7 +411,10 @@ fn fill(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Option<usize>>) {
 }
 
 /// Weights in proportion to the planned traffic, the largest at the maximum weight.
-fn weights_for(loads: &[f64], fresh: &[FreshEndpoint], params: &Params) -> Vec<u32> {
+///
+/// `rose` marks the endpoints whose cost clearly rose this tick: their weight is not held back
+/// by the step limit on the way down.
+fn weights_for(loads: &[f64], fresh: &[FreshEndpoint], rose: &[bool], params: &Params) -> Vec<u32> {
     let largest = loads.iter().copied().fold(0.0, f64::max);
     if largest <= 0.0 {
         return vec![middle_weight(params); loads.len()];
@@ -377,7 +423,7 @@ fn weights_for(loads: &[f64], fresh: &[FreshEndpoint], params: &Params) -> Vec<u
         .iter()
         .map(|load| (load / largest).max(f64::MIN_POSITIVE))
         .collect();
-    let stepped = step_limited(&targets, fresh, params.max_step);
+    let stepped = step_limited(&targets, fresh, rose, params.max_step);
     let top = stepped.iter().copied().fold(0.0, f64::max);
     let high = f64::from(params.max_weight());
     stepped
@@ -391,8 +437,15 @@ fn weights_for(loads: &[f64], fresh: &[FreshEndpoint], params: &Params) -> Vec<u
 /// Only ratios between weights matter to Envoy, so each change is measured against the
 /// cluster's typical change (the geometric mean of target / previous): an endpoint's share of
 /// traffic moves by at most about `max_step` per tick, whatever the overall scale. Endpoints
-/// without a weight in force, or in their slow start, go straight to their target.
-fn step_limited(targets: &[f64], fresh: &[FreshEndpoint], max_step: f64) -> Vec<f64> {
+/// without a weight in force, or in their slow start, go straight to their target; so do the
+/// endpoints marked in `rose` when their weight falls, and they are left out of the typical
+/// change, so that the others keep their weights while one is moved off.
+fn step_limited(
+    targets: &[f64],
+    fresh: &[FreshEndpoint],
+    rose: &[bool],
+    max_step: f64,
+) -> Vec<f64> {
     if !(max_step.is_finite() && max_step >= 1.0) {
         return targets.to_vec();
     }
@@ -405,17 +458,26 @@ fn step_limited(targets: &[f64], fresh: &[FreshEndpoint], max_step: f64) -> Vec<
     let logs: Vec<f64> = targets
         .iter()
         .zip(fresh)
-        .filter_map(|(target, endpoint)| previous(endpoint).map(|weight| (target / weight).ln()))
+        .zip(rose)
+        .filter(|(_, rose)| !**rose)
+        .filter_map(|((target, endpoint), _)| {
+            previous(endpoint).map(|weight| (target / weight).ln())
+        })
         .collect();
-    if logs.is_empty() {
-        return targets.to_vec();
-    }
-    let typical = (logs.iter().sum::<f64>() / logs.len() as f64).exp();
+    let typical = if logs.is_empty() {
+        1.0
+    } else {
+        (logs.iter().sum::<f64>() / logs.len() as f64).exp()
+    };
     targets
         .iter()
         .zip(fresh)
-        .map(|(target, endpoint)| match previous(endpoint) {
-            Some(weight) => weight * (target / weight / typical).clamp(1.0 / max_step, max_step),
+        .zip(rose)
+        .map(|((target, endpoint), rose)| match previous(endpoint) {
+            Some(weight) => {
+                let lowest = if *rose { 0.0 } else { 1.0 / max_step };
+                weight * (target / weight / typical).clamp(lowest, max_step)
+            }
             None => target / typical,
         })
         .collect()
@@ -427,6 +489,7 @@ fn reason(
     fleet: &Fleet,
     basis: CostBasis,
     index: usize,
+    source: CostSource,
     utilization: f64,
     rank: Option<usize>,
 ) -> Reason {
@@ -434,7 +497,7 @@ fn reason(
         CostBasis::PerRequest => fleet.costs[index],
         CostBasis::Relative => fleet.relative_costs[index],
     };
-    Reason::capacity(basis, cost, utilization, rank)
+    Reason::capacity(basis, cost, source, utilization, rank)
 }
 
 #[cfg(test)]
@@ -509,6 +572,98 @@ mod tests {
             endpoint(1.0, Some(100.0), Some(2500)),
         ];
         assert_eq!(weights(&settled, Objective::Balance), vec![10000, 1000]);
+    }
+
+    /// Three equal endpoints at full weight, each remembering a cost of 2 ms per request; the
+    /// first now shows `factor` times that cost at 300 rps (full evidence).
+    fn one_turns_slower(factor: f64) -> Vec<Planned> {
+        let remembered = Some(Cost {
+            value: 0.002,
+            is_floor: false,
+        });
+        let mut fresh = vec![
+            endpoint(0.6 * factor, Some(300.0), Some(10000)),
+            endpoint(0.6, Some(300.0), Some(10000)),
+            endpoint(0.6, Some(300.0), Some(10000)),
+        ];
+        for endpoint in &mut fresh {
+            endpoint.limit = 4.0;
+            endpoint.cost = remembered;
+        }
+        plan(
+            &fresh,
+            Some(CostBasis::PerRequest),
+            &params(Objective::Latency),
+        )
+        .0
+    }
+
+    #[test]
+    fn an_endpoint_that_turns_slow_loses_its_traffic_at_once() {
+        let planned = one_turns_slower(4.0);
+        // Believed at once (8 ms, not the 5 ms an average would give) and moved to its probe
+        // (1% of 900 rps shared by three: 3 rps of 448) in one tick, past the x2 step limit.
+        let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
+        assert!((cost - 0.008).abs() < 1e-12, "{cost}");
+        let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
+        assert_eq!(weights, vec![67, 10000, 10000]);
+        let reason = planned[0].reason.to_string();
+        assert!(reason.contains("rose x4.00 this tick"), "{reason}");
+        // The others keep their measured costs and say nothing about a rise.
+        assert!(!planned[1].reason.to_string().contains("rose"));
+    }
+
+    #[test]
+    fn a_small_rise_is_averaged_and_step_limited() {
+        let planned = one_turns_slower(1.2);
+        let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
+        assert!((cost - 0.0022).abs() < 1e-12, "{cost}");
+        assert!(!planned[0].reason.to_string().contains("rose"));
+        let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
+        // Still in the cheapest tier, filled in proportion to its capacity (1 / 1.1).
+        assert_eq!(weights, vec![9091, 10000, 10000]);
+        // 1.4x is past the tier tolerance but not a clear rise: averaged (half of 2.8 ms + 2 ms).
+        let planned = one_turns_slower(1.4);
+        let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
+        assert!((cost - 0.0024).abs() < 1e-12, "{cost}");
+        assert!(!planned[0].reason.to_string().contains("rose"));
+        // A clear rise with little evidence only moves the cost by that evidence.
+        let remembered = Some(Cost {
+            value: 0.002,
+            is_floor: false,
+        });
+        let mut fresh = [
+            endpoint(0.008 * 2.0, Some(2.0), Some(10)),
+            endpoint(0.6, Some(300.0), Some(10000)),
+        ];
+        for endpoint in &mut fresh {
+            endpoint.cost = remembered;
+        }
+        let planned = plan(
+            &fresh,
+            Some(CostBasis::PerRequest),
+            &params(Objective::Latency),
+        )
+        .0;
+        let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
+        // Evidence 2 / 20 rps: 0.002 + 0.1 * (0.008 - 0.002).
+        assert!((cost - 0.0026).abs() < 1e-12, "{cost}");
+    }
+
+    #[test]
+    fn an_endpoint_never_measured_is_planned_at_the_median_and_says_so() {
+        let fresh = [
+            endpoint(0.1, Some(100.0), None),
+            endpoint(0.3, Some(100.0), None),
+            endpoint(0.2, None, None),
+        ];
+        let planned = plan(&fresh, None, &params(Objective::Balance)).0;
+        let reason = planned[2].reason.to_string();
+        assert!(
+            reason.contains("cost 0.0020 cpu-s/req (assumed: the median"),
+            "{reason}"
+        );
+        assert!(!planned[0].reason.to_string().contains("assumed"));
     }
 
     #[test]

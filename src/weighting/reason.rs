@@ -20,6 +20,18 @@ pub struct Reason {
     still_serving: Option<u32>,
 }
 
+/// Where the capacity planner's cost for an endpoint comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum CostSource {
+    /// Measured (this tick's estimate averaged with the remembered ones).
+    Measured,
+    /// Never measured (no request served yet, nothing remembered): the median of the others.
+    Assumed,
+    /// Measured and risen by this factor this tick: the endpoint is moved off without the step
+    /// limit.
+    Rose(f64),
+}
+
 /// How a weight was chosen, with the figures its explanation shows.
 #[derive(Clone, Debug, Default, PartialEq)]
 enum Cause {
@@ -37,6 +49,8 @@ enum Cause {
         basis: CostBasis,
         /// Cost per request, or relative to the mean without request rates.
         cost: f64,
+        /// Where the cost comes from.
+        source: CostSource,
         utilization: f64,
         /// Fill rank (latency objective), `None` for balance.
         rank: Option<usize>,
@@ -94,12 +108,14 @@ impl Reason {
     pub(crate) fn capacity(
         basis: CostBasis,
         cost: f64,
+        source: CostSource,
         utilization: f64,
         rank: Option<usize>,
     ) -> Self {
         Self::from_cause(Cause::Capacity {
             basis,
             cost,
+            source,
             utilization,
             rank,
         })
@@ -197,9 +213,10 @@ impl fmt::Display for Cause {
             Self::Capacity {
                 basis,
                 cost,
+                source,
                 utilization,
                 rank,
-            } => capacity_text(formatter, *basis, *cost, *utilization, *rank),
+            } => capacity_text(formatter, *basis, *cost, *source, *utilization, *rank),
             Self::Distance {
                 cpu,
                 distance,
@@ -258,6 +275,7 @@ fn capacity_text(
     formatter: &mut fmt::Formatter<'_>,
     basis: CostBasis,
     cost: f64,
+    source: CostSource,
     utilization: f64,
     rank: Option<usize>,
 ) -> fmt::Result {
@@ -271,6 +289,15 @@ fn capacity_text(
         CostBasis::Relative => {
             push_fixed(&mut text, cost, 2);
             text.push_str("x the mean (no request rate)");
+        }
+    }
+    match source {
+        CostSource::Measured => {}
+        CostSource::Assumed => text.push_str(" (assumed: the median, none measured yet)"),
+        CostSource::Rose(factor) => {
+            text.push_str(" (rose x");
+            push_fixed(&mut text, factor, 2);
+            text.push_str(" this tick: moved off at once)");
         }
     }
     text.push_str(", planned util ");
@@ -348,12 +375,38 @@ mod tests {
                 "equal share (mean of the configured weights)",
             ),
             (
-                Reason::capacity(CostBasis::PerRequest, 0.01, 0.2857, Some(1)),
+                Reason::capacity(
+                    CostBasis::PerRequest,
+                    0.01,
+                    CostSource::Measured,
+                    0.2857,
+                    Some(1),
+                ),
                 "fresh: cost 0.0100 cpu-s/req, planned util 0.29 (fill rank 1)",
             ),
             (
-                Reason::capacity(CostBasis::Relative, 1.5, 0.5, None),
+                Reason::capacity(CostBasis::Relative, 1.5, CostSource::Measured, 0.5, None),
                 "fresh: cost 1.50x the mean (no request rate), planned util 0.50 (balance)",
+            ),
+            (
+                Reason::capacity(
+                    CostBasis::PerRequest,
+                    0.01,
+                    CostSource::Assumed,
+                    0.2857,
+                    Some(1),
+                ),
+                "fresh: cost 0.0100 cpu-s/req (assumed: the median, none measured yet), planned util 0.29 (fill rank 1)",
+            ),
+            (
+                Reason::capacity(
+                    CostBasis::PerRequest,
+                    0.04,
+                    CostSource::Rose(4.0),
+                    0.0,
+                    Some(3),
+                ),
+                "fresh: cost 0.0400 cpu-s/req (rose x4.00 this tick: moved off at once), planned util 0.00 (fill rank 3)",
             ),
             (
                 Reason::distance(0.5, -0.5, 1.0, 5000, 7500, 1.25),

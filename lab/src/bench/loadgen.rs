@@ -37,6 +37,8 @@ pub struct LoadOutcome {
     pub overall: Histogram<u64>,
     /// Per window after the warm-up, by intended send time.
     pub windows: Vec<Histogram<u64>>,
+    /// Per second after the warm-up, by intended send time (for recovery times).
+    pub seconds: Vec<Histogram<u64>>,
     /// Requests sent in the measured part.
     pub sent: u64,
     /// Of those, failed (connection error, non-2xx or timeout).
@@ -64,6 +66,9 @@ impl Recorder {
             outcome: LoadOutcome {
                 overall: histogram(),
                 windows: (0..windows.ceil() as usize).map(|_| histogram()).collect(),
+                seconds: (0..plan.measure.as_secs_f64().ceil() as usize)
+                    .map(|_| histogram())
+                    .collect(),
                 sent: 0,
                 errors: 0,
                 mean_send_lateness_us: 0.0,
@@ -89,6 +94,9 @@ impl Recorder {
         let index = (measured.as_secs_f64() / plan.window.as_secs_f64()) as usize;
         if let Some(window) = self.outcome.windows.get_mut(index) {
             window.saturating_record(micros);
+        }
+        if let Some(second) = self.outcome.seconds.get_mut(measured.as_secs() as usize) {
+            second.saturating_record(micros);
         }
     }
 }

@@ -3,6 +3,7 @@
 use super::loadgen::LoadOutcome;
 use hdrhistogram::Histogram;
 use std::fmt::Write;
+use std::time::Duration;
 
 /// What one pod did during the measured part of a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +48,61 @@ pub struct RunOutcome {
     pub fleet_cpu: f64,
     /// Machine cost of the run.
     pub process_cpu: ProcessCpu,
+    /// When the scenario's first event happened, from the start of the measured part.
+    pub event: Option<Duration>,
+}
+
+/// How a run's p99 came back after a scenario event, from 1 s buckets of latencies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recovery {
+    /// p99 (ms) of everything from [`SETTLED_AFTER`] past the event to the end: the new steady state.
+    pub steady_p99: f64,
+    /// Seconds after the event until the first [`SPAN`] window whose p99 is within
+    /// [`TOLERANCE`] of the steady state (`None`: never).
+    pub seconds: Option<u64>,
+    /// The worst p99 of any later window over the steady state (oscillation shows here).
+    pub worst_later: f64,
+}
+
+/// The new steady state is measured from this long after the event.
+pub const SETTLED_AFTER: u64 = 15;
+/// Length of the sliding windows, seconds (a 1 s window at 1,000 rps holds 10 requests above p99).
+pub const SPAN: u64 = 5;
+/// "Back" means within this factor of the steady-state p99 (the issue's 1.2x).
+pub const TOLERANCE: f64 = 1.2;
+
+/// p99 in ms of the 1 s buckets `from..to` merged (0 when empty).
+fn merged_p99(seconds: &[Histogram<u64>], from: usize, to: usize) -> f64 {
+    let mut merged = Histogram::<u64>::new_from(&seconds[0]);
+    for bucket in &seconds[from.min(seconds.len())..to.min(seconds.len())] {
+        // Same bounds and precision (all made by the load generator), so adding cannot fail.
+        let _ = merged.add(bucket);
+    }
+    quantile_ms(&merged, 0.99)
+}
+
+/// The recovery after an event `event` seconds into `seconds` (1 s latency buckets): `None`
+/// when the run is too short to see a steady state after it.
+pub fn recovery(seconds: &[Histogram<u64>], event: Duration) -> Option<Recovery> {
+    let event = event.as_secs() as usize;
+    let settled = event + SETTLED_AFTER as usize;
+    if seconds.is_empty() || settled + SPAN as usize > seconds.len() {
+        return None;
+    }
+    let steady_p99 = merged_p99(seconds, settled, seconds.len());
+    let span = SPAN as usize;
+    let ratios: Vec<f64> = (event..=seconds.len() - span)
+        .map(|start| merged_p99(seconds, start, start + span) / steady_p99)
+        .collect();
+    let back = ratios.iter().position(|ratio| *ratio <= TOLERANCE);
+    let worst_later = back.map_or(f64::NAN, |back| {
+        ratios[back..].iter().copied().fold(0.0, f64::max)
+    });
+    Some(Recovery {
+        steady_p99,
+        seconds: back.map(|back| back as u64),
+        worst_later,
+    })
 }
 
 /// Milliseconds at `quantile` of a microsecond histogram (0 when empty).
@@ -84,7 +140,42 @@ pub fn render_markdown(runs: &[RunOutcome]) -> String {
     machine(&mut text, runs);
     pods(&mut text, runs);
     windows(&mut text, runs);
+    recoveries(&mut text, runs);
     text
+}
+
+fn recoveries(text: &mut String, runs: &[RunOutcome]) {
+    let rows: Vec<(&str, Recovery)> = runs
+        .iter()
+        .filter_map(|run| {
+            let event = run.event?;
+            Some((run.policy.as_str(), recovery(&run.load.seconds, event)?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "\nRecovery after the scenario's event: seconds until the p99 of a {SPAN} s window starting \
+         then is within {TOLERANCE}x of the steady state (p99 from {SETTLED_AFTER} s after the event \
+         to the end), and the worst later {SPAN} s window over that steady state\n"
+    );
+    let _ = writeln!(
+        text,
+        "| policy | steady p99 ms | back after s | worst later window / steady |"
+    );
+    let _ = writeln!(text, "|---|---|---|---|");
+    for (policy, recovery) in rows {
+        let back = recovery
+            .seconds
+            .map_or("never".to_owned(), |seconds| seconds.to_string());
+        let _ = writeln!(
+            text,
+            "| {policy} | {:.2} | {back} | {:.2} |",
+            recovery.steady_p99, recovery.worst_later
+        );
+    }
 }
 
 fn summary(text: &mut String, runs: &[RunOutcome]) {
@@ -198,5 +289,46 @@ fn windows(text: &mut String, runs: &[RunOutcome]) {
             let _ = write!(text, " {p99:.2} |");
         }
         text.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 40 one-second buckets of 1,000 requests at 5 ms, except `slow` seconds from second 5 on,
+    /// whose 1,000 requests take 20 ms.
+    fn run(slow: usize) -> Vec<Histogram<u64>> {
+        (0..40)
+            .map(|second| {
+                let mut bucket = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let micros = if (5..5 + slow).contains(&second) {
+                    20_000
+                } else {
+                    5_000
+                };
+                bucket.record_n(micros, 1000).unwrap();
+                bucket
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recovery_counts_the_seconds_until_a_window_is_back() {
+        let found = recovery(&run(3), Duration::from_secs(5)).unwrap();
+        assert!((found.steady_p99 - 5.0).abs() < 0.01, "{found:?}");
+        // Windows starting at 5, 6, 7 hold slow seconds; the one at 8 is clean.
+        assert_eq!(found.seconds, Some(3));
+        assert!((found.worst_later - 1.0).abs() < 0.01, "{found:?}");
+        let instant = recovery(&run(0), Duration::from_secs(5)).unwrap();
+        assert_eq!(instant.seconds, Some(0));
+    }
+
+    #[test]
+    fn a_lasting_change_is_the_new_steady_state_and_a_short_run_says_nothing() {
+        let found = recovery(&run(35), Duration::from_secs(5)).unwrap();
+        // Everything after the event is slow: the steady state is the slow one, back at once.
+        assert_eq!(found.seconds, Some(0));
+        assert!(recovery(&run(3), Duration::from_secs(25)).is_none());
     }
 }

@@ -519,6 +519,13 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
             victoria: cores[3],
             server: cores[4],
         },
+        event: context
+            .scenario
+            .events
+            .iter()
+            .map(|event| event.at)
+            .min()
+            .and_then(|at| at.checked_sub(context.plan.warmup)),
     })
 }
 

@@ -68,6 +68,9 @@ pub struct SimulateArgs {
     /// LEAST_REQUEST active_request_bias.
     #[arg(long, default_value_t = 1.0)]
     active_request_bias: f64,
+    /// Length of the windows of the p99-over-time table.
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+    window: Duration,
     /// Engine `probe_share` for the engine providers (default: the engine's own default).
     #[arg(long)]
     probe_share: Option<f64>,
@@ -120,6 +123,7 @@ fn config(args: &SimulateArgs, policy: Policy) -> SimConfig {
         seed: args.seed,
         tick: args.tick,
         metrics_delay: args.metrics_delay,
+        report_window: args.window,
         ..SimConfig::default()
     };
     config.cswrr.blackout_period = args.blackout;
