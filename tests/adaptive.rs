@@ -245,6 +245,15 @@ weighting:
     assert_eq!(explained.mode, "fresh");
     let cpu = explained.endpoints[2].cpu_cores.expect("cpu of pod-c");
     assert!((cpu - 1.5).abs() < 0.4, "pod-c cpu {cpu}");
+    // The request counter has no `container` label: it is matched by namespace and pod only.
+    for endpoint in &explained.endpoints {
+        assert!(
+            endpoint
+                .requests_per_second
+                .is_some_and(|rps| (rps - 100.0).abs() < 25.0),
+            "{endpoint:?}"
+        );
+    }
     let (_, metrics) = support::http_get(&server.admin_url("/metrics"))
         .await
         .expect("metrics");

@@ -611,7 +611,7 @@ metrics:
   prometheus:
     url: {url}
     cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
-    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
+    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
     timeout: 1s
 weighting:
   algorithm: capacity

@@ -275,15 +275,19 @@ pub fn aggregate_once(
             continue;
         }
         let selector = cluster_selector(&cluster_settings.labels);
+        // An application's request counter carries the pod's namespace but usually no
+        // `container` label (that one comes from cAdvisor), as in the default `rps_query`.
+        let mut rps_selector = selector.clone();
+        rps_selector.remove("container");
         let metrics = [
-            (Signal::Cpu, Some(&settings.cpu_metric)),
-            (Signal::Rps, settings.rps_metric.as_ref()),
+            (Signal::Cpu, Some(&settings.cpu_metric), &selector),
+            (Signal::Rps, settings.rps_metric.as_ref(), &rps_selector),
         ];
-        for (signal, metric) in metrics {
+        for (signal, metric, selector) in metrics {
             let Some(metric) = metric else { continue };
             let samples = store.rates(
                 metric,
-                &selector,
+                selector,
                 &settings.join_label,
                 settings.rate_window,
                 now_ms,

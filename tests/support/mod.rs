@@ -426,13 +426,15 @@ impl FakeBackends {
                 .await
                 .expect("bind backend");
             addresses.push(listener.local_addr().expect("backend address"));
+            // The application's own request counter has no `container` label (cAdvisor adds
+            // that one to the CPU counter only), as with most instrumented apps.
             let page = move || {
                 let seconds = started.elapsed().as_secs_f64() + 1000.0;
                 format!(
                     "# TYPE container_cpu_usage_seconds_total counter\n\
                      container_cpu_usage_seconds_total{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\"}} {}\n\
                      # TYPE http_requests_total counter\n\
-                     http_requests_total{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\"}} {}\n",
+                     http_requests_total{{namespace=\"{namespace}\",pod=\"{}\"}} {}\n",
                     pod.pod,
                     pod.cores * seconds,
                     pod.pod,

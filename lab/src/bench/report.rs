@@ -27,7 +27,7 @@ pub struct ProcessCpu {
     pub load_generator: f64,
     /// The emulated fleet.
     pub emulator: f64,
-    /// VictoriaMetrics.
+    /// VictoriaMetrics (pull) or vmagent (stream).
     pub victoria: f64,
     /// adaptive-eds (0 when not in the loop).
     pub server: f64,
@@ -215,7 +215,7 @@ fn machine(text: &mut String, runs: &[RunOutcome]) {
         text,
         "\nMachine cost over the measured part, cores (of 2)\n"
     );
-    let _ = writeln!(text, "| policy | envoy | load generator | emulator | victoria-metrics | adaptive-eds | total | send lateness us |");
+    let _ = writeln!(text, "| policy | envoy | load generator | emulator | metrics (VictoriaMetrics or vmagent) | adaptive-eds | total | send lateness us |");
     let _ = writeln!(text, "|---|---|---|---|---|---|---|---|");
     for run in runs {
         let cpu = &run.process_cpu;

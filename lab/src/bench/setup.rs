@@ -130,6 +130,30 @@ fn cpu_limit_query(pods: &[Pod]) -> String {
     parts.join(" or ")
 }
 
+/// How pod metrics reach adaptive-eds in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum MetricsPath {
+    /// VictoriaMetrics scrapes the pods every second; adaptive-eds pulls with PromQL each tick.
+    #[default]
+    Pull,
+    /// vmagent scrapes the pods every second and remote-writes to adaptive-eds, which computes
+    /// the rates itself (no query, no store in between).
+    Stream,
+}
+
+/// Where adaptive-eds gets its metrics from, for its config.
+#[derive(Debug, Clone, Copy)]
+pub enum MetricsSource<'a> {
+    /// PromQL against this VictoriaMetrics base URL.
+    Pull(&'a str),
+    /// Remote-write from vmagent; every pod has this CPU limit (remote-write carries none).
+    Stream {
+        /// Cores of every pod.
+        cpu_limit: u32,
+    },
+}
+
 /// What the adaptive-eds config of a run is made of.
 #[derive(Debug, Clone)]
 pub struct ServerSettings<'a> {
@@ -145,10 +169,12 @@ pub struct ServerSettings<'a> {
     pub xds_port: u16,
     /// Admin (metrics, health) listen port.
     pub admin_port: u16,
-    /// VictoriaMetrics base URL.
-    pub victoria_url: &'a str,
+    /// Where the metrics come from.
+    pub metrics: MetricsSource<'a>,
     /// `weighting.probe_share`, when not the server's default.
     pub probe_share: Option<f64>,
+    /// Window of the counter rates (PromQL `rate(...[N])` or remote-write `rate_window`), seconds.
+    pub rate_window: u64,
 }
 
 /// adaptive-eds config: one cluster of the fleet's pods, PromQL pull from VictoriaMetrics.
@@ -160,14 +186,29 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         ports,
         xds_port,
         admin_port,
-        victoria_url,
+        metrics,
         probe_share,
+        rate_window,
     } = *settings;
     let (algorithm, objective) = policy.weighting().unwrap_or(("static", "latency"));
     let container = pods.first().map_or("app", |pod| pod.container.as_str());
+    let (source, limit) = match metrics {
+        MetricsSource::Pull(victoria_url) => (
+            format!(
+                "  prometheus:\n    url: {victoria_url}\n    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace=\"${{namespace}}\",container=\"${{container}}\"}}[{rate_window}s])) by (pod)'\n    rps_query: 'sum(rate(emulator_requests_total{{namespace=\"${{namespace}}\"}}[{rate_window}s])) by (pod)'\n    cpu_limit_query: '{limits}'\n    timeout: 1s\n",
+                limits = cpu_limit_query(pods),
+            ),
+            String::new(),
+        ),
+        MetricsSource::Stream { cpu_limit } => (
+            format!(
+                "  remote_write:\n    enabled: true\n    rps_metric: emulator_requests_total\n    rate_window: {rate_window}s\n    match_labels: {{ namespace: {namespace} }}\n"
+            ),
+            format!("  default_cpu_limit: {cpu_limit}\n"),
+        ),
+    };
     let mut text = format!(
-        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n  prometheus:\n    url: {victoria_url}\n    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace=\"${{namespace}}\",container=\"${{container}}\"}}[5s])) by (pod)'\n    rps_query: 'sum(rate(emulator_requests_total{{namespace=\"${{namespace}}\"}}[5s])) by (pod)'\n    cpu_limit_query: '{limits}'\n    timeout: 1s\nweighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
-        limits = cpu_limit_query(pods),
+        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{limit}{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
         probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
     );
     for (pod, port) in pods.iter().zip(ports) {

@@ -7,8 +7,8 @@ use lab::bench::plot::{series_from_report, write_plots, PlotSeries};
 use lab::bench::process::{cpu_seconds, free_port, get_ok, http, wait_for, Process};
 use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
 use lab::bench::setup::{
-    counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, ServerSettings,
-    CLUSTER,
+    counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, MetricsPath,
+    MetricsSource, ServerSettings, CLUSTER,
 };
 use lab::fleet::{load_fleet, load_scenario, Action, Fleet, Pod, Scenario};
 use std::collections::BTreeMap;
@@ -55,6 +55,13 @@ pub struct BenchArgs {
     /// adaptive-eds `weighting.probe_share` (default: the server's own default).
     #[arg(long)]
     probe_share: Option<f64>,
+    /// How pod metrics reach adaptive-eds: `pull` (VictoriaMetrics + PromQL) or `stream`
+    /// (vmagent remote-write; every pod must have the same cores, remote-write carries no limit).
+    #[arg(long, value_enum, default_value_t = MetricsPath::Pull)]
+    metrics: MetricsPath,
+    /// Window of the counter rates adaptive-eds reads (whole seconds, at least 2: scrapes are 1 s apart).
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+    rate_window: Duration,
     /// Only redraw the PNG plots of an existing results folder from its `report.md`.
     #[arg(long)]
     replot: bool,
@@ -75,6 +82,8 @@ struct RunContext {
     lab: PathBuf,
     results: PathBuf,
     probe_share: Option<f64>,
+    metrics: MetricsPath,
+    rate_window: u64,
 }
 
 /// Runs the bench on a two-thread tokio runtime (the machine has two cores).
@@ -110,6 +119,9 @@ fn results_folder(args: &BenchArgs) -> PathBuf {
         name.push('-');
         name.push_str(&stem(scenario));
     }
+    if args.metrics == MetricsPath::Stream {
+        name.push_str("-stream");
+    }
     Path::new("lab/results").join(name)
 }
 
@@ -140,8 +152,20 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
             server.display()
         );
     }
+    if args.rate_window.as_secs() < 2 || args.rate_window.subsec_nanos() != 0 {
+        bail!(
+            "--rate-window must be whole seconds, at least 2s (scrapes are 1 s apart), not {:?}",
+            args.rate_window
+        );
+    }
     let pods = scaled.pods();
     let count = u16::try_from(pods.len()).context("too many pods")?;
+    if args.metrics == MetricsPath::Stream && stream_cpu_limit(&pods).is_none() {
+        bail!(
+            "--metrics stream needs every pod of {} to have the same cores: remote-write carries no CPU limit, so the server applies one `default_cpu_limit` to all",
+            args.fleet.display()
+        );
+    }
     Ok(RunContext {
         ports: (0..count).map(|index| args.base_port + index).collect(),
         pods,
@@ -160,6 +184,8 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         lab,
         results,
         probe_share: args.probe_share,
+        metrics: args.metrics,
+        rate_window: args.rate_window.as_secs(),
     })
 }
 
@@ -230,7 +256,7 @@ fn write_report(
 ) -> anyhow::Result<()> {
     let command: Vec<String> = std::env::args().collect();
     let header = format!(
-        "# lab bench: {} / {}\n\nCommand: `{}`\n\nRate {} rps base, service times x{}, warm-up {:?}, measured {:?} per policy, seed {}, probe_share {}. One Envoy (`--concurrency 1`), all on 127.0.0.1.\n\n",
+        "# lab bench: {} / {}\n\nCommand: `{}`\n\nRate {} rps base, service times x{}, warm-up {:?}, measured {:?} per policy, seed {}, probe_share {}, metrics {}. One Envoy (`--concurrency 1`), all on 127.0.0.1.\n\n",
         args.fleet.display(),
         context.scenario.name,
         command.join(" "),
@@ -241,6 +267,16 @@ fn write_report(
         args.seed,
         args.probe_share
             .map_or("default".to_owned(), |share| share.to_string()),
+        match args.metrics {
+            MetricsPath::Pull => format!(
+                "pulled (VictoriaMetrics scrapes every 1 s, PromQL rate over {}s)",
+                args.rate_window.as_secs()
+            ),
+            MetricsPath::Stream => format!(
+                "streamed (vmagent scrapes every 1 s and remote-writes; rates over {}s in the server)",
+                args.rate_window.as_secs()
+            ),
+        },
     );
     let path = context.results.join("report.md");
     std::fs::write(&path, header + &render_markdown(outcomes))
@@ -280,11 +316,21 @@ async fn start_stack(
         let url = format!("http://127.0.0.1:{port}/metrics");
         wait_for(Duration::from_secs(20), &url, || get_ok(&url)).await?;
     }
-    let victoria = start_victoria(context, directory).await?;
-    let victoria_port = victoria.1;
-    let server = match policy.weighting() {
-        Some(_) => Some(start_server(context, policy, directory, victoria_port).await?),
-        None => None,
+    // The metrics process: VictoriaMetrics (pull, and the baselines of a stream run, which read
+    // no metrics) or vmagent started once the server it writes to is up (stream).
+    let streamed = context.metrics == MetricsPath::Stream && policy.weighting().is_some();
+    let (victoria, server) = if streamed {
+        let server = start_server(context, policy, directory, None).await?;
+        let vmagent = start_vmagent(context, directory, server.2).await?;
+        (vmagent, Some(server))
+    } else {
+        let victoria = start_victoria(context, directory).await?;
+        let port = victoria.1;
+        let server = match policy.weighting() {
+            Some(_) => Some(start_server(context, policy, directory, Some(port)).await?),
+            None => None,
+        };
+        (victoria.0, server)
     };
     let (envoy_admin, listener) = (free_port()?, free_port()?);
     let bootstrap = envoy_bootstrap(
@@ -324,7 +370,7 @@ async fn start_stack(
     envoy.check_running()?;
     Ok(Stack {
         emulator,
-        victoria: victoria.0,
+        victoria,
         server_xds_port: server.as_ref().map(|server| server.1),
         server: server.map(|server| server.0),
         envoy,
@@ -362,14 +408,58 @@ async fn start_victoria(context: &RunContext, directory: &Path) -> anyhow::Resul
     Ok((process, port))
 }
 
+/// The cores every pod has, when they all have the same (the one CPU limit of a stream run).
+fn stream_cpu_limit(pods: &[Pod]) -> Option<u32> {
+    let first = pods.first()?.cores;
+    pods.iter().all(|pod| pod.cores == first).then_some(first)
+}
+
+/// vmagent scraping every pod each second and remote-writing to adaptive-eds's admin listener.
+async fn start_vmagent(
+    context: &RunContext,
+    directory: &Path,
+    admin_port: u16,
+) -> anyhow::Result<Process> {
+    let scrape = directory.join("scrape.yaml");
+    std::fs::write(&scrape, scrape_config(&context.ports))
+        .with_context(|| format!("writing {}", scrape.display()))?;
+    let port = free_port()?;
+    let process = Process::spawn(
+        "vmagent",
+        Command::new("vmagent")
+            .arg(format!("-promscrape.config={}", scrape.display()))
+            .arg(format!(
+                "-remoteWrite.url=http://127.0.0.1:{admin_port}/api/v1/write"
+            ))
+            .arg(format!(
+                "-remoteWrite.tmpDataPath={}",
+                directory.join("vmagent").display()
+            ))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .args(["-remoteWrite.flushInterval=200ms", "-loggerLevel=WARN"]),
+        &directory.join("vmagent.log"),
+    )?;
+    let url = format!("http://127.0.0.1:{port}/health");
+    wait_for(Duration::from_secs(20), "vmagent /health", || get_ok(&url)).await?;
+    Ok(process)
+}
+
+/// Starts adaptive-eds pulling from VictoriaMetrics on `victoria_port`, or taking remote-write
+/// when there is none; returns the process, its xDS port and its admin port.
 async fn start_server(
     context: &RunContext,
     policy: BenchPolicy,
     directory: &Path,
-    victoria_port: u16,
-) -> anyhow::Result<(Process, u16)> {
+    victoria_port: Option<u16>,
+) -> anyhow::Result<(Process, u16, u16)> {
     let (xds_port, admin_port) = (free_port()?, free_port()?);
-    let victoria_url = format!("http://127.0.0.1:{victoria_port}");
+    let victoria_url = victoria_port.map(|port| format!("http://127.0.0.1:{port}"));
+    let metrics = match &victoria_url {
+        Some(url) => MetricsSource::Pull(url),
+        None => MetricsSource::Stream {
+            cpu_limit: stream_cpu_limit(&context.pods).context("pods with different cores")?,
+        },
+    };
     let config = server_config(&ServerSettings {
         policy,
         namespace: &context.namespace,
@@ -377,8 +467,9 @@ async fn start_server(
         ports: &context.ports,
         xds_port,
         admin_port,
-        victoria_url: &victoria_url,
+        metrics,
         probe_share: context.probe_share,
+        rate_window: context.rate_window,
     });
     let path = directory.join("adaptive-eds.yaml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
@@ -398,7 +489,7 @@ async fn start_server(
     .await;
     process.check_running()?;
     ready?;
-    Ok((process, xds_port))
+    Ok((process, xds_port, admin_port))
 }
 
 /// Envoy's weight per upstream port for the fleet cluster.
