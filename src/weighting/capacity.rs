@@ -55,7 +55,8 @@ struct Fleet {
 struct Smoothed {
     /// The cost to plan with and remember; `None` without any estimate or memory.
     cost: Option<Cost>,
-    /// The factor by which the cost rose this tick, when beyond [`CLEAR_RISE`]: the
+    /// The factor by which the cost rose this tick, when beyond [`CLEAR_RISE`] with full
+    /// evidence: the
     /// endpoint got slower, and its weight may fall without the step limit.
     rose: Option<f64>,
 }
@@ -135,9 +136,9 @@ fn served_shares(fresh: &[FreshEndpoint]) -> Vec<f64> {
 /// divided by the cluster's CPU, which is the cost over the traffic-weighted mean cost; it is
 /// independent of the total rate, so it can be averaged across ticks while the load changes.
 ///
-/// A clear rise (beyond [`CLEAR_RISE`]) is believed at once rather than averaged in,
-/// still in proportion to its evidence: an endpoint that turned slow must lose its traffic on
-/// the next tick, while a fall is averaged, so a noisy cheap reading is slow to win traffic.
+/// A clear rise (beyond [`CLEAR_RISE`], with full evidence) is believed at once rather than
+/// averaged in: an endpoint that turned slow must lose its traffic on the next tick, while a
+/// fall is averaged, so a noisy cheap reading is slow to win traffic.
 fn smoothed_costs(
     fresh: &[FreshEndpoint],
     shares: &[f64],
@@ -195,12 +196,16 @@ fn smoothed_costs(
                     rose: None,
                 };
             };
-            let rising = old.is_some_and(|old| value > old.value * (1.0 + CLEAR_RISE));
-            let weight = if rising { evidence } else { newest * evidence };
-            let cost = blend(value, saturated, old, weight);
+            // Only with full evidence: from a few requests a fivefold estimate is mostly noise.
             let rose = old
-                .map(|old| cost.value / old.value)
-                .filter(|factor| *factor > 1.0 + CLEAR_RISE);
+                .filter(|old| evidence >= 1.0 && value > old.value * (1.0 + CLEAR_RISE))
+                .map(|old| value / old.value);
+            let weight = if rose.is_some() {
+                1.0
+            } else {
+                newest * evidence
+            };
+            let cost = blend(value, saturated, old, weight);
             Smoothed {
                 cost: Some(cost),
                 rose,
@@ -627,7 +632,7 @@ mod tests {
         let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
         assert!((cost - 0.0024).abs() < 1e-12, "{cost}");
         assert!(!planned[0].reason.to_string().contains("rose"));
-        // A clear rise with little evidence only moves the cost by that evidence.
+        // A clear rise from a few requests is averaged like any estimate, by its evidence.
         let remembered = Some(Cost {
             value: 0.002,
             is_floor: false,
@@ -646,8 +651,9 @@ mod tests {
         )
         .0;
         let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
-        // Evidence 2 / 20 rps: 0.002 + 0.1 * (0.008 - 0.002).
-        assert!((cost - 0.0026).abs() < 1e-12, "{cost}");
+        // Evidence 2 / 20 rps, smoothing 0.5: 0.002 + 0.05 * (0.008 - 0.002); no fast path.
+        assert!((cost - 0.0023).abs() < 1e-12, "{cost}");
+        assert!(!planned[0].reason.to_string().contains("rose"));
     }
 
     #[test]

@@ -176,6 +176,45 @@ fn recoveries(text: &mut String, runs: &[RunOutcome]) {
             recovery.steady_p99, recovery.worst_later
         );
     }
+    around_event(text, runs);
+}
+
+/// Seconds shown around an event: from `AROUND.0` before to `AROUND.1` after.
+const AROUND: (u64, u64) = (2, 10);
+
+/// p99 of each 1 s bucket around the event (a second at 1,000 rps holds ~10 requests above p99,
+/// so single seconds are noisy; they show when the tail left, not how low it went).
+fn around_event(text: &mut String, runs: &[RunOutcome]) {
+    let Some(event) = runs.iter().find_map(|run| run.event) else {
+        return;
+    };
+    let event = event.as_secs();
+    let from = event.saturating_sub(AROUND.0);
+    let _ = writeln!(
+        text,
+        "\np99 ms of each second around the event (second 0 holds the event)\n"
+    );
+    let _ = write!(text, "| policy |");
+    for second in from..=event + AROUND.1 {
+        let _ = write!(text, " {} |", second as i64 - event as i64);
+    }
+    let _ = writeln!(
+        text,
+        "\n|---|{}",
+        "---|".repeat((event + AROUND.1 - from + 1) as usize)
+    );
+    for run in runs.iter().filter(|run| run.event.is_some()) {
+        let _ = write!(text, "| {} |", run.policy);
+        for second in from..=event + AROUND.1 {
+            let p99 = run
+                .load
+                .seconds
+                .get(second as usize)
+                .map_or(0.0, |bucket| quantile_ms(bucket, 0.99));
+            let _ = write!(text, " {p99:.1} |");
+        }
+        text.push('\n');
+    }
 }
 
 fn summary(text: &mut String, runs: &[RunOutcome]) {
