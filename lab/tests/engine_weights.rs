@@ -66,7 +66,9 @@ fn capacity_latency_run(fleet: &Fleet, seconds: u64) -> SimReport {
 /// The product claim: capacity + latency at least halves LEAST_REQUEST's p99 on the seed fleet.
 ///
 /// Measured 2026-11-24 (seed 11, 1000 rps, 60 s, metrics delay 1 s): LEAST_REQUEST p99
-/// 27.8 ms, capacity+latency ~5.9 ms (0.21x) with the default total probe budget of 1%.
+/// 27.4 ms, capacity+latency 6.7 ms (0.24x) with the default total probe budget of 0.2%
+/// (`lab simulate --fleet lab/fleets/seed.yaml --weights none,capacity_latency --seed 11
+/// --metrics-delay 1s`).
 #[test]
 fn capacity_latency_halves_least_request_p99() {
     let fleet = seed_fleet();
@@ -173,8 +175,8 @@ fn shares(weights: &[u32]) -> Vec<f64> {
 /// Within 3 ticks of the slowdown it is moved off, for both objectives, and the weights stay
 /// put afterwards (no oscillation).
 ///
-/// Measured 2026-11-24 (seed 11, metrics delay 1 s): `latency` share of fib25-0 32.9% before,
-/// 0.06% three ticks after (1.6% when falls were held to the x2 step limit); `balance` 13.5%
+/// Measured 2026-11-24 (seed 11, metrics delay 1 s): `latency` share of fib25-0 33.2% before,
+/// 0.01% three ticks after (1.6% when falls were held to the x2 step limit); `balance` 13.5%
 /// before, 3.6% after (0.27x for a 4x cost).
 #[test]
 fn a_pod_that_turns_slow_is_moved_off_within_three_ticks() {

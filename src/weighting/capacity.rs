@@ -607,11 +607,11 @@ mod tests {
     fn an_endpoint_that_turns_slow_loses_its_traffic_at_once() {
         let planned = one_turns_slower(4.0);
         // Believed at once (8 ms, not the 5 ms an average would give) and moved to its probe
-        // (1% of 900 rps shared by three: 3 rps of 448) in one tick, past the x2 step limit.
+        // (0.2% of 900 rps shared by three: 0.6 rps of 449.7) in one tick, past the x2 step limit.
         let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
         assert!((cost - 0.008).abs() < 1e-12, "{cost}");
         let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
-        assert_eq!(weights, vec![67, 10000, 10000]);
+        assert_eq!(weights, vec![13, 10000, 10000]);
         let reason = planned[0].reason.to_string();
         assert!(reason.contains("rose x4.00 this tick"), "{reason}");
         // The others keep their measured costs and say nothing about a rise.
@@ -679,11 +679,12 @@ mod tests {
             endpoint(0.3, Some(100.0), None),
             endpoint(0.6, Some(100.0), None),
         ];
-        // Demand 300 rps, capacity of the cheapest at 0.7: 700 rps; a probe budget of 1% (3 rps)
-        // shared by all three: 1 rps each for the two outside the plan, 298 for the cheapest.
+        // Demand 300 rps, capacity of the cheapest at 0.7: 700 rps; a probe budget of 0.2%
+        // (0.6 rps) shared by all three: 0.2 rps each for the two outside the plan, 299.6 for the
+        // cheapest.
         let planned = plan(&fresh, None, &params(Objective::Latency)).0;
         let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
-        assert_eq!(weights, vec![10000, 34, 34]);
+        assert_eq!(weights, vec![10000, 7, 7]);
         assert!(planned[0].reason.to_string().contains("fill rank 1"));
         assert!(
             planned[0].reason.to_string().contains("planned util 0.30"),

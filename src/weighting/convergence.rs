@@ -55,14 +55,14 @@ fn latency_reaches_its_fill_plan_within_three_ticks() {
         let model = ladder(300.0, report_rps);
         let (_, history) = model.run(&params(Objective::Latency), 3);
         let traffic = model.traffic(&history[2]);
-        // The plan: a probe budget of 1% (3 rps) split over all four endpoints (0.75 rps each);
-        // the 3 outside the plan keep theirs, the cheapest takes the remaining 297.75.
+        // The plan: a probe budget of 0.2% (0.6 rps) split over all four endpoints (0.15 rps
+        // each); the 3 outside the plan keep theirs, the cheapest takes the remaining 299.55.
         assert!(
-            (traffic[0] - 297.75).abs() < 297.75 * TOLERANCE,
+            (traffic[0] - 299.55).abs() < 299.55 * TOLERANCE,
             "{traffic:?}"
         );
         for probe in &traffic[1..] {
-            assert!((probe - 0.75).abs() < 0.15, "{traffic:?}");
+            assert!((probe - 0.15).abs() < 0.03, "{traffic:?}");
         }
     }
 }
