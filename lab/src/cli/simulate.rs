@@ -47,6 +47,10 @@ pub struct SimulateArgs {
     /// Simulated time, such as `60s`.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
     duration: Duration,
+    /// Start of the run left out of the latency figures (the weights converge), as `lab bench`
+    /// does with its warm-up.
+    #[arg(long, default_value = "0s", value_parser = super::parse_duration)]
+    warmup: Duration,
     /// Random seed: the same seed gives the same result.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -120,6 +124,7 @@ fn config(args: &SimulateArgs, policy: Policy) -> SimConfig {
         clients: args.clients,
         requests_per_second: args.rps,
         duration: args.duration,
+        warmup: args.warmup,
         seed: args.seed,
         tick: args.tick,
         metrics_delay: args.metrics_delay,

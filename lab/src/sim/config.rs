@@ -15,6 +15,8 @@ pub struct SimConfig {
     pub requests_per_second: f64,
     /// Simulated time.
     pub duration: Duration,
+    /// Start of the run left out of the overall latency figures (weights converge), as in `lab bench`.
+    pub warmup: Duration,
     /// Seed of the random generator: same seed, same result.
     pub seed: u64,
     /// How often the weight provider is asked for weights.
@@ -38,6 +40,7 @@ impl Default for SimConfig {
             clients: 10,
             requests_per_second: 1000.0,
             duration: Duration::from_secs(60),
+            warmup: Duration::ZERO,
             seed: 1,
             tick: Duration::from_secs(1),
             metrics_delay: Duration::ZERO,
@@ -67,6 +70,10 @@ impl SimConfig {
                 "requests_per_second must be > 0",
             ),
             (self.duration.is_zero(), "duration must be > 0"),
+            (
+                self.warmup >= self.duration,
+                "warmup must be shorter than duration",
+            ),
             (self.tick.is_zero(), "tick must be > 0"),
             (self.orca_window.is_zero(), "orca_window must be > 0"),
             (self.report_window.is_zero(), "report_window must be > 0"),

@@ -191,7 +191,8 @@ impl<'a> Engine<'a> {
             clients,
             completions: BinaryHeap::new(),
             weights,
-            recorder: LatencyRecorder::new(nanos(config.report_window))?,
+            recorder: LatencyRecorder::new(nanos(config.report_window))?
+                .with_warmup(nanos(config.warmup)),
             arrivals: 0,
             requests_per_second,
             next_arrival: 0,

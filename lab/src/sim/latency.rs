@@ -36,6 +36,7 @@ pub struct LatencyRecorder {
     windows: Vec<Histogram<u64>>,
     empty: Histogram<u64>,
     window_ns: u64,
+    warmup_ns: u64,
 }
 
 fn millis(histogram: &Histogram<u64>, quantile: f64) -> f64 {
@@ -67,13 +68,22 @@ impl LatencyRecorder {
             windows: Vec::new(),
             empty,
             window_ns: window_ns.max(1),
+            warmup_ns: 0,
         })
+    }
+
+    /// Leaves requests completed before `warmup_ns` out of the run's summary (windows keep them).
+    pub fn with_warmup(mut self, warmup_ns: u64) -> Self {
+        self.warmup_ns = warmup_ns;
+        self
     }
 
     /// Records one request that completed at `now_ns` after `latency_ns`.
     pub fn record(&mut self, now_ns: u64, latency_ns: u64) {
         let micros = (latency_ns / 1000).max(1);
-        self.total.saturating_record(micros);
+        if now_ns >= self.warmup_ns {
+            self.total.saturating_record(micros);
+        }
         let window = (now_ns / self.window_ns) as usize;
         if self.windows.len() <= window {
             self.windows.resize(window + 1, self.empty.clone());
@@ -81,7 +91,7 @@ impl LatencyRecorder {
         self.windows[window].saturating_record(micros);
     }
 
-    /// Summary over the whole run.
+    /// Summary over the run after the warm-up.
     pub fn total(&self) -> LatencySummary {
         summarize(&self.total)
     }
@@ -91,5 +101,23 @@ impl LatencyRecorder {
         (0..windows.max(self.windows.len()))
             .map(|index| self.windows.get(index).map(summarize).unwrap_or_default())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod warmup_tests {
+    use super::*;
+
+    #[test]
+    fn the_warm_up_is_left_out_of_the_total_but_not_the_windows() {
+        let mut recorder = LatencyRecorder::new(1_000_000_000)
+            .unwrap()
+            .with_warmup(2_000_000_000);
+        recorder.record(1_000_000_000, 50_000_000);
+        recorder.record(3_000_000_000, 2_000_000);
+        let total = recorder.total();
+        assert_eq!(total.count, 1);
+        assert!((total.max_ms - 2.0).abs() < 0.01, "{total:?}");
+        assert_eq!(recorder.windows(4)[1].count, 1);
     }
 }
