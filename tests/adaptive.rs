@@ -216,6 +216,7 @@ metrics:
   remote_write:
     enabled: true
     rps_metric: http_requests_total
+    cpu_limit_metric: kube_pod_container_resource_limits
     rate_window: 5s
     match_labels: {{ namespace: shop }}
 weighting:
@@ -245,6 +246,9 @@ weighting:
     assert_eq!(explained.mode, "fresh");
     let cpu = explained.endpoints[2].cpu_cores.expect("cpu of pod-c");
     assert!((cpu - 1.5).abs() < 0.4, "pod-c cpu {cpu}");
+    // The limit gauge (2 cores, its `resource="cpu"` row) divides the CPU: pod-c uses 1.5 of 2.
+    let utilization = explained.endpoints[2].utilization.expect("utilization of pod-c");
+    assert!((utilization - 0.75).abs() < 0.2, "pod-c utilization {utilization}");
     // The request counter has no `container` label: it is matched by namespace and pod only.
     for endpoint in &explained.endpoints {
         assert!(

@@ -86,6 +86,12 @@ pub struct RemoteWriteConfig {
     pub cpu_metric: String,
     /// Counter of requests (its rate is requests per second).
     pub rps_metric: Option<String>,
+    /// Gauge of each container's CPU limit in cores (e.g. kube-state-metrics'
+    /// `kube_pod_container_resource_limits`); its newest value is the endpoint's limit.
+    pub cpu_limit_metric: Option<String>,
+    /// Labels a `cpu_limit_metric` series must carry to count (default `{resource: cpu}`, as
+    /// kube-state-metrics labels the CPU row of its limits).
+    pub cpu_limit_labels: Option<BTreeMap<String, String>>,
     /// Label matched to endpoints.
     #[serde(default = "default_join_label")]
     pub join_label: String,
@@ -249,6 +255,10 @@ pub struct RemoteWriteSettings {
     pub cpu_metric: String,
     /// Request counter name.
     pub rps_metric: Option<String>,
+    /// CPU limit gauge name (cores).
+    pub cpu_limit_metric: Option<String>,
+    /// Labels a limit series must carry.
+    pub cpu_limit_labels: BTreeMap<String, String>,
     /// Label matched to endpoints.
     pub join_label: String,
     /// What the label holds.
@@ -591,6 +601,16 @@ fn validate_remote_write(
             "must not be empty",
         ));
     }
+    if config
+        .cpu_limit_metric
+        .as_ref()
+        .is_some_and(|metric| metric.trim().is_empty())
+    {
+        problems.push(problem(
+            "metrics.remote_write.cpu_limit_metric",
+            "must not be empty when set",
+        ));
+    }
     let rate_window = config
         .rate_window
         .map(|value| value.0)
@@ -599,6 +619,11 @@ fn validate_remote_write(
     RemoteWriteSettings {
         cpu_metric: config.cpu_metric.clone(),
         rps_metric: config.rps_metric.clone(),
+        cpu_limit_metric: config.cpu_limit_metric.clone(),
+        cpu_limit_labels: config
+            .cpu_limit_labels
+            .clone()
+            .unwrap_or_else(|| BTreeMap::from([("resource".to_owned(), "cpu".to_owned())])),
         join_label: config.join_label.clone(),
         join_by: config.join_by,
         rate_window,

@@ -93,7 +93,8 @@ impl SeriesStore {
                 .collect();
             let metric = labels.get("__name__").cloned().unwrap_or_default();
             let wanted = metric == settings.cpu_metric
-                || settings.rps_metric.as_deref() == Some(metric.as_str());
+                || settings.rps_metric.as_deref() == Some(metric.as_str())
+                || settings.cpu_limit_metric.as_deref() == Some(metric.as_str());
             let matches = settings
                 .match_labels
                 .iter()
@@ -139,6 +140,46 @@ impl SeriesStore {
     /// True when no series is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Per value of `join_label`: the sum of the newest values of the gauge `metric` for series
+    /// matching `selector` (and newer than `max_age_ms`), stamped with the newest point used.
+    pub fn latest(
+        &self,
+        metric: &str,
+        selector: &BTreeMap<String, String>,
+        join_label: &str,
+        max_age_ms: i64,
+        now_ms: i64,
+    ) -> HashMap<String, Sample> {
+        let mut sums: HashMap<String, Sample> = HashMap::new();
+        let Ok(store) = self.series.lock() else {
+            return sums;
+        };
+        for series in store.values() {
+            if series.metric != metric
+                || !selector
+                    .iter()
+                    .all(|(name, value)| series.labels.get(name) == Some(value))
+            {
+                continue;
+            }
+            let (Some(key), Some(&(time, value))) =
+                (series.labels.get(join_label), series.points.back())
+            else {
+                continue;
+            };
+            if now_ms - time > max_age_ms {
+                continue;
+            }
+            let entry = sums.entry(key.clone()).or_insert(Sample {
+                value: 0.0,
+                timestamp_ms: time,
+            });
+            entry.value += value;
+            entry.timestamp_ms = entry.timestamp_ms.max(time);
+        }
+        sums
     }
 
     /// Per value of `join_label`: the summed rate of `metric` over `window` for series matching
@@ -283,6 +324,28 @@ pub fn aggregate_once(
             (Signal::Cpu, Some(&settings.cpu_metric), &selector),
             (Signal::Rps, settings.rps_metric.as_ref(), &rps_selector),
         ];
+        if let Some(metric) = &settings.cpu_limit_metric {
+            let mut limit_selector = selector.clone();
+            limit_selector.extend(settings.cpu_limit_labels.clone());
+            // A limit changes rarely: a point is good for as long as a series is kept.
+            let retention_ms = i64::try_from(SERIES_RETENTION.as_millis()).unwrap_or(i64::MAX);
+            let samples = store.latest(
+                metric,
+                &limit_selector,
+                &settings.join_label,
+                retention_ms,
+                now_ms,
+            );
+            table.replace(
+                SourceKind::RemoteWrite,
+                cluster,
+                Signal::CpuLimit,
+                SampleSet {
+                    join_by: settings.join_by,
+                    samples,
+                },
+            );
+        }
         for (signal, metric, selector) in metrics {
             let Some(metric) = metric else { continue };
             let samples = store.rates(
@@ -332,6 +395,8 @@ mod tests {
         RemoteWriteSettings {
             cpu_metric: "cpu_total".into(),
             rps_metric: Some("requests_total".into()),
+            cpu_limit_metric: Some("limits".into()),
+            cpu_limit_labels: BTreeMap::from([("resource".to_string(), "cpu".to_string())]),
             join_label: "pod".into(),
             join_by: Default::default(),
             rate_window: Duration::from_secs(60),
@@ -439,5 +504,51 @@ mod tests {
             .compress_vec(&request.encode_to_vec())
             .expect("compress");
         assert_eq!(decode(&body).expect("decodes"), request);
+    }
+
+    fn limit(pod: &str, resource: &str, time: i64, value: f64) -> pb::TimeSeries {
+        let mut series = series("limits", pod, "shop", &[(time, value)]);
+        series.labels.push(pb::Label {
+            name: "resource".into(),
+            value: resource.into(),
+        });
+        series
+    }
+
+    #[test]
+    fn cpu_limits_are_the_newest_gauge_value_of_the_cpu_rows() {
+        let store = SeriesStore::default();
+        let settings = RemoteWriteSettings {
+            max_series: 10,
+            ..settings()
+        };
+        let request = pb::WriteRequest {
+            timeseries: vec![
+                limit("a", "cpu", 1_000, 2.0),
+                limit("a", "memory", 1_000, 4e9),
+                limit("b", "cpu", 1_000, 4.0),
+            ],
+        };
+        assert_eq!(store.ingest(request, &settings).accepted, 3);
+        let later = pb::WriteRequest {
+            timeseries: vec![limit("b", "cpu", 2_000, 0.5)],
+        };
+        store.ingest(later, &settings);
+        let selector = BTreeMap::from([
+            ("namespace".to_string(), "shop".to_string()),
+            ("resource".to_string(), "cpu".to_string()),
+        ]);
+        let limits = store.latest("limits", &selector, "pod", 60_000, 3_000);
+        assert_eq!(limits.len(), 2);
+        assert!(
+            (limits["a"].value - 2.0).abs() < 1e-12,
+            "memory row left out"
+        );
+        assert!((limits["b"].value - 0.5).abs() < 1e-12, "newest value");
+        assert_eq!(limits["b"].timestamp_ms, 2_000);
+        // Too old: left out.
+        assert!(store
+            .latest("limits", &selector, "pod", 500, 3_000)
+            .is_empty());
     }
 }

@@ -433,10 +433,15 @@ impl FakeBackends {
                 format!(
                     "# TYPE container_cpu_usage_seconds_total counter\n\
                      container_cpu_usage_seconds_total{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\"}} {}\n\
+                     # TYPE kube_pod_container_resource_limits gauge\n\
+                     kube_pod_container_resource_limits{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\",resource=\"cpu\",unit=\"core\"}} 2\n\
+                     kube_pod_container_resource_limits{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\",resource=\"memory\",unit=\"byte\"}} 4e9\n\
                      # TYPE http_requests_total counter\n\
                      http_requests_total{{namespace=\"{namespace}\",pod=\"{}\"}} {}\n",
                     pod.pod,
                     pod.cores * seconds,
+                    pod.pod,
+                    pod.pod,
                     pod.pod,
                     pod.rps * seconds
                 )

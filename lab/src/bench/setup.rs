@@ -138,7 +138,7 @@ pub enum MetricsPath {
     #[default]
     Pull,
     /// vmagent scrapes the pods every second and remote-writes to adaptive-eds, which computes
-    /// the rates itself (no query, no store in between).
+    /// the rates itself and reads the CPU limits from the limit gauge (no query, no store).
     Stream,
 }
 
@@ -147,11 +147,8 @@ pub enum MetricsPath {
 pub enum MetricsSource<'a> {
     /// PromQL against this VictoriaMetrics base URL.
     Pull(&'a str),
-    /// Remote-write from vmagent; every pod has this CPU limit (remote-write carries none).
-    Stream {
-        /// Cores of every pod.
-        cpu_limit: u32,
-    },
+    /// Remote-write from vmagent (limits from the pods' `kube_pod_container_resource_limits`).
+    Stream,
 }
 
 /// What the adaptive-eds config of a run is made of.
@@ -192,23 +189,17 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
     } = *settings;
     let (algorithm, objective) = policy.weighting().unwrap_or(("static", "latency"));
     let container = pods.first().map_or("app", |pod| pod.container.as_str());
-    let (source, limit) = match metrics {
-        MetricsSource::Pull(victoria_url) => (
-            format!(
+    let source = match metrics {
+        MetricsSource::Pull(victoria_url) => format!(
                 "  prometheus:\n    url: {victoria_url}\n    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace=\"${{namespace}}\",container=\"${{container}}\"}}[{rate_window}s])) by (pod)'\n    rps_query: 'sum(rate(emulator_requests_total{{namespace=\"${{namespace}}\"}}[{rate_window}s])) by (pod)'\n    cpu_limit_query: '{limits}'\n    timeout: 1s\n",
-                limits = cpu_limit_query(pods),
-            ),
-            String::new(),
+            limits = cpu_limit_query(pods),
         ),
-        MetricsSource::Stream { cpu_limit } => (
-            format!(
-                "  remote_write:\n    enabled: true\n    rps_metric: emulator_requests_total\n    rate_window: {rate_window}s\n    match_labels: {{ namespace: {namespace} }}\n"
-            ),
-            format!("  default_cpu_limit: {cpu_limit}\n"),
+        MetricsSource::Stream => format!(
+                "  remote_write:\n    enabled: true\n    rps_metric: emulator_requests_total\n    cpu_limit_metric: kube_pod_container_resource_limits\n    rate_window: {rate_window}s\n    match_labels: {{ namespace: {namespace} }}\n"
         ),
     };
     let mut text = format!(
-        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{limit}{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
+        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
         probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
     );
     for (pod, port) in pods.iter().zip(ports) {

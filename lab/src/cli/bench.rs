@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long)]
     probe_share: Option<f64>,
     /// How pod metrics reach adaptive-eds: `pull` (VictoriaMetrics + PromQL) or `stream`
-    /// (vmagent remote-write; every pod must have the same cores, remote-write carries no limit).
+    /// (vmagent remote-write, CPU limits from the pods' limit gauge).
     #[arg(long, value_enum, default_value_t = MetricsPath::Pull)]
     metrics: MetricsPath,
     /// Window of the counter rates adaptive-eds reads (whole seconds, at least 2: scrapes are 1 s apart).
@@ -160,12 +160,6 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
     }
     let pods = scaled.pods();
     let count = u16::try_from(pods.len()).context("too many pods")?;
-    if args.metrics == MetricsPath::Stream && stream_cpu_limit(&pods).is_none() {
-        bail!(
-            "--metrics stream needs every pod of {} to have the same cores: remote-write carries no CPU limit, so the server applies one `default_cpu_limit` to all",
-            args.fleet.display()
-        );
-    }
     Ok(RunContext {
         ports: (0..count).map(|index| args.base_port + index).collect(),
         pods,
@@ -408,12 +402,6 @@ async fn start_victoria(context: &RunContext, directory: &Path) -> anyhow::Resul
     Ok((process, port))
 }
 
-/// The cores every pod has, when they all have the same (the one CPU limit of a stream run).
-fn stream_cpu_limit(pods: &[Pod]) -> Option<u32> {
-    let first = pods.first()?.cores;
-    pods.iter().all(|pod| pod.cores == first).then_some(first)
-}
-
 /// vmagent scraping every pod each second and remote-writing to adaptive-eds's admin listener.
 async fn start_vmagent(
     context: &RunContext,
@@ -456,9 +444,7 @@ async fn start_server(
     let victoria_url = victoria_port.map(|port| format!("http://127.0.0.1:{port}"));
     let metrics = match &victoria_url {
         Some(url) => MetricsSource::Pull(url),
-        None => MetricsSource::Stream {
-            cpu_limit: stream_cpu_limit(&context.pods).context("pods with different cores")?,
-        },
+        None => MetricsSource::Stream,
     };
     let config = server_config(&ServerSettings {
         policy,

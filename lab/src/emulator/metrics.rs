@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
@@ -28,6 +29,21 @@ pub struct PodLabels {
     pub pod: String,
 }
 
+/// Labels of the kube-state-metrics-style limit gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Which resource (`cpu`).
+    pub resource: String,
+    /// Unit of the value (`core`).
+    pub unit: String,
+}
+
 /// Handles to the metrics of one node, plus the registry that exposes them.
 #[derive(Debug)]
 pub struct NodeMetrics {
@@ -42,9 +58,24 @@ fn latency_histogram() -> Histogram {
 }
 
 impl NodeMetrics {
-    /// Registers every family of a node with its help text.
-    pub fn new(labels: ContainerLabels) -> Self {
+    /// Registers every family of a node with its help text; `cores` is its CPU limit.
+    pub fn new(labels: ContainerLabels, cores: u32) -> Self {
         let mut registry = Registry::default();
+        let limit_family = Family::<LimitLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "kube_pod_container_resource_limits",
+            "The container's CPU limit in cores (worker slots), as kube-state-metrics reports it",
+            limit_family.clone(),
+        );
+        limit_family
+            .get_or_create(&LimitLabels {
+                namespace: labels.namespace.clone(),
+                pod: labels.pod.clone(),
+                container: labels.container.clone(),
+                resource: "cpu".to_owned(),
+                unit: "core".to_owned(),
+            })
+            .set(f64::from(cores));
         let cpu_family = Family::<ContainerLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "container_cpu_usage_seconds",

@@ -73,7 +73,7 @@ impl Node {
             slots: Semaphore::new(pod.cores as usize),
             service_time: ServiceTime::new(&pod.service_time)?,
             slowdown_bits: AtomicU64::new(1.0f64.to_bits()),
-            metrics: NodeMetrics::new(labels),
+            metrics: NodeMetrics::new(labels, pod.cores),
             recent: RecentLoad::new(ORCA_WINDOW),
             timer,
             orca,
