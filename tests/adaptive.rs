@@ -247,8 +247,13 @@ weighting:
     let cpu = explained.endpoints[2].cpu_cores.expect("cpu of pod-c");
     assert!((cpu - 1.5).abs() < 0.4, "pod-c cpu {cpu}");
     // The limit gauge (2 cores, its `resource="cpu"` row) divides the CPU: pod-c uses 1.5 of 2.
-    let utilization = explained.endpoints[2].utilization.expect("utilization of pod-c");
-    assert!((utilization - 0.75).abs() < 0.2, "pod-c utilization {utilization}");
+    let utilization = explained.endpoints[2]
+        .utilization
+        .expect("utilization of pod-c");
+    assert!(
+        (utilization - 0.75).abs() < 0.2,
+        "pod-c utilization {utilization}"
+    );
     // The request counter has no `container` label: it is matched by namespace and pod only.
     for endpoint in &explained.endpoints {
         assert!(

@@ -57,6 +57,26 @@ struct Series {
     points: VecDeque<(i64, f64)>,
 }
 
+impl Series {
+    /// Whether this is a series of `metric` with every label of `selector`.
+    fn is(&self, metric: &str, selector: &BTreeMap<String, String>) -> bool {
+        self.metric == metric
+            && selector
+                .iter()
+                .all(|(name, value)| self.labels.get(name) == Some(value))
+    }
+}
+
+/// Adds `value` to the sample of `key`, stamped with the newest time added.
+fn add_to(sums: &mut HashMap<String, Sample>, key: &str, value: f64, time: i64) {
+    let entry = sums.entry(key.to_owned()).or_insert(Sample {
+        value: 0.0,
+        timestamp_ms: time,
+    });
+    entry.value += value;
+    entry.timestamp_ms = entry.timestamp_ms.max(time);
+}
+
 /// The newest points of every accepted series, shared by the HTTP handler and the aggregator.
 #[derive(Clone, Debug, Default)]
 pub struct SeriesStore {
@@ -157,11 +177,7 @@ impl SeriesStore {
             return sums;
         };
         for series in store.values() {
-            if series.metric != metric
-                || !selector
-                    .iter()
-                    .all(|(name, value)| series.labels.get(name) == Some(value))
-            {
+            if !series.is(metric, selector) {
                 continue;
             }
             let (Some(key), Some(&(time, value))) =
@@ -172,12 +188,7 @@ impl SeriesStore {
             if now_ms - time > max_age_ms {
                 continue;
             }
-            let entry = sums.entry(key.clone()).or_insert(Sample {
-                value: 0.0,
-                timestamp_ms: time,
-            });
-            entry.value += value;
-            entry.timestamp_ms = entry.timestamp_ms.max(time);
+            add_to(&mut sums, key, value, time);
         }
         sums
     }
@@ -205,11 +216,7 @@ impl SeriesStore {
         });
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         for series in store.values_mut() {
-            if series.metric != metric
-                || !selector
-                    .iter()
-                    .all(|(name, value)| series.labels.get(name) == Some(value))
-            {
+            if !series.is(metric, selector) {
                 continue;
             }
             let Some(key) = series.labels.get(join_label) else {
@@ -228,12 +235,7 @@ impl SeriesStore {
             let Some(rate) = counter_rate(&series.points, newest - window_ms) else {
                 continue;
             };
-            let entry = sums.entry(key.clone()).or_insert(Sample {
-                value: 0.0,
-                timestamp_ms: newest,
-            });
-            entry.value += rate;
-            entry.timestamp_ms = entry.timestamp_ms.max(newest);
+            add_to(&mut sums, key, rate, newest);
         }
         sums
     }
