@@ -215,3 +215,40 @@ fn a_pod_that_turns_slow_is_moved_off_within_three_ticks() {
         );
     }
 }
+
+/// A pod that recovers is trusted with traffic again, through its probes alone: fib25-0 turns 4x
+/// slower at 30 s and recovers at 60 s; with `latency` and the default probe budget it is back
+/// above 20% of the traffic within 15 minutes.
+///
+/// Measured 2026-11-24 (seed 11): back at 693 s, 633 s after recovering, with the default 0.2%
+/// probes (0.17 rps per probed pod; a pod's cost average follows ~40 of its requests); 211 s with
+/// `probe_share: 0.01`. This is the price of the smaller default (see README, `probe_share`).
+#[test]
+fn a_recovered_pod_wins_its_traffic_back_through_probes() {
+    let fleet = seed_fleet();
+    let scenario = load_scenario(&crate_file("scenarios/node-recovers.yaml"), &fleet).unwrap();
+    let mut provider = engine(&fleet, Algorithm::Capacity, Objective::Latency);
+    simulate(
+        &fleet,
+        &scenario,
+        &config(Policy::LeastRequest, 960),
+        &mut provider,
+        "engine",
+    )
+    .unwrap();
+    let history = provider.history();
+    let out = shares(&history[58])[0];
+    let back = (60..history.len()).find(|tick| shares(&history[*tick])[0] > 0.2);
+    eprintln!(
+        "share while slow {out:.4}, back above 20% at {:?} s",
+        back.map(|tick| tick + 1)
+    );
+    assert!(
+        out < 0.01,
+        "fib25-0 kept {out:.3} of the traffic while slow"
+    );
+    assert!(
+        back.is_some_and(|tick| tick + 1 <= 60 + 900),
+        "fib25-0 not back above 20% within 900 s of recovering"
+    );
+}
