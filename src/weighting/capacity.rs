@@ -30,9 +30,9 @@ const SATURATION: f64 = 0.95;
 /// well below their mean) and its weight swung x3; 25% still separates 2 ms from 3.3 ms pods.
 const COST_TIER_TOLERANCE: f64 = 0.25;
 
-/// A cost estimate this fraction above the remembered cost is a clear rise: the endpoint got
-/// slower, so the estimate is believed at once (in proportion to its evidence) and the weight
-/// may fall past the step limit. Twice [`COST_TIER_TOLERANCE`]: on the seed fleet simulated with
+/// A cost estimate this fraction above the remembered cost, from full evidence (see
+/// [`FULL_EVIDENCE_RPS`]), is a clear rise: the endpoint got slower, so the estimate is believed
+/// at once and the weight may fall past the step limit. Twice [`COST_TIER_TOLERANCE`]: on the seed fleet simulated with
 /// 1 s samples, a fib27 pod at 50 rps read 25% above its average a few times in 200 ticks from
 /// noise alone, never 50%; a pod turning 4x slower reads 1.6x or more on the first tick whose
 /// 5 s rate window holds one slow second.
@@ -56,8 +56,7 @@ struct Smoothed {
     /// The cost to plan with and remember; `None` without any estimate or memory.
     cost: Option<Cost>,
     /// The factor by which the cost rose this tick, when beyond [`CLEAR_RISE`] with full
-    /// evidence: the
-    /// endpoint got slower, and its weight may fall without the step limit.
+    /// evidence: the endpoint got slower, and its weight may fall without the step limit.
     rose: Option<f64>,
 }
 
