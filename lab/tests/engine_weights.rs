@@ -171,6 +171,23 @@ fn shares(weights: &[u32]) -> Vec<f64> {
         .collect()
 }
 
+/// The weights `capacity` with `objective` served after each tick of `seconds` of a seed-fleet
+/// scenario from `lab/scenarios/` (index t - 1 holds the weights set at t seconds).
+fn scenario_weights(file: &str, objective: Objective, seconds: u64) -> Vec<Vec<u32>> {
+    let fleet = seed_fleet();
+    let scenario = load_scenario(&crate_file(&format!("scenarios/{file}")), &fleet).unwrap();
+    let mut provider = engine(&fleet, Algorithm::Capacity, objective);
+    simulate(
+        &fleet,
+        &scenario,
+        &config(Policy::LeastRequest, seconds),
+        &mut provider,
+        "engine",
+    )
+    .unwrap();
+    provider.history().to_vec()
+}
+
 /// The time scenario: fib25-0 (endpoint 0, filled first by `latency`) turns 4x slower at 30 s.
 /// Within 3 ticks of the slowdown it is moved off, for both objectives, and the weights stay
 /// put afterwards (no oscillation).
@@ -180,19 +197,8 @@ fn shares(weights: &[u32]) -> Vec<f64> {
 /// before, 3.6% after (0.27x for a 4x cost).
 #[test]
 fn a_pod_that_turns_slow_is_moved_off_within_three_ticks() {
-    let fleet = seed_fleet();
-    let scenario = load_scenario(&crate_file("scenarios/node-slows.yaml"), &fleet).unwrap();
     for objective in [Objective::Latency, Objective::Balance] {
-        let mut provider = engine(&fleet, Algorithm::Capacity, objective);
-        simulate(
-            &fleet,
-            &scenario,
-            &config(Policy::LeastRequest, 60),
-            &mut provider,
-            "engine",
-        )
-        .unwrap();
-        let history = provider.history();
+        let history = &scenario_weights("node-slows.yaml", objective, 60);
         // history[t - 1] holds the weights set at t seconds.
         let before = shares(&history[29])[0];
         let after = shares(&history[32])[0];
@@ -225,18 +231,7 @@ fn a_pod_that_turns_slow_is_moved_off_within_three_ticks() {
 /// `probe_share: 0.01`. This is the price of the smaller default (see README, `probe_share`).
 #[test]
 fn a_recovered_pod_wins_its_traffic_back_through_probes() {
-    let fleet = seed_fleet();
-    let scenario = load_scenario(&crate_file("scenarios/node-recovers.yaml"), &fleet).unwrap();
-    let mut provider = engine(&fleet, Algorithm::Capacity, Objective::Latency);
-    simulate(
-        &fleet,
-        &scenario,
-        &config(Policy::LeastRequest, 960),
-        &mut provider,
-        "engine",
-    )
-    .unwrap();
-    let history = provider.history();
+    let history = scenario_weights("node-recovers.yaml", Objective::Latency, 960);
     let out = shares(&history[58])[0];
     let back = (60..history.len()).find(|tick| shares(&history[*tick])[0] > 0.2);
     eprintln!(
