@@ -37,7 +37,14 @@ async fn every_seed_node_answers_and_exposes_metrics() {
     assert!(metrics.body.contains(expected), "{}", metrics.body);
     assert!(metrics
         .body
-        .contains("emulator_requests_total{namespace=\"lab\",pod=\"fib25-0\"} 1"));
+        .contains("emulator_requests_total{namespace=\"lab\",pod=\"fib25-0\",code=\"200\"} 1"));
+    // Both codes are exported from the start, so a healthy pod reads as zero errors.
+    assert!(metrics
+        .body
+        .contains("emulator_requests_total{namespace=\"lab\",pod=\"fib25-0\",code=\"503\"} 0"));
+    assert!(metrics
+        .body
+        .contains("emulator_request_errors_total{namespace=\"lab\",pod=\"fib25-0\"} 0"));
     assert!(metrics
         .body
         .contains("emulator_request_duration_seconds_bucket"));
@@ -109,5 +116,43 @@ async fn slowdown_makes_requests_slower() {
     .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(running_node.node.slowdown(), 4.0);
+    running.shutdown(GRACE).await;
+}
+
+/// A failing pod answers its failing share with a fast 503 carrying the ORCA header, counts
+/// the failures by code and as errors, and counts only the short failure time as CPU; the admin
+/// endpoint turns the failure on and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pod_answers_fast_503s_and_counts_them() {
+    let fleet = single_node_fleet(1, 20.0);
+    let running = start_fleet(&fleet, 0).await.unwrap();
+    let node = running.nodes()[0].clone();
+    let reply = request(node.address, Method::POST, "/admin/failing", "1 0.2").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let before = node.node.metrics().cpu_seconds();
+    let started = Instant::now();
+    for _ in 0..10 {
+        let reply = get(node.address, "/").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(reply.headers.contains_key(ORCA_HEADER));
+    }
+    let busy = node.node.metrics().cpu_seconds() - before;
+    // Ten failures of 0.2 ms hold the slot >= 2 ms and far less than one 20 ms request.
+    assert!((0.002..0.015).contains(&busy), "slot held {busy} s");
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert_eq!(node.node.metrics().requests(), (10, 10));
+    let metrics = get(node.address, "/metrics").await.body;
+    assert!(
+        metrics
+            .contains("emulator_requests_total{namespace=\"test\",pod=\"node-0\",code=\"503\"} 10"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("emulator_request_errors_total{namespace=\"test\",pod=\"node-0\"} 10"));
+    let bad = request(node.address, Method::POST, "/admin/failing", "2").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let reply = request(node.address, Method::POST, "/admin/failing", "0").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(get(node.address, "/").await.status, StatusCode::OK);
+    assert_eq!(node.node.metrics().requests(), (11, 10));
     running.shutdown(GRACE).await;
 }

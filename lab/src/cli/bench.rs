@@ -84,6 +84,7 @@ struct RunContext {
     probe_share: Option<f64>,
     metrics: MetricsPath,
     rate_window: u64,
+    time_scale: f64,
 }
 
 /// Runs the bench on a two-thread tokio runtime (the machine has two cores).
@@ -100,6 +101,9 @@ fn scaled(fleet: &Fleet, factor: f64) -> Fleet {
     let mut fleet = fleet.clone();
     for group in &mut fleet.groups {
         group.service_time.mean_ms *= factor;
+        if let Some(failing) = &mut group.failing {
+            failing.after_ms *= factor;
+        }
     }
     fleet
 }
@@ -180,6 +184,7 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         probe_share: args.probe_share,
         metrics: args.metrics,
         rate_window: args.rate_window.as_secs(),
+        time_scale: args.time_scale,
     })
 }
 
@@ -529,11 +534,22 @@ fn process_seconds(stack: &Stack) -> [f64; 5] {
     ]
 }
 
-/// Applies the scenario's slowdowns through the pods' admin endpoint, on the load's clock.
-async fn apply_slowdowns(context: &RunContext, start: tokio::time::Instant) {
+/// Applies the scenario's slowdowns and failures through the pods' admin endpoints, on the
+/// load's clock (failure times scaled like service times).
+async fn apply_pod_events(context: &RunContext, start: tokio::time::Instant) {
     for event in &context.scenario.events {
-        let Action::SetSlowdown { pod, factor } = &event.action else {
-            continue;
+        let (pod, path, body) = match &event.action {
+            Action::SetSlowdown { pod, factor } => (pod, "slowdown", factor.to_string()),
+            Action::SetFailing {
+                pod,
+                ratio,
+                after_ms,
+            } => (
+                pod,
+                "failing",
+                format!("{ratio} {}", after_ms * context.time_scale),
+            ),
+            Action::SetLoadFactor { .. } => continue,
         };
         let Some(index) = context
             .pods
@@ -543,9 +559,9 @@ async fn apply_slowdowns(context: &RunContext, start: tokio::time::Instant) {
             continue;
         };
         tokio::time::sleep_until(start + event.at).await;
-        let url = format!("http://127.0.0.1:{}/admin/slowdown", context.ports[index]);
-        if let Err(error) = http(hyper::Method::POST, &url, &factor.to_string()).await {
-            tracing::warn!(%error, pod, "slowdown not applied");
+        let url = format!("http://127.0.0.1:{}/admin/{path}", context.ports[index]);
+        if let Err(error) = http(hyper::Method::POST, &url, &body).await {
+            tracing::warn!(%error, pod, path, "pod event not applied");
         }
     }
 }
@@ -567,10 +583,10 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
             process_seconds(&stack),
         )
     };
-    let slowdowns = apply_slowdowns(context, start);
+    let pod_events = apply_pod_events(context, start);
     let total = context.plan.warmup + context.plan.measure;
     let (load, (before, cpu_before), _) =
-        tokio::join!(load, measure_start, tokio::time::timeout(total, slowdowns));
+        tokio::join!(load, measure_start, tokio::time::timeout(total, pod_events));
     let seconds = start.elapsed().as_secs_f64() - context.plan.warmup.as_secs_f64();
     let after = fleet_counters(&context.ports).await?;
     let cpu_after = process_seconds(&stack);

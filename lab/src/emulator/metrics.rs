@@ -29,6 +29,17 @@ pub struct PodLabels {
     pub pod: String,
 }
 
+/// Labels of the request counter: the pod and the HTTP status code of the answer.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// HTTP status code answered (`200` or `503`).
+    pub code: String,
+}
+
 /// Labels of the kube-state-metrics-style limit gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
@@ -49,7 +60,9 @@ pub struct LimitLabels {
 pub struct NodeMetrics {
     registry: Registry,
     cpu_seconds: Counter<f64, AtomicU64>,
-    requests: Counter,
+    served: Counter,
+    failed: Counter,
+    errors: Counter,
     latency: Histogram,
 }
 
@@ -82,11 +95,17 @@ impl NodeMetrics {
             "Busy worker-slot seconds, like cAdvisor's cumulative CPU time; rate() gives cores in use",
             cpu_family.clone(),
         );
-        let request_family = Family::<PodLabels, Counter>::default();
+        let request_family = Family::<RequestLabels, Counter>::default();
         registry.register(
             "emulator_requests",
-            "Requests answered by this emulated node",
+            "Requests answered by this emulated node, by HTTP status code",
             request_family.clone(),
+        );
+        let error_family = Family::<PodLabels, Counter>::default();
+        registry.register(
+            "emulator_request_errors",
+            "Requests answered with an error (5xx) by this emulated node",
+            error_family.clone(),
         );
         let latency_family =
             Family::<PodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -102,12 +121,26 @@ impl NodeMetrics {
             pod: labels.pod.clone(),
         };
         let cpu_seconds = cpu_family.get_or_create(&labels).clone();
-        let requests = request_family.get_or_create(&pod_labels).clone();
+        // Both codes exist from the start, so a healthy pod reports zero errors (an absent
+        // series would read as "unknown" to an error query, not as "none").
+        let by_code = |code: &str| {
+            request_family
+                .get_or_create(&RequestLabels {
+                    namespace: labels.namespace.clone(),
+                    pod: labels.pod.clone(),
+                    code: code.to_owned(),
+                })
+                .clone()
+        };
+        let (served, failed) = (by_code("200"), by_code("503"));
+        let errors = error_family.get_or_create(&pod_labels).clone();
         let latency = latency_family.get_or_create(&pod_labels).clone();
         Self {
             registry,
             cpu_seconds,
-            requests,
+            served,
+            failed,
+            errors,
             latency,
         }
     }
@@ -117,10 +150,21 @@ impl NodeMetrics {
         self.cpu_seconds.inc_by(busy.as_secs_f64());
     }
 
-    /// Counts one answered request and its latency.
-    pub fn record_request(&self, latency: Duration) {
-        self.requests.inc();
+    /// Counts one answered request (`failed`: answered 503) and its latency.
+    pub fn record_request(&self, latency: Duration, failed: bool) {
+        if failed {
+            self.failed.inc();
+            self.errors.inc();
+        } else {
+            self.served.inc();
+        }
         self.latency.observe(latency.as_secs_f64());
+    }
+
+    /// Requests answered so far: (all, with an error).
+    pub fn requests(&self) -> (u64, u64) {
+        let failed = self.failed.get();
+        (self.served.get() + failed, failed)
     }
 
     /// Current value of the CPU counter, in slot-seconds.

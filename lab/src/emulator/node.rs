@@ -3,8 +3,9 @@
 use super::metrics::{ContainerLabels, NodeMetrics};
 use super::precise_timer::PreciseTimer;
 use super::recent_load::{LoadReport, RecentLoad};
-use crate::fleet::Pod;
+use crate::fleet::{Failing, Pod};
 use crate::service_time::{ServiceTime, ServiceTimeError};
+use rand::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -27,6 +28,8 @@ pub struct Node {
     slots: Semaphore,
     service_time: ServiceTime,
     slowdown_bits: AtomicU64,
+    fail_ratio_bits: AtomicU64,
+    fail_after_bits: AtomicU64,
     metrics: NodeMetrics,
     recent: RecentLoad,
     timer: PreciseTimer,
@@ -38,6 +41,8 @@ pub struct Node {
 pub struct Answer {
     /// Value of the `endpoint-load-metrics` header, when ORCA is on.
     pub orca_header: Option<String>,
+    /// The request was failed fast (answered `503`) instead of served.
+    pub failed: bool,
 }
 
 /// Records the busy time of a held slot even if the request is cancelled mid-way.
@@ -73,6 +78,8 @@ impl Node {
             slots: Semaphore::new(pod.cores as usize),
             service_time: ServiceTime::new(&pod.service_time)?,
             slowdown_bits: AtomicU64::new(1.0f64.to_bits()),
+            fail_ratio_bits: AtomicU64::new(pod.failing.ratio.to_bits()),
+            fail_after_bits: AtomicU64::new(pod.failing.after_ms.to_bits()),
             metrics: NodeMetrics::new(labels, pod.cores),
             recent: RecentLoad::new(ORCA_WINDOW),
             timer,
@@ -102,6 +109,26 @@ impl Node {
         tracing::info!(pod = %self.pod.name, factor, "slowdown changed");
     }
 
+    /// Current fast failure: the share of requests answered `503` and after how long.
+    pub fn failing(&self) -> Failing {
+        Failing {
+            ratio: f64::from_bits(self.fail_ratio_bits.load(Ordering::Relaxed)),
+            after_ms: f64::from_bits(self.fail_after_bits.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Changes the fast failure for requests that start from now on (ratio 0 recovers).
+    ///
+    /// The two numbers are stored separately; a request racing the change may see the new
+    /// ratio with the old time, which is harmless for an emulator.
+    pub fn set_failing(&self, failing: Failing) {
+        self.fail_after_bits
+            .store(failing.after_ms.to_bits(), Ordering::Relaxed);
+        self.fail_ratio_bits
+            .store(failing.ratio.to_bits(), Ordering::Relaxed);
+        tracing::info!(pod = %self.pod.name, ratio = failing.ratio, after_ms = failing.after_ms, "failing changed");
+    }
+
     /// The node's metric handles.
     pub fn metrics(&self) -> &NodeMetrics {
         &self.metrics
@@ -112,7 +139,8 @@ impl Node {
         self.recent.report(Instant::now(), self.pod.cores)
     }
 
-    /// Serves one request: waits for a slot, holds it for a sampled service time.
+    /// Serves one request: waits for a slot, holds it for a sampled service time, or, for the
+    /// failing share, for the failure time only (the work a fast 503 costs is counted as CPU).
     pub async fn serve(&self) -> Result<Answer, NodeError> {
         let arrival = Instant::now();
         let permit = self
@@ -120,7 +148,19 @@ impl Node {
             .acquire()
             .await
             .map_err(|_| NodeError::Closed(self.pod.name.clone()))?;
-        let service = self.service_time.sample(&mut rand::rng(), self.slowdown());
+        // The thread-local generator is not Send: it must be gone before the await below.
+        let (service, failed) = {
+            let failing = self.failing();
+            let mut random = rand::rng();
+            if failing.ratio > 0.0 && random.random::<f64>() < failing.ratio {
+                (Duration::from_secs_f64(failing.after_ms / 1000.0), true)
+            } else {
+                (
+                    self.service_time.sample(&mut random, self.slowdown()),
+                    false,
+                )
+            }
+        };
         let guard = BusyGuard {
             node: self,
             slot_start: Instant::now(),
@@ -128,8 +168,13 @@ impl Node {
         self.timer.sleep_until(guard.slot_start + service).await;
         drop(guard);
         drop(permit);
-        self.metrics.record_request(arrival.elapsed());
+        self.metrics.record_request(arrival.elapsed(), failed);
+        // A real backend's ORCA middleware reports on every answer, errors included, and what
+        // it reports is CPU and request rate: a failing pod reads as an idle, fast one.
         let orca_header = self.orca.then(|| self.recent_load().orca_header_value());
-        Ok(Answer { orca_header })
+        Ok(Answer {
+            orca_header,
+            failed,
+        })
     }
 }

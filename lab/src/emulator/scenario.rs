@@ -1,7 +1,7 @@
-//! Applies a scenario's timed slowdowns to a running emulated fleet.
+//! Applies a scenario's timed slowdowns and failures to a running emulated fleet.
 
 use super::RunningNode;
-use crate::fleet::{Action, Scenario};
+use crate::fleet::{Action, Failing, Scenario};
 use tokio::time::Instant;
 
 /// Applies each event at its time offset from `start`; returns when all are applied.
@@ -17,6 +17,14 @@ pub async fn run_scenario(nodes: Vec<RunningNode>, scenario: Scenario, start: In
                     None => tracing::warn!(%pod, "scenario names a pod that is not running"),
                 }
             }
+            Action::SetFailing {
+                pod,
+                ratio,
+                after_ms,
+            } => match nodes.iter().find(|running| running.node.name() == pod) {
+                Some(running) => running.node.set_failing(Failing { ratio, after_ms }),
+                None => tracing::warn!(%pod, "scenario names a pod that is not running"),
+            },
             Action::SetLoadFactor { factor } => {
                 tracing::info!(
                     factor,

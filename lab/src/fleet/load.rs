@@ -1,6 +1,6 @@
 //! Reading fleet and scenario files with errors that name the offending field.
 
-use super::{Action, Fleet, Scenario};
+use super::{Action, Failing, Fleet, Scenario};
 use std::path::{Path, PathBuf};
 
 /// Why a fleet or scenario file could not be used.
@@ -97,6 +97,11 @@ fn validate_fleet(fleet: &Fleet, origin: &str) -> Result<(), FleetError> {
             .service_time
             .validate()
             .map_err(|error| invalid(origin, format!("groups[{index}].service_time: {error}")))?;
+        if let Some(failing) = &group.failing {
+            failing
+                .validate()
+                .map_err(|error| invalid(origin, format!("groups[{index}].failing: {error}")))?;
+        }
     }
     let mut names: Vec<String> = fleet.pods().into_iter().map(|pod| pod.name).collect();
     names.sort();
@@ -115,6 +120,20 @@ fn validate_scenario(scenario: &Scenario, origin: &str, fleet: &Fleet) -> Result
         let (factor, pod) = match &event.action {
             Action::SetSlowdown { pod, factor } => (*factor, Some(pod)),
             Action::SetLoadFactor { factor } => (*factor, None),
+            Action::SetFailing {
+                pod,
+                ratio,
+                after_ms,
+            } => {
+                let failing = Failing {
+                    ratio: *ratio,
+                    after_ms: *after_ms,
+                };
+                failing
+                    .validate()
+                    .map_err(|error| invalid(origin, format!("events[{index}]: {error}")))?;
+                (1.0, Some(pod))
+            }
         };
         if !(factor.is_finite() && factor > 0.0) {
             return Err(invalid(
@@ -172,5 +191,34 @@ mod tests {
         let good = text.replace("nope-0", "fib25-1");
         let scenario = parse_scenario(&good, "test", &fleet).unwrap();
         assert_eq!(scenario.events.len(), 1);
+    }
+
+    #[test]
+    fn a_failing_group_and_a_failing_event_parse_and_bad_ratios_are_refused() {
+        let text = FLEET.replace(
+            "sigma: 0.2 }\n",
+            "sigma: 0.2 }\n    failing: { ratio: 0.9 }\n",
+        );
+        let fleet = parse_fleet(&text, "test").unwrap();
+        let pods = fleet.pods();
+        assert_eq!(pods[1].failing.ratio, 0.9);
+        assert_eq!(
+            pods[1].failing.after_ms,
+            crate::fleet::DEFAULT_FAIL_AFTER_MS
+        );
+        let bad = text.replace("ratio: 0.9", "ratio: 1.5");
+        let message = parse_fleet(&bad, "test").unwrap_err().to_string();
+        assert!(message.contains("groups[0].failing"), "{message}");
+        let event = "name: x\nevents:\n  - at: 1s\n    action: !set_failing { pod: fib25-0, ratio: 0.9, after_ms: 0.5 }\n";
+        let scenario = parse_scenario(event, "test", &fleet).unwrap();
+        assert_eq!(
+            scenario.events[0].action,
+            Action::SetFailing {
+                pod: "fib25-0".to_owned(),
+                ratio: 0.9,
+                after_ms: 0.5
+            }
+        );
+        assert!(parse_scenario(&event.replace("0.9", "-1"), "test", &fleet).is_err());
     }
 }

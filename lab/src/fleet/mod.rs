@@ -6,6 +6,10 @@ mod scenario;
 pub use load::{load_fleet, load_scenario, parse_fleet, parse_scenario, FleetError};
 pub use scenario::{Action, Event, Scenario};
 
+/// Default time a failed request holds its worker slot before the error answer, milliseconds:
+/// a fast failure (a refused dependency, an open circuit breaker) costs a fraction of a request.
+pub const DEFAULT_FAIL_AFTER_MS: f64 = 0.2;
+
 use crate::service_time::ServiceTimeSpec;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +41,45 @@ pub struct Group {
     pub container: String,
     /// Time one request holds a worker slot.
     pub service_time: ServiceTimeSpec,
+    /// Optional fast failure of every pod of the group from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<Failing>,
+}
+
+/// A pod that answers a share of its requests with `503` after a short time instead of
+/// serving them: the failure that looks like the cheapest pod in the fleet when the control
+/// plane reads only CPU per request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failing {
+    /// Share of requests in [0, 1] answered with an error.
+    pub ratio: f64,
+    /// Time a failed request holds its worker slot before the answer, milliseconds (> 0).
+    #[serde(default = "default_fail_after_ms")]
+    pub after_ms: f64,
+}
+
+fn default_fail_after_ms() -> f64 {
+    DEFAULT_FAIL_AFTER_MS
+}
+
+impl Failing {
+    /// No failure at all.
+    pub const NONE: Failing = Failing {
+        ratio: 0.0,
+        after_ms: DEFAULT_FAIL_AFTER_MS,
+    };
+
+    /// Checks the numbers, so sampling never sees a ratio outside [0, 1] or a bad time.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.ratio) {
+            return Err(format!("ratio must be in [0, 1], got {}", self.ratio));
+        }
+        if !(self.after_ms.is_finite() && self.after_ms > 0.0) {
+            return Err(format!("after_ms must be > 0, got {}", self.after_ms));
+        }
+        Ok(())
+    }
 }
 
 fn default_container() -> String {
@@ -54,6 +97,8 @@ pub struct Pod {
     pub cores: u32,
     /// Service-time distribution.
     pub service_time: ServiceTimeSpec,
+    /// Fast failure at the start ([`Failing::NONE`] when the group has none).
+    pub failing: Failing,
 }
 
 impl Fleet {
@@ -67,6 +112,7 @@ impl Fleet {
                     container: group.container.clone(),
                     cores: group.cores,
                     service_time: group.service_time,
+                    failing: group.failing.unwrap_or(Failing::NONE),
                 })
             })
             .collect()

@@ -36,6 +36,17 @@ pub enum Action {
         /// Service-time multiplier, > 0.
         factor: f64,
     },
+    /// From now on `pod` answers a share `ratio` of its requests with `503` after `after_ms`
+    /// (default 0.2 ms) instead of serving them; ratio 0 recovers.
+    SetFailing {
+        /// Pod name, `<group>-<index>`.
+        pod: String,
+        /// Share of requests in [0, 1] answered with an error.
+        ratio: f64,
+        /// Time a failed request holds its slot, milliseconds (default 0.2).
+        #[serde(default = "super::default_fail_after_ms")]
+        after_ms: f64,
+    },
     /// Multiplies the base offered load (requests per second) by `factor`.
     SetLoadFactor {
         /// Load multiplier, > 0.
@@ -52,7 +63,7 @@ impl Scenario {
             .filter(|event| event.at <= now)
             .filter_map(|event| match event.action {
                 Action::SetLoadFactor { factor } => Some(factor),
-                Action::SetSlowdown { .. } => None,
+                Action::SetSlowdown { .. } | Action::SetFailing { .. } => None,
             })
             .next()
             .unwrap_or(1.0)

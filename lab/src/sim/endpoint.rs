@@ -1,4 +1,5 @@
-//! A simulated endpoint: a FIFO queue in front of `cores` identical servers.
+//! A simulated endpoint: a FIFO queue in front of `cores` identical servers, optionally
+//! answering a share of its requests with a fast error.
 
 use super::cswrr::OrcaReport;
 use crate::fleet::Pod;
@@ -20,8 +21,21 @@ pub struct Waiting {
 pub struct Mark {
     /// Busy server-nanoseconds so far.
     pub busy_area: u128,
-    /// Completed requests so far.
+    /// Completed requests so far (errors included).
     pub completed: u64,
+    /// Of those, answered with an error (failed fast).
+    pub errors: u64,
+}
+
+/// One service: how long it holds a server and whether it ends in an error.
+#[derive(Debug, Clone, Copy)]
+struct Service {
+    ns: u64,
+    failed: bool,
+}
+
+fn millis_to_ns(millis: f64) -> u64 {
+    (millis * 1e6).max(0.0) as u64
 }
 
 /// Queue and servers of one endpoint, with busy-time accounting.
@@ -35,11 +49,14 @@ pub struct Endpoint {
     pub mean_ms: f64,
     service_time: ServiceTime,
     slowdown: f64,
+    fail_ratio: f64,
+    fail_ns: u64,
     busy: u32,
     queue: VecDeque<Waiting>,
     busy_area: u128,
     last_change_ns: u64,
     completed: u64,
+    errors: u64,
     orca: OrcaReport,
     orca_mark: Mark,
 }
@@ -53,11 +70,14 @@ impl Endpoint {
             mean_ms: pod.service_time.overall_mean_ms(),
             service_time: ServiceTime::new(&pod.service_time)?,
             slowdown: 1.0,
+            fail_ratio: pod.failing.ratio,
+            fail_ns: millis_to_ns(pod.failing.after_ms),
             busy: 0,
             queue: VecDeque::new(),
             busy_area: 0,
             last_change_ns: 0,
             completed: 0,
+            errors: 0,
             orca: OrcaReport::default(),
             orca_mark: Mark::default(),
         })
@@ -69,27 +89,58 @@ impl Endpoint {
         self.last_change_ns = now_ns;
     }
 
-    fn service_ns<R: Rng>(&self, random: &mut R) -> u64 {
-        (self.service_time.sample_seconds(random) * self.slowdown * 1e9) as u64
+    /// How long the next service holds a server, and whether it is a fast failure.
+    ///
+    /// The failure draw is only made when the endpoint can fail, so fleets without failing
+    /// pods keep the random stream (and the results) they had before failures existed.
+    fn service<R: Rng>(&self, random: &mut R) -> Service {
+        if self.fail_ratio > 0.0 && random.random::<f64>() < self.fail_ratio {
+            return Service {
+                ns: self.fail_ns,
+                failed: true,
+            };
+        }
+        Service {
+            ns: (self.service_time.sample_seconds(random) * self.slowdown * 1e9) as u64,
+            failed: false,
+        }
     }
 
-    /// A request arrives; returns its completion time if a server was free.
-    pub fn arrive<R: Rng>(&mut self, now_ns: u64, request: Waiting, random: &mut R) -> Option<u64> {
+    /// A request arrives; returns its completion time (and whether it fails) if a server was free.
+    pub fn arrive<R: Rng>(
+        &mut self,
+        now_ns: u64,
+        request: Waiting,
+        random: &mut R,
+    ) -> Option<(u64, bool)> {
         if self.busy < self.cores {
             self.integrate(now_ns);
             self.busy += 1;
-            Some(now_ns + self.service_ns(random))
+            let service = self.service(random);
+            Some((now_ns + service.ns, service.failed))
         } else {
             self.queue.push_back(request);
             None
         }
     }
 
-    /// A server finishes; returns the next queued request and its completion time, if any.
-    pub fn complete<R: Rng>(&mut self, now_ns: u64, random: &mut R) -> Option<(Waiting, u64)> {
+    /// A server finishes a request (`failed`: answered with an error); returns the next queued
+    /// request, its completion time and whether it fails, if any.
+    pub fn complete<R: Rng>(
+        &mut self,
+        now_ns: u64,
+        failed: bool,
+        random: &mut R,
+    ) -> Option<(Waiting, u64, bool)> {
         self.completed += 1;
+        if failed {
+            self.errors += 1;
+        }
         match self.queue.pop_front() {
-            Some(next) => Some((next, now_ns + self.service_ns(random))),
+            Some(next) => {
+                let service = self.service(random);
+                Some((next, now_ns + service.ns, service.failed))
+            }
             None => {
                 self.integrate(now_ns);
                 self.busy = self.busy.saturating_sub(1);
@@ -104,12 +155,20 @@ impl Endpoint {
         Mark {
             busy_area: self.busy_area,
             completed: self.completed,
+            errors: self.errors,
         }
     }
 
     /// Changes the service-time multiplier for services that start from now on.
     pub fn set_slowdown(&mut self, factor: f64) {
         self.slowdown = factor;
+    }
+
+    /// Changes the share of requests failed fast, and the time a failure holds a server, for
+    /// services that start from now on (ratio 0 recovers).
+    pub fn set_failing(&mut self, ratio: f64, after_ms: f64) {
+        self.fail_ratio = ratio;
+        self.fail_ns = millis_to_ns(after_ms);
     }
 
     /// The ORCA report the endpoint attaches to its responses.

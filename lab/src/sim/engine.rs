@@ -48,6 +48,7 @@ struct Completion {
     endpoint: u32,
     client: u32,
     arrival: u64,
+    failed: bool,
 }
 
 /// One Envoy: its balancer and its own view of active requests.
@@ -63,7 +64,15 @@ struct Client {
 /// A scheduled change, already resolved against the fleet.
 #[derive(Debug, Clone, Copy)]
 enum Change {
-    Slowdown { endpoint: usize, factor: f64 },
+    Slowdown {
+        endpoint: usize,
+        factor: f64,
+    },
+    Failing {
+        endpoint: usize,
+        ratio: f64,
+        after_ms: f64,
+    },
     LoadFactor(f64),
 }
 
@@ -84,6 +93,7 @@ struct Engine<'a> {
     completions: BinaryHeap<Reverse<Completion>>,
     weights: Vec<u32>,
     recorder: LatencyRecorder,
+    errors: u64,
     arrivals: u64,
     requests_per_second: f64,
     next_arrival: u64,
@@ -122,13 +132,25 @@ fn resolve_changes(
         .events
         .iter()
         .map(|event| {
+            let position = |pod: &String| {
+                endpoints
+                    .iter()
+                    .position(|endpoint| &endpoint.name == pod)
+                    .ok_or_else(|| SimError::UnknownPod(pod.clone()))
+            };
             let change = match &event.action {
                 Action::SetSlowdown { pod, factor } => Change::Slowdown {
-                    endpoint: endpoints
-                        .iter()
-                        .position(|endpoint| &endpoint.name == pod)
-                        .ok_or_else(|| SimError::UnknownPod(pod.clone()))?,
+                    endpoint: position(pod)?,
                     factor: *factor,
+                },
+                Action::SetFailing {
+                    pod,
+                    ratio,
+                    after_ms,
+                } => Change::Failing {
+                    endpoint: position(pod)?,
+                    ratio: *ratio,
+                    after_ms: *after_ms,
                 },
                 Action::SetLoadFactor { factor } => Change::LoadFactor(*factor),
             };
@@ -193,6 +215,7 @@ impl<'a> Engine<'a> {
             weights,
             recorder: LatencyRecorder::new(nanos(config.report_window))?
                 .with_warmup(nanos(config.warmup)),
+            errors: 0,
             arrivals: 0,
             requests_per_second,
             next_arrival: 0,
@@ -266,12 +289,15 @@ impl<'a> Engine<'a> {
             arrival_ns: now,
             client: client_index as u32,
         };
-        if let Some(time) = self.endpoints[endpoint].arrive(now, request, &mut self.random) {
+        if let Some((time, failed)) =
+            self.endpoints[endpoint].arrive(now, request, &mut self.random)
+        {
             self.completions.push(Reverse(Completion {
                 time,
                 endpoint: endpoint as u32,
                 client: request.client,
                 arrival: now,
+                failed,
             }));
         }
         self.next_arrival = self.draw_arrival(now);
@@ -283,15 +309,26 @@ impl<'a> Engine<'a> {
         };
         let endpoint_index = done.endpoint as usize;
         let endpoint = &mut self.endpoints[endpoint_index];
-        if let Some((next, time)) = endpoint.complete(done.time, &mut self.random) {
+        if let Some((next, time, failed)) =
+            endpoint.complete(done.time, done.failed, &mut self.random)
+        {
             self.completions.push(Reverse(Completion {
                 time,
                 endpoint: done.endpoint,
                 client: next.client,
                 arrival: next.arrival_ns,
+                failed,
             }));
         }
-        self.recorder.record(done.time, done.time - done.arrival);
+        // Latency is that of served requests, as in `lab bench` (whose histograms hold 2xx
+        // answers only): a fast error would otherwise pull the percentiles down.
+        if done.failed {
+            if done.time >= nanos(self.config.warmup) {
+                self.errors += 1;
+            }
+        } else {
+            self.recorder.record(done.time, done.time - done.arrival);
+        }
         let report = endpoint.orca_report();
         let client = &mut self.clients[done.client as usize];
         client.active[endpoint_index] = client.active[endpoint_index].saturating_sub(1);
@@ -329,6 +366,11 @@ impl<'a> Engine<'a> {
     fn apply(&mut self, change: Change, now: u64) {
         match change {
             Change::Slowdown { endpoint, factor } => self.endpoints[endpoint].set_slowdown(factor),
+            Change::Failing {
+                endpoint,
+                ratio,
+                after_ms,
+            } => self.endpoints[endpoint].set_failing(ratio, after_ms),
             Change::LoadFactor(factor) => {
                 self.requests_per_second = self.config.requests_per_second * factor;
                 // Poisson arrivals are memoryless: redrawing from now is exact.
@@ -347,10 +389,12 @@ impl<'a> Engine<'a> {
                 let mark = endpoint.mark(now);
                 let busy = (mark.busy_area - previous.busy_area) as f64 / 1e9;
                 let completed = (mark.completed - previous.completed) as f64;
+                let errors = (mark.errors - previous.errors) as f64;
                 *previous = mark;
                 EndpointSample {
                     cpu_cores: busy / seconds,
                     requests_per_second: completed / seconds,
+                    errors_per_second: errors / seconds,
                     cores: endpoint.cores,
                     previous_weight: weight,
                 }
@@ -436,24 +480,29 @@ impl<'a> Engine<'a> {
         let end = nanos(self.config.duration);
         let total = self.recorder.total();
         let seconds = self.config.duration.as_secs_f64();
+        let marks: Vec<Mark> = self
+            .endpoints
+            .iter_mut()
+            .map(|endpoint| endpoint.mark(end))
+            .collect();
+        let completed: u64 = marks.iter().map(|mark| mark.completed).sum();
         let final_weights = match self.clients.first() {
             Some(client) if self.config.policy == Policy::Cswrr => client.cswrr_weights.clone(),
             _ => self.weights.clone(),
         };
         let endpoints = self
             .endpoints
-            .iter_mut()
+            .iter()
+            .zip(marks)
             .zip(final_weights)
-            .map(|(endpoint, final_weight)| {
-                let mark = endpoint.mark(end);
-                EndpointReport {
-                    name: endpoint.name.clone(),
-                    cores: endpoint.cores,
-                    mean_ms: endpoint.mean_ms,
-                    share: mark.completed as f64 / (total.count.max(1)) as f64,
-                    utilization: mark.busy_area as f64 / 1e9 / seconds / f64::from(endpoint.cores),
-                    final_weight,
-                }
+            .map(|((endpoint, mark), final_weight)| EndpointReport {
+                name: endpoint.name.clone(),
+                cores: endpoint.cores,
+                mean_ms: endpoint.mean_ms,
+                share: mark.completed as f64 / completed.max(1) as f64,
+                error_ratio: mark.errors as f64 / mark.completed.max(1) as f64,
+                utilization: mark.busy_area as f64 / 1e9 / seconds / f64::from(endpoint.cores),
+                final_weight,
             })
             .collect();
         let window_count = (end.div_ceil(nanos(self.config.report_window))) as usize;
@@ -464,6 +513,7 @@ impl<'a> Engine<'a> {
             simulated: self.config.duration,
             arrivals: self.arrivals,
             latency: total,
+            errors: self.errors,
             endpoints,
             windows: self.recorder.windows(window_count),
             window: self.config.report_window,

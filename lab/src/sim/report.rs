@@ -14,8 +14,10 @@ pub struct EndpointReport {
     pub cores: u32,
     /// Mean service time (tail included), milliseconds, before slowdowns.
     pub mean_ms: f64,
-    /// Fraction of all completed requests served here.
+    /// Fraction of all completed requests (errors included) answered here, over the whole run.
     pub share: f64,
+    /// Of this endpoint's completed requests, the fraction answered with an error.
+    pub error_ratio: f64,
     /// Busy fraction of the endpoint's cores over the run.
     pub utilization: f64,
     /// Weight in force at the end (EDS weight, or client 0's CSWRR weight).
@@ -35,14 +37,31 @@ pub struct SimReport {
     pub simulated: Duration,
     /// Requests that arrived.
     pub arrivals: u64,
-    /// Latency over the run (completed requests only).
+    /// Latency over the run after the warm-up (requests served without error only).
     pub latency: LatencySummary,
+    /// Requests answered with an error after the warm-up (not in `latency`).
+    pub errors: u64,
     /// Per endpoint, in fleet order.
     pub endpoints: Vec<EndpointReport>,
     /// Latency per report window, in time order.
     pub windows: Vec<LatencySummary>,
     /// Length of each report window.
     pub window: Duration,
+}
+
+impl SimReport {
+    /// Share of the requests completed after the warm-up that were answered with an error.
+    pub fn error_rate(&self) -> f64 {
+        let answered = self.latency.count + self.errors;
+        self.errors as f64 / answered.max(1) as f64
+    }
+
+    /// True when some endpoint answered an error during the run.
+    pub fn has_errors(&self) -> bool {
+        self.endpoints
+            .iter()
+            .any(|endpoint| endpoint.error_ratio > 0.0)
+    }
 }
 
 /// A report with the wall time its run took.
@@ -75,8 +94,8 @@ pub fn render_markdown(runs: &[TimedReport]) -> String {
 }
 
 fn render_summary(text: &mut String, runs: &[TimedReport]) {
-    let _ = writeln!(text, "| policy / weights | scenario | arrivals | completed | mean ms | p50 ms | p90 ms | p99 ms | p99.9 ms | max util | sim s per wall s |");
-    let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(text, "| policy / weights | scenario | arrivals | served | mean ms | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | max util | sim s per wall s |");
+    let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for run in runs {
         let report = &run.report;
         let latency = &report.latency;
@@ -87,7 +106,7 @@ fn render_summary(text: &mut String, runs: &[TimedReport]) {
             .fold(0.0, f64::max);
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}% | {:.2} | {:.1} |",
             label(report),
             report.scenario,
             report.arrivals,
@@ -97,6 +116,7 @@ fn render_summary(text: &mut String, runs: &[TimedReport]) {
             latency.p90_ms,
             latency.p99_ms,
             latency.p999_ms,
+            report.error_rate() * 100.0,
             max_utilization,
             run.speed()
         );
@@ -127,10 +147,15 @@ fn render_endpoints(text: &mut String, runs: &[TimedReport]) {
     } else {
         "each endpoint".to_owned()
     };
-    let _ = write!(
-        text,
-        "\nShare of requests / utilization / final weight, {title}\n\n| pod | cores | mean ms |"
-    );
+    // The error ratio only shows when some run had errors, so the tables of healthy fleets
+    // keep their shape.
+    let errors = runs.iter().any(|run| run.report.has_errors());
+    let columns = if errors {
+        "Share of requests / utilization / final weight / error ratio"
+    } else {
+        "Share of requests / utilization / final weight"
+    };
+    let _ = write!(text, "\n{columns}, {title}\n\n| pod | cores | mean ms |");
     for run in runs {
         let _ = write!(text, " {} |", label(&run.report));
     }
@@ -149,11 +174,15 @@ fn render_endpoints(text: &mut String, runs: &[TimedReport]) {
             if let Some(other) = run.report.endpoints.get(index) {
                 let _ = write!(
                     text,
-                    " {:.2}% / {:.2} / {} |",
+                    " {:.2}% / {:.2} / {}",
                     other.share * 100.0,
                     other.utilization,
                     other.final_weight
                 );
+                if errors {
+                    let _ = write!(text, " / {:.0}%", other.error_ratio * 100.0);
+                }
+                text.push_str(" |");
             }
         }
     }

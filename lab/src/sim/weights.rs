@@ -7,8 +7,10 @@ use std::time::Duration;
 pub struct EndpointSample {
     /// Cores in use: busy-server-seconds per second over the last tick (like `rate()` of cAdvisor CPU).
     pub cpu_cores: f64,
-    /// Requests completed per second over the last tick.
+    /// Requests completed per second over the last tick (errors included).
     pub requests_per_second: f64,
+    /// Of those, requests answered with an error, per second.
+    pub errors_per_second: f64,
     /// Cores (servers) of the endpoint.
     pub cores: u32,
     /// `load_balancing_weight` in force when the sample was taken.
@@ -134,6 +136,7 @@ mod tests {
         EndpointSample {
             cpu_cores,
             requests_per_second,
+            errors_per_second: 0.0,
             cores: 4,
             previous_weight: 1,
         }
