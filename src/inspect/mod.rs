@@ -119,6 +119,10 @@ impl pb::inspect_server::Inspect for InspectService {
                     requests_per_second: computed.rps,
                     utilization: computed.utilization,
                     sample_age_seconds: computed.sample_age.map(|age| age.as_secs_f64()),
+                    errors_per_second: computed.errors,
+                    error_ratio: computed.error_ratio(),
+                    requests_in_flight: computed.in_flight,
+                    observed_latency_seconds: computed.latency,
                 }
             })
             .collect();

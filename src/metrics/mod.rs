@@ -34,6 +34,10 @@ pub enum Signal {
     CpuLimit,
     /// Mean latency per request, seconds.
     Latency,
+    /// Requests per second answered with an error (part of `Rps`).
+    Errors,
+    /// Requests in flight.
+    InFlight,
 }
 
 impl Signal {
@@ -44,6 +48,8 @@ impl Signal {
             Self::Rps => "rps",
             Self::CpuLimit => "cpu_limit",
             Self::Latency => "latency",
+            Self::Errors => "errors",
+            Self::InFlight => "in_flight",
         }
     }
 }
@@ -55,6 +61,8 @@ pub enum SourceKind {
     Pull,
     /// Prometheus remote-write.
     RemoteWrite,
+    /// Envoy's load reports (LRS).
+    LoadReports,
 }
 
 /// Samples of one signal of one cluster from one source, keyed by the join label's value.
@@ -104,16 +112,22 @@ impl SampleTable {
         let now_ms = unix_millis(now);
         // Look the sets up once per cluster, not once per endpoint.
         let signal_sets = |signal: Signal| -> Vec<Arc<SampleSet>> {
-            [SourceKind::Pull, SourceKind::RemoteWrite]
-                .iter()
-                .filter_map(|source| sets.get(&(*source, cluster.to_string(), signal)).cloned())
-                .collect()
+            [
+                SourceKind::Pull,
+                SourceKind::RemoteWrite,
+                SourceKind::LoadReports,
+            ]
+            .iter()
+            .filter_map(|source| sets.get(&(*source, cluster.to_string(), signal)).cloned())
+            .collect()
         };
         let by_signal = [
             signal_sets(Signal::Cpu),
             signal_sets(Signal::Rps),
             signal_sets(Signal::CpuLimit),
             signal_sets(Signal::Latency),
+            signal_sets(Signal::Errors),
+            signal_sets(Signal::InFlight),
         ];
         drop(sets);
         let find = |index: usize, endpoint: &Endpoint| -> Option<Reading> {
@@ -136,6 +150,8 @@ impl SampleTable {
                 rps: find(1, endpoint),
                 cpu_limit: find(2, endpoint),
                 latency: find(3, endpoint),
+                errors: find(4, endpoint),
+                in_flight: find(5, endpoint),
             })
             .collect()
     }

@@ -8,7 +8,7 @@ use std::{
 
 use super::EndpointKey;
 use super::{
-    capacity, distance, static_weights, Algorithm, ClusterMemory, ClusterMode, CostBasis,
+    capacity, distance, errors, static_weights, Algorithm, ClusterMemory, ClusterMode, CostBasis,
     EndpointLoad, EndpointMemory, Output, Params, Reading, Reason, Weight, WeightSource,
 };
 use crate::discovery::{Endpoint, Locality};
@@ -46,8 +46,10 @@ impl Cost {
 pub(crate) struct FreshEndpoint {
     /// CPU in use (cores), valid and fresh.
     pub cpu: f64,
-    /// Requests per second, when valid and fresh.
+    /// Completed requests per second, when valid and fresh.
     pub rps: Option<f64>,
+    /// Requests per second answered with an error (part of `rps`), when valid and fresh.
+    pub errors: Option<f64>,
     /// CPU limit (cores): the sample's, else `params.default_cpu_limit`.
     pub limit: f64,
     /// The weight served before this tick.
@@ -56,6 +58,8 @@ pub(crate) struct FreshEndpoint {
     pub cost: Option<Cost>,
     /// In its slow start: its weight in force was set by the ramp, so it is not step-limited.
     pub ramping: bool,
+    /// Held as failing after the last tick (see `errors::judge`).
+    pub failing: bool,
 }
 
 /// An algorithm's answer for one fresh endpoint.
@@ -78,6 +82,12 @@ struct Observation {
     cpu: Option<Reading>,
     /// Valid request-rate reading, fresh or not.
     rps: Option<Reading>,
+    /// Valid error-rate reading, fresh or not.
+    errors: Option<Reading>,
+    /// Valid in-flight reading, fresh or not.
+    in_flight: Option<Reading>,
+    /// Valid latency reading, fresh or not.
+    latency: Option<Reading>,
     /// CPU limit in cores (the sample's, else the default).
     limit: f64,
     /// The CPU reading is at most `stale_after` old.
@@ -194,14 +204,18 @@ fn observe(
         .map(|reading| reading.value)
         .filter(|value| *value > 0.0)
         .unwrap_or(params.default_cpu_limit);
-    // Latency is validated and counted, but not yet used as a cost signal.
-    let _ = valid(load.latency, dropped_samples);
+    let errors = valid(load.errors, dropped_samples);
+    let in_flight = valid(load.in_flight, dropped_samples);
+    let latency = valid(load.latency, dropped_samples);
     let fresh = cpu.is_some_and(|reading| reading.age <= params.stale_after);
     let remembered = memory.endpoints.get(&key).cloned();
     Observation {
         key,
         cpu,
         rps,
+        errors,
+        in_flight,
+        latency,
         limit,
         fresh,
         remembered,
@@ -260,6 +274,8 @@ struct Tick {
     costs: Vec<Option<Cost>>,
     /// Unit of the costs, when this tick estimated any.
     cost_basis: Option<CostBasis>,
+    /// Held as failing, one per endpoint.
+    failing: Vec<bool>,
 }
 
 /// The explanation fields every weight carries.
@@ -279,7 +295,22 @@ fn explained(
         rps: observation.rps.map(|reading| reading.value),
         utilization: cpu.map(|cores| cores / observation.limit),
         sample_age: observation.cpu.map(|reading| reading.age),
+        errors: observation.errors.map(|reading| reading.value),
+        in_flight: observation.in_flight.map(|reading| reading.value),
+        latency: observed_latency(observation),
     }
+}
+
+/// Latency per request as clients see it: the source's reading, else Little's law (requests in
+/// flight over the completion rate).
+fn observed_latency(observation: &Observation) -> Option<f64> {
+    observation
+        .latency
+        .map(|reading| reading.value)
+        .or_else(|| match (observation.in_flight, observation.rps) {
+            (Some(in_flight), Some(rps)) if rps.value > 0.0 => Some(in_flight.value / rps.value),
+            _ => None,
+        })
 }
 
 /// Runs the algorithm on the endpoints with fresh CPU and fills in the others.
@@ -304,25 +335,30 @@ fn fresh_weights(
             ramping: observation.remembered.as_ref().is_some_and(|memory| {
                 !memory.initial && now.saturating_sub(memory.first_seen) <= params.slow_start
             }),
+            errors: observation
+                .errors
+                .filter(|reading| reading.age <= params.stale_after)
+                .map(|reading| reading.value),
+            failing: observation
+                .remembered
+                .as_ref()
+                .is_some_and(|memory| memory.failing),
         })
         .collect();
-    let (planned, cost_basis, fill_percentile) = match params.algorithm {
-        Algorithm::Distance => (
-            distance::plan(&fresh, params),
-            None,
-            params.distance.new_pod_percentile,
-        ),
-        Algorithm::Capacity | Algorithm::Static => {
-            let (planned, basis) = capacity::plan(&fresh, memory.cost_basis, params);
-            (planned, Some(basis), 50.0)
-        }
-    };
-    let computed: Vec<f64> = planned.iter().map(|plan| f64::from(plan.weight)).collect();
+    let verdicts = errors::judge(&fresh);
+    let (planned, cost_basis, fill_percentile) = plan_healthy(&fresh, &verdicts, memory, params);
+    let computed: Vec<f64> = planned
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| verdict.is_none())
+        .map(|(plan, _)| f64::from(plan.weight))
+        .collect();
     let fill = percentile(&computed, fill_percentile)
         .map_or_else(|| middle_weight(params), |value| to_weight(value, params));
-    let mut planned = planned.into_iter();
+    let mut planned = planned.into_iter().zip(verdicts);
     let mut weights = Vec::with_capacity(observations.len());
     let mut costs = Vec::with_capacity(observations.len());
+    let mut failing = Vec::with_capacity(observations.len());
     for observation in observations {
         let remembered_cost = observation.remembered.as_ref().and_then(Cost::remembered);
         let plan = if observation.fresh {
@@ -331,19 +367,27 @@ fn fresh_weights(
             None
         };
         match plan {
-            Some(plan) => {
-                weights.push(explained(
-                    observation,
-                    plan.weight,
-                    WeightSource::Fresh,
-                    plan.reason,
-                ));
+            Some((plan, verdict)) => {
+                let source = if verdict.is_some() {
+                    WeightSource::Failing
+                } else {
+                    WeightSource::Fresh
+                };
+                weights.push(explained(observation, plan.weight, source, plan.reason));
                 costs.push(plan.cost.or(remembered_cost));
+                failing.push(verdict.is_some());
             }
             None => {
                 let reason = fill_in_reason(observation, fill_percentile, params);
                 weights.push(explained(observation, fill, WeightSource::NewPod, reason));
                 costs.push(remembered_cost);
+                // A held endpoint without a fresh sample stays held until one clears it.
+                failing.push(
+                    observation
+                        .remembered
+                        .as_ref()
+                        .is_some_and(|memory| memory.failing),
+                );
             }
         }
     }
@@ -351,7 +395,77 @@ fn fresh_weights(
         weights,
         costs,
         cost_basis,
+        failing,
     }
+}
+
+/// Plans the endpoints that are not failing with the cluster's algorithm, and gives each failing
+/// one its probe weight; index-aligned with `fresh`.
+///
+/// When every endpoint would be held, none is: holding them all changes no share, and the
+/// baseline they are judged against is then their own.
+fn plan_healthy(
+    fresh: &[FreshEndpoint],
+    verdicts: &[Option<errors::Failing>],
+    memory: &ClusterMemory,
+    params: &Params,
+) -> (Vec<Planned>, Option<CostBasis>, f64) {
+    let held = verdicts.iter().filter(|verdict| verdict.is_some()).count();
+    let healthy: Vec<FreshEndpoint> = if held == 0 || held == fresh.len() {
+        fresh.to_vec()
+    } else {
+        fresh
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, verdict)| verdict.is_none())
+            .map(|(endpoint, _)| endpoint.clone())
+            .collect()
+    };
+    // The held endpoints' traffic moves to the others: plan for all of it.
+    let outside_rps: f64 = if healthy.len() == fresh.len() {
+        0.0
+    } else {
+        fresh
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, verdict)| verdict.is_some())
+            .filter_map(|(endpoint, _)| endpoint.rps)
+            .sum()
+    };
+    let (planned, cost_basis, fill_percentile) = match params.algorithm {
+        Algorithm::Distance => (
+            distance::plan(&healthy, params),
+            None,
+            params.distance.new_pod_percentile,
+        ),
+        Algorithm::Capacity | Algorithm::Static => {
+            let (planned, basis) = capacity::plan(&healthy, outside_rps, memory.cost_basis, params);
+            (planned, Some(basis), 50.0)
+        }
+    };
+    if healthy.len() == fresh.len() {
+        return (planned, cost_basis, fill_percentile);
+    }
+    let planned_sum: f64 = planned.iter().map(|plan| f64::from(plan.weight)).sum();
+    let held_weight = errors::held_weight(planned_sum, held, params);
+    let mut planned = planned.into_iter();
+    let all = fresh
+        .iter()
+        .zip(verdicts)
+        .map(|(endpoint, verdict)| match verdict {
+            Some(failing) => Planned {
+                weight: held_weight,
+                reason: Reason::failing(failing.ratio, failing.baseline, errors::HELD_SHARE),
+                cost: endpoint.cost,
+            },
+            None => planned.next().unwrap_or_else(|| Planned {
+                weight: held_weight,
+                reason: Reason::default(),
+                cost: endpoint.cost,
+            }),
+        })
+        .collect();
+    (all, cost_basis, fill_percentile)
 }
 
 /// Why an endpoint without a fresh sample got the fill-in weight.
@@ -396,6 +510,7 @@ fn held_weights(
         weights,
         costs: remembered_costs(observations),
         cost_basis: None,
+        failing: remembered_failing(observations),
     }
 }
 
@@ -427,7 +542,21 @@ fn equal_weights(
         weights,
         costs: remembered_costs(observations),
         cost_basis: None,
+        failing: remembered_failing(observations),
     }
+}
+
+/// The failing holds remembered so far, unchanged.
+fn remembered_failing(observations: &[Observation]) -> Vec<bool> {
+    observations
+        .iter()
+        .map(|observation| {
+            observation
+                .remembered
+                .as_ref()
+                .is_some_and(|memory| memory.failing)
+        })
+        .collect()
 }
 
 /// The costs remembered so far, unchanged.
@@ -521,6 +650,7 @@ fn publish(
         mut weights,
         costs,
         cost_basis,
+        failing,
     } = tick;
     let keys: BTreeSet<EndpointKey> = observations.iter().map(|o| o.key).collect();
     let set_changed = !keys.iter().eq(memory.endpoints.keys());
@@ -547,7 +677,8 @@ fn publish(
         .iter()
         .zip(&weights)
         .zip(costs)
-        .map(|((observation, weight), cost)| {
+        .zip(failing)
+        .map(|(((observation, weight), cost), failing)| {
             let (first_seen, initial) = observation
                 .remembered
                 .as_ref()
@@ -560,6 +691,7 @@ fn publish(
                 cost_is_floor: cost.is_some_and(|cost| cost.is_floor),
                 first_seen,
                 initial,
+                failing,
             };
             (observation.key, remembered)
         })
@@ -698,6 +830,7 @@ mod tests {
                 rps: reading(-1.0, 1),
                 cpu_limit: reading(f64::INFINITY, 1),
                 latency: reading(f64::NEG_INFINITY, 1),
+                ..EndpointLoad::default()
             },
             cpu_load(1.0, 1),
             cpu_load(0.5, 1),

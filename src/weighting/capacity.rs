@@ -38,6 +38,13 @@ const COST_TIER_TOLERANCE: f64 = 0.25;
 /// 5 s rate window holds one slow second.
 const CLEAR_RISE: f64 = 0.5;
 
+/// Without an error signal, an endpoint whose cost is below this fraction of the median of the
+/// others is suspect: fast failure (an error answered in a fraction of a millisecond) is the
+/// common cause of such a reading, so it is planned at most an equal share of the traffic.
+/// On the seed lab fleet the fastest healthy pods cost 0.36x the median; a pod failing 90% of
+/// its requests after 0.2 ms reads 0.07x.
+pub(crate) const SUSPECT_FRACTION: f64 = 0.25;
+
 /// The cluster as the planner sees it: cost, capacity at the ceiling, and the demand to place.
 struct Fleet {
     /// Cost of one unit of traffic in cores: CPU seconds per request, or per whole-cluster traffic.
@@ -62,8 +69,12 @@ struct Smoothed {
 
 /// Weights for the endpoints with fresh CPU, index-aligned with `fresh`, and the unit of the
 /// costs to remember.
+///
+/// `outside_rps` is traffic now served by endpoints outside `fresh` (held as failing) that the
+/// plan must place.
 pub(crate) fn plan(
     fresh: &[FreshEndpoint],
+    outside_rps: f64,
     basis_before: Option<CostBasis>,
     params: &Params,
 ) -> (Vec<Planned>, CostBasis) {
@@ -79,7 +90,11 @@ pub(crate) fn plan(
     let smoothed = smoothed_costs(fresh, &shares, basis, basis_before, params);
     let values = planning_costs(&smoothed);
     let rose: Vec<bool> = smoothed.iter().map(|cost| cost.rose.is_some()).collect();
-    let fleet = fleet(fresh, &shares, &values, basis, params);
+    let mut fleet = fleet(fresh, &shares, &values, basis, params);
+    if basis == CostBasis::PerRequest && outside_rps.is_finite() && outside_rps > 0.0 {
+        fleet.demand += outside_rps;
+    }
+    let suspects = cap_suspects(&mut fleet, fresh);
     let (loads, ranks) = match params.objective {
         Objective::Balance => (balance(&fleet), vec![None; fresh.len()]),
         Objective::Latency => fill(&fleet, params.probe_share),
@@ -96,9 +111,13 @@ pub(crate) fn plan(
                 } => CostSource::Rose(factor),
                 Smoothed { rose: None, .. } => CostSource::Measured,
             };
+            let mut reason = reason(&fleet, basis, index, source, utilization, ranks[index]);
+            if let Some(fraction) = suspects[index] {
+                reason.suspect(fraction);
+            }
             Planned {
                 weight,
-                reason: reason(&fleet, basis, index, source, utilization, ranks[index]),
+                reason,
                 cost: smoothed[index].cost,
             }
         })
@@ -156,10 +175,12 @@ fn smoothed_costs(
         .iter()
         .zip(shares)
         .map(|(endpoint, share)| match basis {
+            // Per *successful* request: a pod that answers errors cheaply is not cheap.
             CostBasis::PerRequest => endpoint
                 .rps
-                .filter(|rps| *rps > RPS_EPSILON)
-                .map(|rps| (endpoint.cpu / rps, (rps / FULL_EVIDENCE_RPS).min(1.0))),
+                .map(|rps| rps - endpoint.errors.unwrap_or(0.0).clamp(0.0, rps))
+                .filter(|served| *served > RPS_EPSILON)
+                .map(|served| (endpoint.cpu / served, (served / FULL_EVIDENCE_RPS).min(1.0))),
             CostBasis::Relative if total_cpu > 0.0 => Some((endpoint.cpu / share / total_cpu, 1.0)),
             CostBasis::Relative => Some((1.0, 1.0)),
         })
@@ -338,6 +359,58 @@ fn fleet(
     }
 }
 
+/// Caps the capacity of suspect endpoints (no error reading, cost below [`SUSPECT_FRACTION`] of
+/// the median of the others) at an equal share of the demand, or at what the others cannot take
+/// below the ceiling if that is more; returns each one's cost as a fraction of that median,
+/// `None` for the others.
+fn cap_suspects(fleet: &mut Fleet, fresh: &[FreshEndpoint]) -> Vec<Option<f64>> {
+    let count = fresh.len();
+    let mut suspects = vec![None; count];
+    if count < 2 || fresh.iter().all(|endpoint| endpoint.errors.is_some()) {
+        return suspects;
+    }
+    let mut sorted = fleet.costs.clone();
+    sorted.sort_by(f64::total_cmp);
+    for (index, endpoint) in fresh.iter().enumerate() {
+        if endpoint.errors.is_some() {
+            continue;
+        }
+        let cost = fleet.costs[index];
+        // The median of the others: this cost taken out of the sorted list once.
+        let mut others = sorted.clone();
+        if let Some(position) = others.iter().position(|value| *value == cost) {
+            others.remove(position);
+        }
+        let Some(median) = percentile(&others, 50.0).filter(|median| *median > 0.0) else {
+            continue;
+        };
+        let fraction = cost / median;
+        if fraction < SUSPECT_FRACTION {
+            suspects[index] = Some(fraction);
+        }
+    }
+    let suspect_capacity: f64 = suspects
+        .iter()
+        .zip(&fleet.capacities)
+        .filter(|(suspect, _)| suspect.is_some())
+        .map(|(_, capacity)| capacity)
+        .sum();
+    if suspect_capacity <= 0.0 {
+        return suspects;
+    }
+    let others_capacity: f64 = fleet.capacities.iter().sum::<f64>() - suspect_capacity;
+    // Never cap so far that the others are planned past the ceiling.
+    let overflow = (fleet.demand - others_capacity).max(0.0);
+    let equal_share = fleet.demand / count as f64;
+    for (suspect, capacity) in suspects.iter().zip(fleet.capacities.iter_mut()) {
+        if suspect.is_some() {
+            let needed = overflow * *capacity / suspect_capacity;
+            *capacity = capacity.min(equal_share.max(needed));
+        }
+    }
+    suspects
+}
+
 /// `balance`: traffic in proportion to capacity, which evens out utilization.
 fn balance(fleet: &Fleet) -> Vec<f64> {
     spread(fleet)
@@ -508,6 +581,7 @@ fn reason(
 mod tests {
     use super::*;
 
+    /// An endpoint whose source also reports errors (none): its cost is believed as measured.
     fn endpoint(cpu: f64, rps: Option<f64>, previous: Option<u32>) -> FreshEndpoint {
         FreshEndpoint {
             cpu,
@@ -516,6 +590,8 @@ mod tests {
             previous,
             cost: None,
             ramping: false,
+            errors: Some(0.0),
+            failing: false,
         }
     }
 
@@ -527,7 +603,7 @@ mod tests {
     }
 
     fn weights(fresh: &[FreshEndpoint], objective: Objective) -> Vec<u32> {
-        plan(fresh, None, &params(objective))
+        plan(fresh, 0.0, None, &params(objective))
             .0
             .into_iter()
             .map(|planned| planned.weight)
@@ -556,7 +632,7 @@ mod tests {
             endpoint(0.3, None, Some(300)),
             endpoint(0.2, None, Some(100)),
         ];
-        let (planned, basis) = plan(&fresh, None, &params(Objective::Balance));
+        let (planned, basis) = plan(&fresh, 0.0, None, &params(Objective::Balance));
         assert_eq!(basis, CostBasis::Relative);
         let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
         assert_eq!(weights, vec![10000, 10000, 5000]);
@@ -596,6 +672,7 @@ mod tests {
         }
         plan(
             &fresh,
+            0.0,
             Some(CostBasis::PerRequest),
             &params(Objective::Latency),
         )
@@ -645,6 +722,7 @@ mod tests {
         }
         let planned = plan(
             &fresh,
+            0.0,
             Some(CostBasis::PerRequest),
             &params(Objective::Latency),
         )
@@ -662,7 +740,7 @@ mod tests {
             endpoint(0.3, Some(100.0), None),
             endpoint(0.2, None, None),
         ];
-        let planned = plan(&fresh, None, &params(Objective::Balance)).0;
+        let planned = plan(&fresh, 0.0, None, &params(Objective::Balance)).0;
         let reason = planned[2].reason.to_string();
         assert!(
             reason.contains("cost 0.0020 cpu-s/req (assumed: the median"),
@@ -681,7 +759,7 @@ mod tests {
         // Demand 300 rps, capacity of the cheapest at 0.7: 700 rps; a probe budget of 0.2%
         // (0.6 rps) shared by all three: 0.2 rps each for the two outside the plan, 299.6 for the
         // cheapest.
-        let planned = plan(&fresh, None, &params(Objective::Latency)).0;
+        let planned = plan(&fresh, 0.0, None, &params(Objective::Latency)).0;
         let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
         assert_eq!(weights, vec![10000, 7, 7]);
         assert!(planned[0].reason.to_string().contains("fill rank 1"));
@@ -712,11 +790,11 @@ mod tests {
             is_floor: false,
         });
         let params = params(Objective::Balance);
-        let planned = plan(&fresh, Some(CostBasis::PerRequest), &params).0;
+        let planned = plan(&fresh, 0.0, Some(CostBasis::PerRequest), &params).0;
         let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
         assert!((cost - 0.003).abs() < 1e-12, "{cost}");
         // In another unit the remembered cost is not averaged in.
-        let planned = plan(&fresh, Some(CostBasis::Relative), &params).0;
+        let planned = plan(&fresh, 0.0, Some(CostBasis::Relative), &params).0;
         let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
         assert!((cost - 0.002).abs() < 1e-12, "{cost}");
     }

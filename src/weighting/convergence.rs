@@ -206,3 +206,94 @@ fn resumes_after_fallback_and_reaches_the_plan() {
         "{traffic:?}"
     );
 }
+
+/// The seed fleet at 1,500 rps with its first 2 ms pod answering 90% of its requests with an
+/// error after 0.2 ms (the failing-pod lab fleet).
+fn failing_seed(report_errors: bool) -> Model {
+    let mut model = seed_fleet(1500.0, true);
+    model.error_ratios[0] = 0.9;
+    model.report_errors = report_errors;
+    model
+}
+
+/// Share of all requests answered with an error under these weights.
+fn error_rate(model: &Model, weights: &[u32]) -> f64 {
+    let traffic = model.traffic(weights);
+    let errors: f64 = traffic
+        .iter()
+        .zip(&model.error_ratios)
+        .map(|(rps, ratio)| rps * ratio)
+        .sum();
+    errors / model.rps
+}
+
+#[test]
+fn a_failing_pod_is_held_at_a_probe_for_every_objective() {
+    for objective in [Objective::Latency, Objective::Balance] {
+        let model = failing_seed(true);
+        let (outputs, history) = model.run(&params(objective), 6);
+        // Held from the first tick with its samples (equal weights served before it).
+        for weights in &history {
+            let share = model.traffic(weights)[0] / model.rps;
+            assert!(share <= 0.004, "{objective:?}: share {share}: {weights:?}");
+            assert!(error_rate(&model, weights) <= 0.004);
+        }
+        let held = &outputs[5].weights[0];
+        assert_eq!(held.source, super::WeightSource::Failing);
+        let reason = held.reason.to_string();
+        assert!(
+            reason.contains("failing: 90.0% errors vs 0.0% in the rest of the cluster"),
+            "{reason}"
+        );
+        assert!(outputs[5]
+            .memory
+            .endpoints
+            .values()
+            .any(|memory| memory.failing));
+        // The other 2 ms pods still take the traffic the latency objective gives them.
+        if objective == Objective::Latency {
+            let traffic = model.traffic(&history[5]);
+            assert!(traffic[1] + traffic[2] >= 1300.0, "{traffic:?}");
+        }
+    }
+}
+
+#[test]
+fn a_failing_pod_comes_back_when_it_recovers() {
+    let params = params(Objective::Latency);
+    let failing = failing_seed(true);
+    let (outputs, history) = failing.run(&params, 4);
+    let memory = outputs[3].memory.clone();
+    let mut recovered = failing.clone();
+    recovered.error_ratios[0] = 0.0;
+    let (outputs, history) = recovered.run_from(&params, 4..24, memory, history.last().cloned());
+    assert!(!outputs[0]
+        .memory
+        .endpoints
+        .values()
+        .any(|memory| memory.failing));
+    // Released at once, then back up at most x2 per tick to a 2 ms pod's full weight.
+    let last = history.last().cloned().unwrap_or_default();
+    assert_eq!(last[0], 10_000, "{last:?}");
+    assert!(history[1][0] <= 4 * history[0][0].max(1), "{history:?}");
+}
+
+#[test]
+fn without_an_error_signal_a_failing_pod_is_capped_at_an_equal_share() {
+    for objective in [Objective::Latency, Objective::Balance] {
+        let model = failing_seed(false);
+        let (outputs, history) = model.run(&params(objective), 8);
+        for weights in &history[1..] {
+            let share = model.traffic(weights)[0] / model.rps;
+            assert!(
+                share <= 1.0 / 15.0 + 0.005,
+                "{objective:?}: {share}: {weights:?}"
+            );
+        }
+        let reason = outputs[7].weights[0].reason.to_string();
+        assert!(reason.contains("suspect: cost 0.07x"), "{reason}");
+        // Errors no worse than an equal split would give (0.9 / 15 = 6%).
+        let rate = error_rate(&model, &history[7]);
+        assert!(rate <= 0.9 / 15.0 + 0.005, "{rate}");
+    }
+}

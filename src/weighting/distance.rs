@@ -79,6 +79,8 @@ mod tests {
             previous,
             cost: None,
             ramping: false,
+            errors: None,
+            failing: false,
         }
     }
 

@@ -8,6 +8,7 @@ mod capacity;
 #[cfg(test)]
 mod convergence;
 mod distance;
+mod errors;
 pub mod params;
 #[cfg(test)]
 mod properties;
@@ -41,8 +42,13 @@ pub struct EndpointLoad {
     pub rps: Option<Reading>,
     /// CPU limit in cores.
     pub cpu_limit: Option<Reading>,
-    /// Mean latency per request in seconds (an optional cost signal).
+    /// Mean latency per request in seconds, as the source measured it.
     pub latency: Option<Reading>,
+    /// Requests per second answered with an error (a subset of `rps`, which counts every
+    /// completed request).
+    pub errors: Option<Reading>,
+    /// Requests in flight (summed over every client that reports them).
+    pub in_flight: Option<Reading>,
 }
 
 /// Where an endpoint's weight came from.
@@ -61,6 +67,8 @@ pub enum WeightSource {
     Fallback,
     /// The whole cluster is idle: equal weights.
     Idle,
+    /// Its error ratio is clearly above the cluster's: held at a probe.
+    Failing,
 }
 
 impl WeightSource {
@@ -73,6 +81,7 @@ impl WeightSource {
             Self::Stale => "stale",
             Self::Fallback => "fallback",
             Self::Idle => "idle",
+            Self::Failing => "failing",
         }
     }
 }
@@ -120,6 +129,8 @@ pub struct EndpointMemory {
     pub first_seen: Duration,
     /// Seen in the cluster's first tick: present before we started, so it does not slow-start.
     pub initial: bool,
+    /// Held at a probe because its error ratio was clearly above the cluster's.
+    pub failing: bool,
 }
 
 /// The unit of the remembered costs, so an average never mixes two units.
@@ -205,6 +216,22 @@ pub struct Weight {
     pub utilization: Option<f64>,
     /// Age of the CPU sample, when there is one.
     pub sample_age: Option<Duration>,
+    /// Requests per second answered with an error, when a valid sample was used.
+    pub errors: Option<f64>,
+    /// Requests in flight, when a valid sample was used.
+    pub in_flight: Option<f64>,
+    /// Latency per request as clients see it (seconds), when known.
+    pub latency: Option<f64>,
+}
+
+impl Weight {
+    /// Errors over all completed requests, when both rates are known and some requests completed.
+    pub fn error_ratio(&self) -> Option<f64> {
+        match (self.errors, self.rps) {
+            (Some(errors), Some(rps)) if rps > 0.0 => Some((errors / rps).clamp(0.0, 1.0)),
+            _ => None,
+        }
+    }
 }
 
 /// Static weights: the configured weight where set; elsewhere an equal share, which is the mean

@@ -38,6 +38,7 @@ fn load() -> impl Strategy<Value = EndpointLoad> {
             rps,
             cpu_limit,
             latency,
+            ..EndpointLoad::default()
         })
 }
 
@@ -115,7 +116,10 @@ proptest! {
                     cpu: Some(Reading { value: cpu, age: Duration::from_secs(1) }),
                     rps: report_rps.then_some(Reading { value: rps, age: Duration::from_secs(1) }),
                     cpu_limit: Some(Reading { value: 4.0, age: Duration::from_secs(1) }),
-                    latency: None,
+                    // An error signal that reads no errors: a cheap endpoint is then believed
+                    // (without one, a far cheaper endpoint is capped as suspect, tested apart).
+                    errors: Some(Reading { value: 0.0, age: Duration::from_secs(1) }),
+                    ..EndpointLoad::default()
                 }
             })
             .collect();

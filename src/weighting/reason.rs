@@ -18,6 +18,8 @@ pub struct Reason {
     scaled_down: bool,
     /// The computed weight stayed within the push threshold: the served one is kept.
     still_serving: Option<u32>,
+    /// Suspect (cheap with no error signal): its cost as a fraction of the others' median.
+    suspect: Option<f64>,
 }
 
 /// Where the capacity planner's cost for an endpoint comes from.
@@ -79,6 +81,13 @@ enum Cause {
     Idle { total_cpu: f64, idle_cpu: f64 },
     /// Stale for too long, or never measured.
     Fallback { age_seconds: Option<u64> },
+    /// Held at a probe: its error ratio is clearly above the rest of the cluster's (NaN when
+    /// held from an earlier tick without an error reading now).
+    Failing {
+        ratio: f64,
+        baseline: f64,
+        share: f64,
+    },
 }
 
 impl Reason {
@@ -168,6 +177,15 @@ impl Reason {
         Self::from_cause(Cause::Fallback { age_seconds })
     }
 
+    /// Held at `share` of the traffic: error ratio `ratio` against the cluster's `baseline`.
+    pub(crate) fn failing(ratio: f64, baseline: f64, share: f64) -> Self {
+        Self::from_cause(Cause::Failing {
+            ratio,
+            baseline,
+            share,
+        })
+    }
+
     /// Notes the slow-start ramp (`percent` done towards `target`).
     pub(crate) fn ramped(&mut self, percent: f64, target: f64) {
         self.slow_start = Some((percent, target));
@@ -176,6 +194,12 @@ impl Reason {
     /// Notes that the locality's sum forced a scale-down.
     pub(crate) fn scale_down(&mut self) {
         self.scaled_down = true;
+    }
+
+    /// Notes that the endpoint is suspect: its cost is `fraction` of the others' median with no
+    /// error signal, so it was planned at most an equal share.
+    pub(crate) fn suspect(&mut self, fraction: f64) {
+        self.suspect = Some(fraction);
     }
 
     /// Notes that the served weight `previous` is kept (within the push threshold).
@@ -189,6 +213,12 @@ impl fmt::Display for Reason {
         self.cause.fmt(formatter)?;
         if let Some((percent, target)) = self.slow_start {
             write!(formatter, "; slow start {percent:.0}% of {target}")?;
+        }
+        if let Some(fraction) = self.suspect {
+            write!(
+                formatter,
+                "; suspect: cost {fraction:.2}x the others' median and no error signal (fast failure?): capped at an equal share"
+            )?;
         }
         if self.scaled_down {
             formatter.write_str("; scaled down: locality sum over 2^32")?;
@@ -264,6 +294,27 @@ impl fmt::Display for Cause {
                     None => formatter.write_str("no cpu sample ever")?,
                 }
                 formatter.write_str("; equal weights")
+            }
+            Self::Failing {
+                ratio,
+                baseline,
+                share,
+            } => {
+                if ratio.is_nan() {
+                    formatter.write_str("failing: held since an earlier tick, no error rate now")?;
+                } else {
+                    write!(
+                        formatter,
+                        "failing: {:.1}% errors vs {:.1}% in the rest of the cluster",
+                        ratio * 100.0,
+                        baseline * 100.0
+                    )?;
+                }
+                write!(
+                    formatter,
+                    "; held at a {:.1}% probe until it answers well",
+                    share * 100.0
+                )
             }
         }
     }

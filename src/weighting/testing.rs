@@ -41,6 +41,9 @@ pub(crate) fn cpu_load(cpu: f64, age_seconds: u64) -> EndpointLoad {
     }
 }
 
+/// CPU seconds of a request answered with an error: a 503 after 0.2 ms.
+pub(crate) const FAILURE_COST: f64 = 0.0002;
+
 /// A fleet whose endpoints have a true cost per request and a number of cores, serving `rps`
 /// requests per second split in proportion to the weights (as Envoy's weighted balancing does).
 #[derive(Clone, Debug)]
@@ -53,6 +56,10 @@ pub(crate) struct Model {
     pub rps: f64,
     /// Whether the metrics report request rates (else only CPU).
     pub report_rps: bool,
+    /// Share of each endpoint's requests answered with an error (fast: no CPU).
+    pub error_ratios: Vec<f64>,
+    /// Whether the metrics report error rates (with request rates only).
+    pub report_errors: bool,
 }
 
 impl Model {
@@ -63,11 +70,14 @@ impl Model {
             .flat_map(|(millis, count)| std::iter::repeat_n(millis / 1000.0, *count))
             .collect();
         let cores = vec![cores; costs.len()];
+        let error_ratios = vec![0.0; costs.len()];
         Self {
             costs,
             cores,
             rps,
             report_rps,
+            error_ratios,
+            report_errors: true,
         }
     }
 
@@ -96,15 +106,25 @@ impl Model {
             .iter()
             .zip(&self.costs)
             .zip(&self.cores)
-            .map(|((rps, cost), cores)| EndpointLoad {
-                cpu: reading((rps * cost).min(*cores), 5),
+            .zip(&self.error_ratios)
+            .map(|(((rps, cost), cores), error_ratio)| EndpointLoad {
+                // A failed request costs FAILURE_COST; a successful one its endpoint's cost.
+                cpu: reading(
+                    (rps * ((1.0 - error_ratio) * cost + error_ratio * FAILURE_COST)).min(*cores),
+                    5,
+                ),
                 rps: if self.report_rps {
                     reading(*rps, 5)
                 } else {
                     None
                 },
+                errors: if self.report_rps && self.report_errors {
+                    reading(rps * error_ratio, 5)
+                } else {
+                    None
+                },
                 cpu_limit: reading(*cores, 5),
-                latency: None,
+                ..EndpointLoad::default()
             })
             .collect()
     }
@@ -112,12 +132,23 @@ impl Model {
     /// Runs `ticks` ticks ten seconds apart from an empty memory and equal weights; returns the
     /// outputs and the weights served after each tick.
     pub fn run(&self, params: &Params, ticks: usize) -> (Vec<Output>, Vec<Vec<u32>>) {
+        self.run_from(params, 0..ticks, ClusterMemory::default(), None)
+    }
+
+    /// Runs the ticks `ticks` (ten seconds apart) from `memory`, serving `served` at first
+    /// (equal weights when `None`); returns the outputs and the weights served after each tick.
+    pub fn run_from(
+        &self,
+        params: &Params,
+        ticks: std::ops::Range<usize>,
+        mut memory: ClusterMemory,
+        served: Option<Vec<u32>>,
+    ) -> (Vec<Output>, Vec<Vec<u32>>) {
         let endpoints = endpoints(self.costs.len());
-        let mut memory = ClusterMemory::default();
-        let mut served = vec![100; self.costs.len()];
+        let mut served = served.unwrap_or_else(|| vec![100; self.costs.len()]);
         let mut outputs = Vec::new();
         let mut history = Vec::new();
-        for tick in 0..ticks {
+        for tick in ticks {
             let now = Duration::from_secs(10 * tick as u64);
             let output = compute(&endpoints, &self.loads(&served), &memory, params, now);
             served = output.weights.iter().map(|weight| weight.weight).collect();

@@ -62,7 +62,7 @@ impl EngineWeights {
             cpu: reading(sample.cpu_cores),
             rps: reading(sample.requests_per_second),
             cpu_limit: reading(f64::from(sample.cores)),
-            latency: None,
+            ..EndpointLoad::default()
         }
     }
 }
