@@ -99,6 +99,9 @@ impl Engine {
                     if let Some(state) = self.clusters.remove(&cluster) {
                         forget_endpoint_metrics(&self.metrics, &state.labels);
                     }
+                    self.metrics.endpoints_failing.remove(&ClusterLabels {
+                        cluster: cluster.clone(),
+                    });
                     self.store.explain(&cluster, None);
                 }
             }
@@ -177,6 +180,17 @@ impl Engine {
                     .inc_by(output.dropped_samples as u64);
             }
             state.memory = output.memory;
+            let failing = output
+                .weights
+                .iter()
+                .filter(|weight| weight.source == weighting::WeightSource::Failing)
+                .count();
+            self.metrics
+                .endpoints_failing
+                .get_or_create(&ClusterLabels {
+                    cluster: name.to_string(),
+                })
+                .set(i64::try_from(failing).unwrap_or(i64::MAX));
             (output.weights, output.mode, output.moved)
         };
         state.last_tick = Some(now);

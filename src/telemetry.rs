@@ -97,6 +97,8 @@ pub struct Metrics {
     pub cluster_mode: Family<ModeLabels, Gauge>,
     /// Samples dropped as NaN, negative or infinite, by cluster.
     pub dropped_samples: Family<ClusterLabels, Counter>,
+    /// Endpoints held at a probe because their error ratio is clearly above their cluster's.
+    pub endpoints_failing: Family<ClusterLabels, Gauge>,
     /// Time to recompute the due clusters in one tick.
     pub tick_duration: Histogram,
     /// Requests, streams or connections refused by a limit.
@@ -127,6 +129,7 @@ impl Default for Metrics {
             endpoint_cpu: Family::default(),
             cluster_mode: Family::default(),
             dropped_samples: Family::default(),
+            endpoints_failing: Family::default(),
             tick_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             refusals: Family::default(),
             connections: Gauge::default(),
@@ -202,6 +205,11 @@ impl Metrics {
             "dropped_samples",
             "Samples dropped as NaN, negative or infinite, by cluster",
             metrics.dropped_samples.clone(),
+        );
+        registry.register(
+            "endpoints_failing",
+            "Endpoints held at a probe because their error ratio is clearly above their cluster's (Inspect says why)",
+            metrics.endpoints_failing.clone(),
         );
         registry.register(
             "tick_duration_seconds",
@@ -291,6 +299,12 @@ pub fn example_exposition() -> String {
         })
         .inc();
     metrics
+        .endpoints_failing
+        .get_or_create(&ClusterLabels {
+            cluster: "c".into(),
+        })
+        .set(1);
+    metrics
         .remote_write_samples
         .get_or_create(&ResultLabels {
             result: "ok".into(),
@@ -335,6 +349,7 @@ mod tests {
             "adaptive_eds_endpoint_cpu_cores",
             "adaptive_eds_cluster_mode",
             "adaptive_eds_dropped_samples_total",
+            "adaptive_eds_endpoints_failing",
             "adaptive_eds_remote_write_samples_total",
             "adaptive_eds_metric_queries_total",
             "adaptive_eds_tick_duration_seconds_count",

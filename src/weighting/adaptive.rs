@@ -92,6 +92,8 @@ struct Observation {
     limit: f64,
     /// The CPU reading is at most `stale_after` old.
     fresh: bool,
+    /// `cpu` holds the requests in flight: the cluster has no CPU signal (load reports only).
+    cpu_is_in_flight: bool,
     /// What the previous tick remembered of this endpoint.
     remembered: Option<EndpointMemory>,
 }
@@ -147,7 +149,7 @@ pub(crate) fn compute<E: Borrow<Endpoint>>(
         return static_output(endpoints, memory);
     }
     let mut dropped_samples = 0;
-    let observations: Vec<Observation> = endpoints
+    let mut observations: Vec<Observation> = endpoints
         .iter()
         .enumerate()
         .map(|(index, endpoint)| {
@@ -161,6 +163,7 @@ pub(crate) fn compute<E: Borrow<Endpoint>>(
             )
         })
         .collect();
+    in_flight_for_cpu(&mut observations, params);
     let last_sample_at = youngest_sample(&observations, memory, now);
     let mode = decide_mode(&observations, last_sample_at, params, now);
     let mut tick = match mode {
@@ -218,7 +221,31 @@ fn observe(
         latency,
         limit,
         fresh,
+        cpu_is_in_flight: false,
         remembered,
+    }
+}
+
+/// Without any CPU reading in the cluster, requests in flight stand in for CPU in use.
+///
+/// For a pod that serves each request on one worker, requests in flight are its busy workers,
+/// as CPU in use is its busy cores: in flight / rate is then the time a request holds a worker
+/// as the clients see it (Little's law), and the limit (`default_cpu_limit` unless a source
+/// gives one) reads as the number of requests the pod serves at once. Never mixed with CPU in
+/// one cluster: the two units would be compared as one.
+fn in_flight_for_cpu(observations: &mut [Observation], params: &Params) {
+    if observations
+        .iter()
+        .any(|observation| observation.cpu.is_some())
+    {
+        return;
+    }
+    for observation in observations {
+        if let Some(in_flight) = observation.in_flight {
+            observation.cpu = Some(in_flight);
+            observation.fresh = in_flight.age <= params.stale_after;
+            observation.cpu_is_in_flight = true;
+        }
     }
 }
 
@@ -285,7 +312,10 @@ fn explained(
     source: WeightSource,
     reason: Reason,
 ) -> Weight {
-    let cpu = observation.cpu.map(|reading| reading.value);
+    let cpu = observation
+        .cpu
+        .filter(|_| !observation.cpu_is_in_flight)
+        .map(|reading| reading.value);
     Weight {
         weight,
         reason,
@@ -294,7 +324,10 @@ fn explained(
         cpu,
         rps: observation.rps.map(|reading| reading.value),
         utilization: cpu.map(|cores| cores / observation.limit),
-        sample_age: observation.cpu.map(|reading| reading.age),
+        sample_age: observation
+            .cpu
+            .or(observation.in_flight)
+            .map(|reading| reading.age),
         errors: observation.errors.map(|reading| reading.value),
         in_flight: observation.in_flight.map(|reading| reading.value),
         latency: observed_latency(observation),
@@ -373,7 +406,11 @@ fn fresh_weights(
                 } else {
                     WeightSource::Fresh
                 };
-                weights.push(explained(observation, plan.weight, source, plan.reason));
+                let mut reason = plan.reason;
+                if observation.cpu_is_in_flight {
+                    reason.in_flight_load();
+                }
+                weights.push(explained(observation, plan.weight, source, reason));
                 costs.push(plan.cost.or(remembered_cost));
                 failing.push(verdict.is_some());
             }

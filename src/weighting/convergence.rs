@@ -297,3 +297,31 @@ fn without_an_error_signal_a_failing_pod_is_capped_at_an_equal_share() {
         assert!(rate <= 0.9 / 15.0 + 0.005, "{rate}");
     }
 }
+
+#[test]
+fn load_reports_alone_plan_from_requests_in_flight() {
+    // No CPU and no limit: requests in flight over the rate is each pod's time per request, and
+    // `default_cpu_limit` is read as how many it serves at once (4 workers, as the pods' cores).
+    let params = Params {
+        default_cpu_limit: 4.0,
+        ..params(Objective::Latency)
+    };
+    let mut model = failing_seed(true);
+    model.report_cpu = false;
+    let (outputs, history) = model.run(&params, 6);
+    let traffic = model.traffic(&history[5]);
+    assert!(traffic[0] / model.rps <= 0.004, "{traffic:?}");
+    assert!(traffic[1] + traffic[2] >= 1300.0, "{traffic:?}");
+    assert!(traffic[14] <= 5.0, "{traffic:?}");
+    let reason = outputs[5].weights[1].reason.to_string();
+    assert!(reason.contains("load: requests in flight"), "{reason}");
+    assert_eq!(outputs[5].weights[1].cpu, None);
+    let latency = outputs[5].weights[1].latency.unwrap_or_default();
+    assert!((latency - 0.002).abs() < 1e-9, "{latency}");
+    // Without a limit from anywhere the default of one request at a time is conservative: the
+    // plan spreads wider, but the failing pod is still held.
+    let (_, history) = model.run(&self::params(Objective::Latency), 6);
+    let traffic = model.traffic(&history[5]);
+    assert!(traffic[0] / model.rps <= 0.004, "{traffic:?}");
+    assert!(traffic[14] <= 15.0, "{traffic:?}");
+}

@@ -20,6 +20,8 @@ pub struct Reason {
     still_serving: Option<u32>,
     /// Suspect (cheap with no error signal): its cost as a fraction of the others' median.
     suspect: Option<f64>,
+    /// The load was requests in flight, as the cluster has no CPU signal.
+    in_flight_load: bool,
 }
 
 /// Where the capacity planner's cost for an endpoint comes from.
@@ -202,6 +204,11 @@ impl Reason {
         self.suspect = Some(fraction);
     }
 
+    /// Notes that requests in flight stood in for CPU (no CPU signal in the cluster).
+    pub(crate) fn in_flight_load(&mut self) {
+        self.in_flight_load = true;
+    }
+
     /// Notes that the served weight `previous` is kept (within the push threshold).
     pub(crate) fn keep_serving(&mut self, previous: u32) {
         self.still_serving = Some(previous);
@@ -213,6 +220,9 @@ impl fmt::Display for Reason {
         self.cause.fmt(formatter)?;
         if let Some((percent, target)) = self.slow_start {
             write!(formatter, "; slow start {percent:.0}% of {target}")?;
+        }
+        if self.in_flight_load {
+            formatter.write_str("; load: requests in flight (no cpu signal), cost in s/req")?;
         }
         if let Some(fraction) = self.suspect {
             write!(

@@ -60,6 +60,8 @@ pub(crate) struct Model {
     pub error_ratios: Vec<f64>,
     /// Whether the metrics report error rates (with request rates only).
     pub report_errors: bool,
+    /// Whether the metrics report CPU; else requests in flight (as Envoy's load reports do).
+    pub report_cpu: bool,
 }
 
 impl Model {
@@ -78,6 +80,7 @@ impl Model {
             report_rps,
             error_ratios,
             report_errors: true,
+            report_cpu: true,
         }
     }
 
@@ -108,11 +111,27 @@ impl Model {
             .zip(&self.cores)
             .zip(&self.error_ratios)
             .map(|(((rps, cost), cores), error_ratio)| EndpointLoad {
-                // A failed request costs FAILURE_COST; a successful one its endpoint's cost.
-                cpu: reading(
-                    (rps * ((1.0 - error_ratio) * cost + error_ratio * FAILURE_COST)).min(*cores),
-                    5,
-                ),
+                // A failed request costs FAILURE_COST; a successful one its endpoint's cost. Each
+                // holds one worker (of `cores`) for that long: in flight = busy workers.
+                cpu: self
+                    .report_cpu
+                    .then(|| {
+                        reading(
+                            (rps * ((1.0 - error_ratio) * cost + error_ratio * FAILURE_COST))
+                                .min(*cores),
+                            5,
+                        )
+                    })
+                    .flatten(),
+                in_flight: (!self.report_cpu)
+                    .then(|| {
+                        reading(
+                            (rps * ((1.0 - error_ratio) * cost + error_ratio * FAILURE_COST))
+                                .min(*cores),
+                            5,
+                        )
+                    })
+                    .flatten(),
                 rps: if self.report_rps {
                     reading(*rps, 5)
                 } else {
@@ -123,7 +142,7 @@ impl Model {
                 } else {
                     None
                 },
-                cpu_limit: reading(*cores, 5),
+                cpu_limit: self.report_cpu.then(|| reading(*cores, 5)).flatten(),
                 ..EndpointLoad::default()
             })
             .collect()
