@@ -448,8 +448,9 @@ fn plan_healthy(
     params: &Params,
 ) -> (Vec<Planned>, Option<CostBasis>, f64) {
     let held = verdicts.iter().filter(|verdict| verdict.is_some()).count();
-    let healthy: Vec<FreshEndpoint> = if held == 0 || held == fresh.len() {
-        fresh.to_vec()
+    // Borrowed in the usual case (no one held): this runs for every cluster on every tick.
+    let healthy: std::borrow::Cow<'_, [FreshEndpoint]> = if held == 0 || held == fresh.len() {
+        std::borrow::Cow::Borrowed(fresh)
     } else {
         fresh
             .iter()
