@@ -100,4 +100,28 @@ fn generate_discovery_servers() {
         )
         .build();
     Builder::new().build_client(false).compile(&[ads, eds]);
+    generate_load_reporting_server();
+}
+
+/// Generates the LRS server with our request type: `crate::lrs::wire::LoadReport` decodes a
+/// `LoadStatsRequest` without the Node that Envoy resends (about 61 KB) in every report.
+fn generate_load_reporting_server() {
+    use tonic_build::manual::{Builder, Method, Service};
+
+    let lrs = Service::builder()
+        .name("LoadReportingService")
+        .package("envoy.service.load_stats.v3")
+        .method(
+            Method::builder()
+                .name("stream_load_stats")
+                .route_name("StreamLoadStats")
+                .input_type("crate::lrs::wire::LoadReport")
+                .output_type("envoy_types::pb::envoy::service::load_stats::v3::LoadStatsResponse")
+                .codec_path("crate::lrs::wire::LrsCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    Builder::new().build_client(false).compile(&[lrs]);
 }

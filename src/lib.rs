@@ -9,6 +9,7 @@ pub mod config;
 pub mod discovery;
 pub mod engine;
 pub mod inspect;
+pub mod lrs;
 pub mod metrics;
 pub mod server;
 pub mod snapshot;

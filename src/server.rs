@@ -18,6 +18,7 @@ use crate::discovery::{
 };
 use crate::engine::Engine;
 use crate::inspect::{self, InspectService};
+use crate::lrs::{LoadReports, LrsService};
 use crate::metrics::{
     prometheus,
     remote_write::{self, SeriesStore},
@@ -141,7 +142,20 @@ pub async fn serve(
         tls,
         context.metrics.clone(),
     );
-    let grpc = grpc_router(context, clients, xds_config)?;
+    // LRS settings are read once: Envoys are told the interval when their stream opens.
+    let load_reports = config.adaptive.load_reports.as_ref().map(|settings| {
+        LoadReports::new(
+            store.clone(),
+            table.clone(),
+            context.metrics.clone(),
+            settings.interval,
+        )
+    });
+    if let Some(reports) = &load_reports {
+        tokio::spawn(reports.clone().run());
+    }
+    let lrs = LrsService::new(context.clone(), load_reports);
+    let grpc = grpc_router(context, clients, lrs, xds_config)?;
     let drain_period = xds_config.drain_period();
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
@@ -221,6 +235,7 @@ fn merge_discovered(
 fn grpc_router(
     context: XdsContext,
     clients: Arc<ClientRegistry>,
+    lrs: LrsService,
     limits: &XdsConfig,
 ) -> anyhow::Result<tonic::transport::server::Router> {
     let xds_service = XdsService::new(context.clone());
@@ -236,6 +251,7 @@ fn grpc_router(
         "",
         "envoy.service.discovery.v3.AggregatedDiscoveryService",
         "envoy.service.endpoint.v3.EndpointDiscoveryService",
+        "envoy.service.load_stats.v3.LoadReportingService",
     ];
     if limits.inspect {
         names.push("adaptive_eds.inspect.v1.Inspect");
@@ -273,6 +289,7 @@ fn grpc_router(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
         .add_service(xds_service.ads(limits.max_message_bytes))
         .add_service(xds_service.eds(limits.max_message_bytes))
+        .add_service(lrs.server(limits.max_message_bytes))
         .add_service(health_service)
         .add_optional_service(inspect_service)
         .add_optional_service(reflection_v1)

@@ -23,7 +23,7 @@ pub struct ResultLabels {
 /// Label set for per-stream-kind families.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
-    /// `ads-sotw`, `ads-delta`, `eds-sotw`, `eds-delta` or `eds-fetch`.
+    /// `ads-sotw`, `ads-delta`, `eds-sotw`, `eds-delta`, `eds-fetch` or `lrs`.
     pub kind: String,
 }
 
@@ -113,6 +113,18 @@ pub struct Metrics {
     pub metric_queries: Family<QueryLabels, Counter>,
     /// Clusters in the current snapshot.
     pub clusters: Gauge,
+    /// LRS `LoadStatsRequest`s by result (`ok`, `malformed`).
+    pub lrs_reports: Family<ResultLabels, Counter>,
+    /// LRS `ClusterStats` entries by result (see `lrs::aggregate::Outcome`).
+    pub lrs_cluster_stats: Family<ResultLabels, Counter>,
+    /// LRS per-endpoint entries by result (`accepted`, `unknown_endpoint`).
+    pub lrs_endpoint_stats: Family<ResultLabels, Counter>,
+    /// Completed requests per second per endpoint, summed over the reporting Envoys.
+    pub lrs_endpoint_rps: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    /// Errors per second per endpoint, summed over the reporting Envoys.
+    pub lrs_endpoint_errors: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    /// Requests in flight per endpoint, summed over the reporting Envoys' newest reports.
+    pub lrs_endpoint_in_flight: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -137,6 +149,12 @@ impl Default for Metrics {
             remote_write_samples: Family::default(),
             metric_queries: Family::default(),
             clusters: Gauge::default(),
+            lrs_reports: Family::default(),
+            lrs_cluster_stats: Family::default(),
+            lrs_endpoint_stats: Family::default(),
+            lrs_endpoint_rps: Family::default(),
+            lrs_endpoint_errors: Family::default(),
+            lrs_endpoint_in_flight: Family::default(),
         }
     }
 }
@@ -241,6 +259,36 @@ impl Metrics {
             "ClusterLoadAssignments encoded (once per cluster version, whatever the number of subscribers)",
             metrics.encodes.clone(),
         );
+        registry.register(
+            "lrs_reports",
+            "LRS LoadStatsRequests received, by result (ok, malformed)",
+            metrics.lrs_reports.clone(),
+        );
+        registry.register(
+            "lrs_cluster_stats",
+            "LRS per-cluster stats, by result (accepted, first_report, unknown_cluster, bad_interval, impossible_counters, disabled)",
+            metrics.lrs_cluster_stats.clone(),
+        );
+        registry.register(
+            "lrs_endpoint_stats",
+            "LRS per-endpoint stats, by result (accepted, unknown_endpoint)",
+            metrics.lrs_endpoint_stats.clone(),
+        );
+        registry.register(
+            "lrs_endpoint_requests_per_second",
+            "Completed requests per second per endpoint, summed over the Envoys reporting to this replica",
+            metrics.lrs_endpoint_rps.clone(),
+        );
+        registry.register(
+            "lrs_endpoint_errors_per_second",
+            "Requests per second answered with an error per endpoint, summed over the Envoys reporting to this replica",
+            metrics.lrs_endpoint_errors.clone(),
+        );
+        registry.register(
+            "lrs_endpoint_requests_in_flight",
+            "Requests in flight per endpoint, summed over the newest reports of the Envoys reporting to this replica",
+            metrics.lrs_endpoint_in_flight.clone(),
+        );
         (metrics, registry)
     }
 
@@ -325,6 +373,24 @@ pub fn example_exposition() -> String {
         .inc();
     metrics.connections.inc();
     metrics.encodes.inc();
+    for family in [
+        &metrics.lrs_reports,
+        &metrics.lrs_cluster_stats,
+        &metrics.lrs_endpoint_stats,
+    ] {
+        family
+            .get_or_create(&ResultLabels {
+                result: "ok".into(),
+            })
+            .inc();
+    }
+    for family in [
+        &metrics.lrs_endpoint_rps,
+        &metrics.lrs_endpoint_errors,
+        &metrics.lrs_endpoint_in_flight,
+    ] {
+        family.get_or_create(&labels).set(1.0);
+    }
     let mut text = String::new();
     // Encoding into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -358,6 +424,12 @@ mod tests {
             "adaptive_eds_refusals_total",
             "adaptive_eds_connections",
             "adaptive_eds_encodes_total",
+            "adaptive_eds_lrs_reports_total",
+            "adaptive_eds_lrs_cluster_stats_total",
+            "adaptive_eds_lrs_endpoint_stats_total",
+            "adaptive_eds_lrs_endpoint_requests_per_second",
+            "adaptive_eds_lrs_endpoint_errors_per_second",
+            "adaptive_eds_lrs_endpoint_requests_in_flight",
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),

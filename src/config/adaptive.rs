@@ -18,6 +18,34 @@ pub struct MetricsConfig {
     pub prometheus: Option<PrometheusConfig>,
     /// Accept Prometheus remote-write on the admin listener.
     pub remote_write: Option<RemoteWriteConfig>,
+    /// Accept Envoy's load reports (LRS) on the xDS port.
+    pub load_reports: Option<LoadReportsConfig>,
+}
+
+/// `metrics.load_reports:`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoadReportsConfig {
+    /// Ask connected Envoys for load reports and use them.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often Envoys report (`load_reporting_interval`).
+    pub interval: Option<ConfigDuration>,
+}
+
+/// Default `metrics.load_reports.interval`.
+pub const DEFAULT_LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest `metrics.load_reports.interval`: below it the reports (each with Envoy's full Node)
+/// cost more than they tell.
+const MIN_LOAD_REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest `metrics.load_reports.interval`: slower reports cannot follow a failing pod.
+const MAX_LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// A validated LRS source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadReportSettings {
+    /// `load_reporting_interval` sent to Envoy.
+    pub interval: Duration,
 }
 
 /// How a series is matched to an endpoint.
@@ -308,6 +336,8 @@ pub struct AdaptiveConfig {
     pub prometheus: Option<PullSettings>,
     /// Remote-write receiver, if enabled.
     pub remote_write: Option<RemoteWriteSettings>,
+    /// LRS source, if enabled.
+    pub load_reports: Option<LoadReportSettings>,
     /// Settings for clusters the file does not name (e.g. discovered ones).
     pub defaults: ClusterSettings,
     /// Settings per cluster named in the file (and, once merged, per discovered cluster).
@@ -332,6 +362,7 @@ impl Default for AdaptiveConfig {
             tick: DEFAULT_TICK,
             prometheus: None,
             remote_write: None,
+            load_reports: None,
             defaults,
             clusters: BTreeMap::new(),
             query_templates: None,
@@ -375,7 +406,12 @@ pub fn validate(
         .as_ref()
         .filter(|config| config.enabled)
         .map(|config| validate_remote_write(config, problems));
-    let has_source = prometheus.is_some() || remote_write.is_some();
+    let load_reports = metrics
+        .load_reports
+        .as_ref()
+        .filter(|config| config.enabled)
+        .map(|config| validate_load_reports(config, problems));
+    let has_source = prometheus.is_some() || remote_write.is_some() || load_reports.is_some();
     let base = params_from(
         Params {
             algorithm: if has_source {
@@ -392,7 +428,7 @@ pub fn validate(
     if !has_source && base.algorithm != Algorithm::Static {
         problems.push(problem(
             "weighting.algorithm",
-            "an adaptive algorithm needs a metrics source: set metrics.prometheus or enable metrics.remote_write",
+            "an adaptive algorithm needs a metrics source: set metrics.prometheus, or enable metrics.remote_write or metrics.load_reports",
         ));
     }
     let defaults = ClusterSettings {
@@ -441,6 +477,7 @@ pub fn validate(
         tick,
         prometheus,
         remote_write,
+        load_reports,
         defaults,
         clusters: settings,
         query_templates: metrics.prometheus.clone(),
@@ -577,6 +614,25 @@ fn validate_prometheus(config: &PrometheusConfig, problems: &mut Vec<Problem>) -
         join_label: config.join_label.clone(),
         join_by: config.join_by,
     }
+}
+
+fn validate_load_reports(
+    config: &LoadReportsConfig,
+    problems: &mut Vec<Problem>,
+) -> LoadReportSettings {
+    let interval = config
+        .interval
+        .map(|value| value.0)
+        .unwrap_or(DEFAULT_LOAD_REPORT_INTERVAL);
+    if !(MIN_LOAD_REPORT_INTERVAL..=MAX_LOAD_REPORT_INTERVAL).contains(&interval) {
+        problems.push(problem(
+            "metrics.load_reports.interval",
+            format!(
+                "expected {MIN_LOAD_REPORT_INTERVAL:?} to {MAX_LOAD_REPORT_INTERVAL:?}, got {interval:?}"
+            ),
+        ));
+    }
+    LoadReportSettings { interval }
 }
 
 fn validate_remote_write(
@@ -947,7 +1003,54 @@ clusters:
             Algorithm::Static
         );
         let found = problems("weighting: { algorithm: capacity }\n");
-        assert_eq!(found, vec!["weighting.algorithm: an adaptive algorithm needs a metrics source: set metrics.prometheus or enable metrics.remote_write"]);
+        assert_eq!(found, vec!["weighting.algorithm: an adaptive algorithm needs a metrics source: set metrics.prometheus, or enable metrics.remote_write or metrics.load_reports"]);
+    }
+
+    #[test]
+    fn load_reports_alone_make_clusters_adaptive() {
+        let config = parse(
+            "metrics: { load_reports: { enabled: true, interval: 2s } }\nclusters: [{ name: a }]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.adaptive.load_reports,
+            Some(super::LoadReportSettings {
+                interval: Duration::from_secs(2)
+            })
+        );
+        assert_eq!(
+            config.adaptive.settings("a").params.algorithm,
+            Algorithm::Capacity
+        );
+        assert!(config.adaptive.settings("a").queries.is_none());
+        let config =
+            parse("metrics: { load_reports: { enabled: false } }\nclusters: [{ name: a }]\n")
+                .expect("valid");
+        assert_eq!(config.adaptive.load_reports, None);
+        assert_eq!(
+            config.adaptive.settings("a").params.algorithm,
+            Algorithm::Static
+        );
+        for interval in ["0s", "10ms", "1h"] {
+            let found = problems(&format!(
+                "metrics: {{ load_reports: {{ enabled: true, interval: {interval} }} }}\n"
+            ));
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(
+                found[0].starts_with("metrics.load_reports.interval: expected 100ms to 300s, got"),
+                "{found:?}"
+            );
+        }
+        let found = problems("metrics: { load_reports: { enabled: true, interval: -1s } }\n");
+        assert!(
+            found.len() == 1 && found[0].starts_with("metrics.load_reports.interval"),
+            "{found:?}"
+        );
+        let found = problems("metrics: { load_reports: { enabled: true, every: 1s } }\n");
+        assert!(
+            found.len() == 1 && found[0].contains("unknown field `every`"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum StreamKind {
     EdsSotw,
     /// EDS service, incremental.
     EdsDelta,
+    /// Load reporting (LRS): an Envoy sending us its load reports.
+    Lrs,
 }
 
 impl StreamKind {
@@ -33,6 +35,7 @@ impl StreamKind {
             Self::AdsDelta => "ads-delta",
             Self::EdsSotw => "eds-sotw",
             Self::EdsDelta => "eds-delta",
+            Self::Lrs => "lrs",
         }
     }
 

@@ -1,0 +1,1038 @@
+//! Per-endpoint load from every reporting Envoy: a short window of report intervals per stream,
+//! summed over the streams into completion, error and in-flight figures, Little's-law latency and
+//! the ORCA CPU mean, written into the shared [`SampleTable`] as [`SourceKind::LoadReports`].
+//!
+//! Each stream keeps, per cluster, the last [`WINDOW_REPORTS`] accepted intervals, and per
+//! endpoint its counts in those intervals and its newest in-progress snapshot. A stream's rate is
+//! its completed requests over the window's seconds, so one report with few requests is not the
+//! whole truth, and a change is fully seen after two intervals. The endpoint's figures are the sum
+//! over the streams that reported within [`STALE_INTERVALS`] intervals; a stream that ends (or
+//! falls silent) stops counting.
+//!
+//! The first report of a stream for a cluster is not used for rates: after a reconnect Envoy's
+//! first report covers the outage (e.g. `load_report_interval` 5 s) with its counts reset, so a
+//! rate over its interval would be too low, and a rate over a guessed interval could count twice
+//! what the old stream already reported. Dropping it costs a new Envoy one interval (1 s) and
+//! gives the in-progress snapshot the impossible-counter checks start from.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use envoy_types::pb::{
+    envoy::config::{
+        core::v3::{address, socket_address::PortSpecifier, Address},
+        endpoint::v3::{ClusterStats, UpstreamEndpointStats},
+    },
+    google::protobuf,
+};
+
+use crate::config::adaptive::JoinBy;
+use crate::metrics::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::telemetry::{EndpointLabels, Metrics};
+
+/// Intervals per stream and cluster that a rate is taken over.
+pub const WINDOW_REPORTS: usize = 2;
+/// A stream whose last report for a cluster is older than this many intervals stops counting.
+pub const STALE_INTERVALS: u32 = 3;
+/// The ORCA metric read as CPU utilization (Envoy's name for `cpu_utilization` in
+/// `lrs_report_endpoint_metrics`).
+pub const CPU_METRIC: &str = "cpu_utilization";
+/// The CPU limit published with ORCA CPU: the metric is already a fraction of the limit.
+pub const ORCA_CPU_LIMIT: f64 = 1.0;
+
+/// Shortest credible report interval.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// Longest credible report interval (Envoy reports every second to minute).
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Most completed requests per second one Envoy can report for one endpoint.
+const MAX_RATE: f64 = 1e7;
+/// Most requests one Envoy can have in flight to one endpoint.
+const MAX_IN_PROGRESS: u64 = 10_000_000;
+/// Largest credible mean `cpu_utilization` (ORCA allows above 1 past soft limits, not this).
+const MAX_CPU_UTILIZATION: f64 = 100.0;
+
+/// What happened to one `ClusterStats` of a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Used.
+    Accepted,
+    /// The stream's first report for the cluster: its in-progress snapshot is kept, its counts
+    /// are not used (see the module docs).
+    First,
+    /// A cluster we do not serve.
+    UnknownCluster,
+    /// `load_report_interval` missing, zero, negative or absurd.
+    BadInterval,
+    /// Counters that cannot be true (overflow, more completed than could have been in flight,
+    /// absurd rates, NaN or negative metrics).
+    ImpossibleCounters,
+    /// LRS is not enabled (`metrics.load_reports.enabled`): the report is ignored.
+    Disabled,
+}
+
+impl Outcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::First => "first_report",
+            Self::UnknownCluster => "unknown_cluster",
+            Self::BadInterval => "bad_interval",
+            Self::ImpossibleCounters => "impossible_counters",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// What one report did, for metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// One outcome per `ClusterStats`, in order.
+    pub clusters: Vec<Outcome>,
+    /// Endpoint entries used.
+    pub endpoints: u64,
+    /// Endpoint entries for endpoints the cluster does not have (or unreadable addresses).
+    pub unknown_endpoints: u64,
+}
+
+/// Counts of one endpoint in one interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Counts {
+    success: u64,
+    error: u64,
+    cpu_requests: u64,
+    cpu_total: f64,
+}
+
+impl Counts {
+    fn is_zero(&self) -> bool {
+        self.success == 0 && self.error == 0 && self.cpu_requests == 0
+    }
+}
+
+/// One endpoint as one stream saw it: counts aligned with the newest intervals of its cluster
+/// window (older intervals it has no entry for had no activity).
+#[derive(Clone, Debug, Default)]
+struct EndpointWindow {
+    counts: VecDeque<Counts>,
+    in_progress: u64,
+}
+
+/// One cluster as one stream reports it.
+#[derive(Clone, Debug)]
+struct ClusterWindow {
+    /// Seconds of the accepted intervals, oldest first (empty until the second report).
+    seconds: VecDeque<f64>,
+    endpoints: HashMap<SocketAddr, EndpointWindow>,
+    last_report: Instant,
+    last_report_ms: i64,
+}
+
+/// Everything one stream reported.
+#[derive(Debug, Default)]
+struct StreamWindows {
+    clusters: HashMap<String, ClusterWindow>,
+}
+
+/// The clusters and endpoints of one snapshot, for checking reports against what we serve.
+#[derive(Debug)]
+struct ServedIndex {
+    snapshot: Arc<Snapshot>,
+    clusters: HashMap<String, HashSet<SocketAddr>>,
+}
+
+impl ServedIndex {
+    fn build(snapshot: Arc<Snapshot>) -> Self {
+        let clusters = snapshot
+            .clusters
+            .iter()
+            .map(|(name, resource)| {
+                let endpoints = resource
+                    .endpoints
+                    .iter()
+                    .map(|served| SocketAddr::new(served.endpoint.address, served.endpoint.port))
+                    .collect();
+                (name.clone(), endpoints)
+            })
+            .collect();
+        Self { snapshot, clusters }
+    }
+}
+
+/// The per-endpoint figures of one cluster after summing the streams (public for tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EndpointFigures {
+    /// Completed requests (success + error) per second.
+    pub rps: f64,
+    /// Errors per second.
+    pub errors: f64,
+    /// Requests in flight: the sum of the streams' newest snapshots.
+    pub in_flight: f64,
+    /// Little's law: in flight / completions per second (none without completions).
+    pub latency: Option<f64>,
+    /// Mean ORCA `cpu_utilization` per request that carried it.
+    pub cpu: Option<f64>,
+    /// Streams whose figures are in the sum.
+    pub streams: usize,
+}
+
+/// Every stream's windows, the served-endpoint index and where the sums go.
+#[derive(Clone, Debug)]
+pub struct LoadReports {
+    streams: Arc<Mutex<HashMap<u64, Arc<Mutex<StreamWindows>>>>>,
+    index: Arc<Mutex<Option<Arc<ServedIndex>>>>,
+    store: SnapshotStore,
+    table: SampleTable,
+    metrics: Metrics,
+    interval: Duration,
+    gauged: Arc<Mutex<HashSet<EndpointLabels>>>,
+}
+
+/// One stream's handle: records its reports; dropping it removes its contributions.
+#[derive(Debug)]
+pub struct StreamReports {
+    reports: LoadReports,
+    stream_id: u64,
+    windows: Arc<Mutex<StreamWindows>>,
+}
+
+impl LoadReports {
+    /// Aggregates reports requested every `interval`, checked against `store`'s snapshots,
+    /// into `table`.
+    pub fn new(
+        store: SnapshotStore,
+        table: SampleTable,
+        metrics: Metrics,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            streams: Arc::default(),
+            index: Arc::default(),
+            store,
+            table,
+            metrics,
+            interval,
+            gauged: Arc::default(),
+        }
+    }
+
+    /// The interval Envoys are asked to report at.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Starts recording the stream `stream_id`.
+    pub fn open_stream(&self, stream_id: u64) -> StreamReports {
+        let windows = Arc::new(Mutex::new(StreamWindows::default()));
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.insert(stream_id, Arc::clone(&windows));
+        }
+        StreamReports {
+            reports: self.clone(),
+            stream_id,
+            windows,
+        }
+    }
+
+    /// Streams being recorded.
+    pub fn stream_count(&self) -> usize {
+        self.streams
+            .lock()
+            .map(|streams| streams.len())
+            .unwrap_or(0)
+    }
+
+    fn served(&self) -> Arc<ServedIndex> {
+        let snapshot = self.store.current();
+        let Ok(mut index) = self.index.lock() else {
+            return Arc::new(ServedIndex::build(snapshot));
+        };
+        match index.as_ref() {
+            Some(current) if Arc::ptr_eq(&current.snapshot, &snapshot) => Arc::clone(current),
+            _ => {
+                let built = Arc::new(ServedIndex::build(snapshot));
+                *index = Some(Arc::clone(&built));
+                built
+            }
+        }
+    }
+
+    /// How long a stream's last report for a cluster keeps counting.
+    fn stale_after(&self) -> Duration {
+        self.interval * STALE_INTERVALS + Duration::from_millis(500)
+    }
+
+    /// Sums every fresh stream's windows of `cluster` at `now`; the newest report time (UNIX ms)
+    /// among them. Every served endpoint of a cluster that some stream reports has figures
+    /// (zero when no Envoy sent it a request).
+    pub fn figures(
+        &self,
+        now: Instant,
+    ) -> HashMap<String, (i64, HashMap<SocketAddr, EndpointFigures>)> {
+        let served = self.served();
+        let stale_after = self.stale_after();
+        let streams: Vec<Arc<Mutex<StreamWindows>>> = match self.streams.lock() {
+            Ok(streams) => streams.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        #[derive(Default)]
+        struct Sum {
+            rps: f64,
+            errors: f64,
+            in_flight: f64,
+            cpu_requests: u64,
+            cpu_total: f64,
+            streams: usize,
+        }
+        let mut sums: HashMap<String, (i64, HashMap<SocketAddr, Sum>)> = HashMap::new();
+        for stream in streams {
+            let Ok(mut windows) = stream.lock() else {
+                continue;
+            };
+            // A silent stream's old windows are dropped here, so memory stays bounded by what
+            // is reported.
+            windows.clusters.retain(|_, window| {
+                now.saturating_duration_since(window.last_report) <= stale_after
+            });
+            for (cluster, window) in &windows.clusters {
+                let seconds: f64 = window.seconds.iter().sum();
+                if seconds <= 0.0 || !served.clusters.contains_key(cluster) {
+                    continue;
+                }
+                let entry = sums.entry(cluster.clone()).or_default();
+                entry.0 = entry.0.max(window.last_report_ms);
+                for (address, endpoint) in &window.endpoints {
+                    let sum = entry.1.entry(*address).or_default();
+                    let (mut completed, mut errors) = (0u64, 0u64);
+                    for counts in &endpoint.counts {
+                        completed =
+                            completed.saturating_add(counts.success.saturating_add(counts.error));
+                        errors = errors.saturating_add(counts.error);
+                        sum.cpu_requests = sum.cpu_requests.saturating_add(counts.cpu_requests);
+                        sum.cpu_total += counts.cpu_total;
+                    }
+                    sum.rps += completed as f64 / seconds;
+                    sum.errors += errors as f64 / seconds;
+                    sum.in_flight += endpoint.in_progress as f64;
+                    sum.streams += 1;
+                }
+            }
+        }
+        sums.into_iter()
+            .filter_map(|(cluster, (newest, sums))| {
+                let endpoints = served.clusters.get(&cluster)?;
+                let figures = endpoints
+                    .iter()
+                    .map(|address| {
+                        let figures = match sums.get(address) {
+                            Some(sum) => EndpointFigures {
+                                rps: sum.rps,
+                                errors: sum.errors,
+                                in_flight: sum.in_flight,
+                                latency: (sum.rps > 0.0).then(|| sum.in_flight / sum.rps),
+                                cpu: (sum.cpu_requests > 0)
+                                    .then(|| sum.cpu_total / sum.cpu_requests as f64),
+                                streams: sum.streams,
+                            },
+                            None => EndpointFigures::default(),
+                        };
+                        (*address, figures)
+                    })
+                    .collect();
+                Some((cluster, (newest, figures)))
+            })
+            .collect()
+    }
+
+    /// Writes the current sums into the sample table and the per-endpoint gauges.
+    ///
+    /// Clusters no stream reports any more are left alone in the table: their samples age
+    /// toward `stale_after`, as with the other sources when they fail.
+    pub fn publish(&self, now: Instant) {
+        let figures = self.figures(now);
+        let mut gauged = HashSet::new();
+        for (cluster, (newest_ms, endpoints)) in &figures {
+            let mut sets: HashMap<Signal, HashMap<String, Sample>> = HashMap::new();
+            for (address, figures) in endpoints {
+                let key = address.to_string();
+                let mut put = |signal: Signal, value: f64| {
+                    sets.entry(signal).or_default().insert(
+                        key.clone(),
+                        Sample {
+                            value,
+                            timestamp_ms: *newest_ms,
+                        },
+                    );
+                };
+                put(Signal::Rps, figures.rps);
+                put(Signal::Errors, figures.errors);
+                put(Signal::InFlight, figures.in_flight);
+                if let Some(latency) = figures.latency {
+                    put(Signal::Latency, latency);
+                }
+                if let Some(cpu) = figures.cpu {
+                    put(Signal::Cpu, cpu);
+                    put(Signal::CpuLimit, ORCA_CPU_LIMIT);
+                }
+                let labels = EndpointLabels {
+                    cluster: cluster.clone(),
+                    endpoint: key.clone(),
+                    pod: String::new(),
+                };
+                self.metrics
+                    .lrs_endpoint_rps
+                    .get_or_create(&labels)
+                    .set(figures.rps);
+                self.metrics
+                    .lrs_endpoint_errors
+                    .get_or_create(&labels)
+                    .set(figures.errors);
+                self.metrics
+                    .lrs_endpoint_in_flight
+                    .get_or_create(&labels)
+                    .set(figures.in_flight);
+                gauged.insert(labels);
+            }
+            for signal in [
+                Signal::Rps,
+                Signal::Errors,
+                Signal::InFlight,
+                Signal::Latency,
+                Signal::Cpu,
+                Signal::CpuLimit,
+            ] {
+                let samples = sets.remove(&signal).unwrap_or_default();
+                self.table.replace(
+                    SourceKind::LoadReports,
+                    cluster,
+                    signal,
+                    SampleSet {
+                        join_by: JoinBy::Address,
+                        samples,
+                    },
+                );
+            }
+        }
+        if let Ok(mut previous) = self.gauged.lock() {
+            for labels in previous.difference(&gauged) {
+                self.metrics.lrs_endpoint_rps.remove(labels);
+                self.metrics.lrs_endpoint_errors.remove(labels);
+                self.metrics.lrs_endpoint_in_flight.remove(labels);
+            }
+            *previous = gauged;
+        }
+    }
+
+    /// Publishes every `interval` until the process ends.
+    pub async fn run(self) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.publish(Instant::now());
+        }
+    }
+
+    fn count(&self, recorded: &Recorded) {
+        for outcome in &recorded.clusters {
+            self.metrics
+                .lrs_cluster_stats
+                .get_or_create(&crate::telemetry::ResultLabels {
+                    result: outcome.as_str().into(),
+                })
+                .inc();
+        }
+        for (result, count) in [
+            ("accepted", recorded.endpoints),
+            ("unknown_endpoint", recorded.unknown_endpoints),
+        ] {
+            if count > 0 {
+                self.metrics
+                    .lrs_endpoint_stats
+                    .get_or_create(&crate::telemetry::ResultLabels {
+                        result: result.into(),
+                    })
+                    .inc_by(count);
+            }
+        }
+    }
+}
+
+impl StreamReports {
+    /// Records one report's `cluster_stats`, received at `now`.
+    pub fn record(
+        &self,
+        cluster_stats: &[ClusterStats],
+        now: Instant,
+        wall: SystemTime,
+    ) -> Recorded {
+        let served = self.reports.served();
+        let mut recorded = Recorded::default();
+        let Ok(mut windows) = self.windows.lock() else {
+            return recorded;
+        };
+        for stats in cluster_stats {
+            let outcome = record_cluster(
+                &mut windows,
+                &served,
+                stats,
+                now,
+                unix_millis(wall),
+                &mut recorded,
+            );
+            recorded.clusters.push(outcome);
+        }
+        drop(windows);
+        self.reports.count(&recorded);
+        recorded
+    }
+}
+
+impl Drop for StreamReports {
+    fn drop(&mut self) {
+        if let Ok(mut streams) = self.reports.streams.lock() {
+            streams.remove(&self.stream_id);
+        }
+    }
+}
+
+/// The EDS resource name a `ClusterStats` is about: the cluster's EDS `service_name` when set
+/// (Istio's clusters set it), else its name.
+fn resource_name(stats: &ClusterStats) -> &str {
+    if stats.cluster_service_name.is_empty() {
+        &stats.cluster_name
+    } else {
+        &stats.cluster_service_name
+    }
+}
+
+/// A `google.protobuf.Duration` as a credible report interval, in seconds.
+fn interval_seconds(duration: Option<&protobuf::Duration>) -> Option<f64> {
+    let duration = duration?;
+    if duration.seconds < 0 || !(0..1_000_000_000).contains(&duration.nanos) {
+        return None;
+    }
+    let seconds = u64::try_from(duration.seconds).ok()?;
+    let nanos = u32::try_from(duration.nanos).ok()?;
+    let interval = Duration::new(seconds, nanos);
+    (MIN_INTERVAL..=MAX_INTERVAL)
+        .contains(&interval)
+        .then_some(interval.as_secs_f64())
+}
+
+/// `ip:port` of an endpoint's `Address` (socket addresses only).
+fn socket_address(address: Option<&Address>) -> Option<SocketAddr> {
+    let address::Address::SocketAddress(socket) = address?.address.as_ref()? else {
+        return None;
+    };
+    let ip: IpAddr = socket.address.parse().ok()?;
+    let Some(PortSpecifier::PortValue(port)) = socket.port_specifier else {
+        return None;
+    };
+    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+}
+
+/// An endpoint's entry of one report, checked.
+struct Entry {
+    counts: Counts,
+    in_progress: u64,
+    issued: u64,
+}
+
+fn entry(stats: &UpstreamEndpointStats) -> Option<Entry> {
+    let mut counts = Counts {
+        success: stats.total_successful_requests,
+        error: stats.total_error_requests,
+        cpu_requests: 0,
+        cpu_total: 0.0,
+    };
+    for metric in &stats.load_metric_stats {
+        if metric.metric_name == CPU_METRIC {
+            let value = metric.total_metric_value;
+            if !value.is_finite() || value < 0.0 {
+                return None;
+            }
+            counts.cpu_requests = counts
+                .cpu_requests
+                .checked_add(metric.num_requests_finished_with_metric)?;
+            counts.cpu_total += value;
+        }
+    }
+    Some(Entry {
+        counts,
+        in_progress: stats.total_requests_in_progress,
+        issued: stats.total_issued_requests,
+    })
+}
+
+/// Merges two entries for the same endpoint (it may appear under two localities).
+fn merge(into: &mut Entry, other: Entry) -> Option<()> {
+    into.counts.success = into.counts.success.checked_add(other.counts.success)?;
+    into.counts.error = into.counts.error.checked_add(other.counts.error)?;
+    into.counts.cpu_requests = into
+        .counts
+        .cpu_requests
+        .checked_add(other.counts.cpu_requests)?;
+    into.counts.cpu_total += other.counts.cpu_total;
+    into.in_progress = into.in_progress.checked_add(other.in_progress)?;
+    into.issued = into.issued.checked_add(other.issued)?;
+    Some(())
+}
+
+/// True when `entry` cannot be a real interval of `seconds` that started with `previous`
+/// requests in progress (`None`: unknown, on the stream's first report).
+fn impossible(entry: &Entry, seconds: f64, previous: Option<u64>) -> bool {
+    let Some(completed) = entry.counts.success.checked_add(entry.counts.error) else {
+        return true;
+    };
+    if entry.in_progress > MAX_IN_PROGRESS
+        || completed as f64 / seconds > MAX_RATE
+        || entry.issued as f64 / seconds > MAX_RATE
+    {
+        return true;
+    }
+    if entry.counts.cpu_requests > 0 {
+        let mean = entry.counts.cpu_total / entry.counts.cpu_requests as f64;
+        if !(mean.is_finite() && mean <= MAX_CPU_UTILIZATION) {
+            return true;
+        }
+    }
+    // What completed must have been in progress before or issued since. Envoy reads its
+    // counters and gauges per worker, not atomically, so a few requests of slack are allowed.
+    if let Some(previous) = previous {
+        let possible = previous.saturating_add(entry.issued);
+        if completed > possible.saturating_add(16 + possible / 8) {
+            return true;
+        }
+    }
+    false
+}
+
+fn record_cluster(
+    windows: &mut StreamWindows,
+    served: &ServedIndex,
+    stats: &ClusterStats,
+    now: Instant,
+    now_ms: i64,
+    recorded: &mut Recorded,
+) -> Outcome {
+    let name = resource_name(stats);
+    let Some(endpoints) = served.clusters.get(name) else {
+        return Outcome::UnknownCluster;
+    };
+    let Some(seconds) = interval_seconds(stats.load_report_interval.as_ref()) else {
+        windows.clusters.remove(name);
+        return Outcome::BadInterval;
+    };
+    let mut entries: HashMap<SocketAddr, Entry> = HashMap::new();
+    let mut unknown = 0u64;
+    for locality in &stats.upstream_locality_stats {
+        for endpoint in &locality.upstream_endpoint_stats {
+            let Some(address) = socket_address(endpoint.address.as_ref())
+                .filter(|address| endpoints.contains(address))
+            else {
+                unknown += 1;
+                continue;
+            };
+            let Some(entry) = entry(endpoint) else {
+                windows.clusters.remove(name);
+                return Outcome::ImpossibleCounters;
+            };
+            match entries.get_mut(&address) {
+                Some(existing) => {
+                    if merge(existing, entry).is_none() {
+                        windows.clusters.remove(name);
+                        return Outcome::ImpossibleCounters;
+                    }
+                }
+                None => {
+                    entries.insert(address, entry);
+                }
+            }
+        }
+    }
+    let window = windows.clusters.get(name);
+    let first = window.is_none();
+    for (address, entry) in &entries {
+        let previous = window.map(|window| {
+            window
+                .endpoints
+                .get(address)
+                .map(|endpoint| endpoint.in_progress)
+                .unwrap_or(0)
+        });
+        if impossible(entry, seconds, previous) {
+            windows.clusters.remove(name);
+            return Outcome::ImpossibleCounters;
+        }
+    }
+    recorded.unknown_endpoints += unknown;
+    recorded.endpoints += entries.len() as u64;
+    if first {
+        let endpoints = entries
+            .into_iter()
+            .map(|(address, entry)| {
+                (
+                    address,
+                    EndpointWindow {
+                        counts: VecDeque::new(),
+                        in_progress: entry.in_progress,
+                    },
+                )
+            })
+            .collect();
+        windows.clusters.insert(
+            name.to_string(),
+            ClusterWindow {
+                seconds: VecDeque::new(),
+                endpoints,
+                last_report: now,
+                last_report_ms: now_ms,
+            },
+        );
+        return Outcome::First;
+    }
+    let Some(window) = windows.clusters.get_mut(name) else {
+        return Outcome::First;
+    };
+    window.seconds.push_back(seconds);
+    while window.seconds.len() > WINDOW_REPORTS {
+        window.seconds.pop_front();
+    }
+    window.last_report = now;
+    window.last_report_ms = now_ms;
+    let depth = window.seconds.len();
+    // Endpoints absent from a report had no activity in its interval.
+    for (address, endpoint) in window.endpoints.iter_mut() {
+        if !entries.contains_key(address) {
+            endpoint.counts.push_back(Counts::default());
+            endpoint.in_progress = 0;
+        }
+    }
+    for (address, entry) in entries {
+        let endpoint = window.endpoints.entry(address).or_default();
+        endpoint.counts.push_back(entry.counts);
+        endpoint.in_progress = entry.in_progress;
+    }
+    window.endpoints.retain(|address, endpoint| {
+        while endpoint.counts.len() > depth {
+            endpoint.counts.pop_front();
+        }
+        // Served endpoints only (the snapshot may have changed), and only while they matter.
+        endpoints.contains(address)
+            && (endpoint.in_progress > 0 || endpoint.counts.iter().any(|counts| !counts.is_zero()))
+    });
+    Outcome::Accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{Endpoint, HealthStatus, Locality};
+    use crate::snapshot::{ClusterResource, ServedEndpoint};
+    use envoy_types::pb::envoy::config::{
+        core::v3::SocketAddress,
+        endpoint::v3::{EndpointLoadMetricStats, UpstreamLocalityStats},
+    };
+
+    fn reports() -> LoadReports {
+        let store = SnapshotStore::new();
+        let served = ["10.0.0.1", "10.0.0.2"]
+            .iter()
+            .map(|ip| ServedEndpoint {
+                endpoint: Arc::new(endpoint(ip)),
+                weight: 100,
+                reason: Default::default(),
+            })
+            .collect();
+        let clusters = [(
+            "checkout".to_string(),
+            Arc::new(ClusterResource::build("checkout", served)),
+        )]
+        .into_iter()
+        .collect();
+        store.publish(Snapshot::new(clusters));
+        LoadReports::new(
+            store,
+            SampleTable::default(),
+            Metrics::default(),
+            Duration::from_secs(1),
+        )
+    }
+
+    fn endpoint(ip: &str) -> Endpoint {
+        Endpoint {
+            address: ip.parse().expect("ip"),
+            port: 80,
+            configured_weight: None,
+            pod: None,
+            locality: Locality::default(),
+            health: HealthStatus::Healthy,
+        }
+    }
+
+    fn address(ip: &str, port: u32) -> Address {
+        Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// `(ip, success, error, issued, in_progress)` per endpoint.
+    fn stats(
+        cluster: &str,
+        seconds: i64,
+        endpoints: &[(&str, u64, u64, u64, u64)],
+    ) -> ClusterStats {
+        ClusterStats {
+            cluster_name: cluster.into(),
+            load_report_interval: Some(protobuf::Duration { seconds, nanos: 0 }),
+            upstream_locality_stats: vec![UpstreamLocalityStats {
+                upstream_endpoint_stats: endpoints
+                    .iter()
+                    .map(
+                        |(ip, success, error, issued, in_progress)| UpstreamEndpointStats {
+                            address: Some(address(ip, 80)),
+                            total_successful_requests: *success,
+                            total_error_requests: *error,
+                            total_issued_requests: *issued,
+                            total_requests_in_progress: *in_progress,
+                            ..Default::default()
+                        },
+                    )
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn figures_of(reports: &LoadReports, now: Instant, ip: &str) -> EndpointFigures {
+        let figures = reports.figures(now);
+        let address: SocketAddr = format!("{ip}:80").parse().expect("address");
+        figures
+            .get("checkout")
+            .and_then(|(_, endpoints)| endpoints.get(&address))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn sums_streams_over_a_two_interval_window() {
+        let reports = reports();
+        let start = Instant::now();
+        let wall = SystemTime::now();
+        let one = reports.open_stream(1);
+        let two = reports.open_stream(2);
+        for stream in [&one, &two] {
+            assert_eq!(
+                stream
+                    .record(
+                        &[stats("checkout", 1, &[("10.0.0.1", 5, 0, 5, 2)])],
+                        start,
+                        wall
+                    )
+                    .clusters,
+                vec![Outcome::First]
+            );
+        }
+        // Stream one: 100 then 50 completions in 1 s intervals, 10% errors; stream two: 20/s.
+        let t1 = start + Duration::from_secs(1);
+        one.record(
+            &[stats("checkout", 1, &[("10.0.0.1", 90, 10, 100, 4)])],
+            t1,
+            wall,
+        );
+        two.record(
+            &[stats("checkout", 1, &[("10.0.0.1", 20, 0, 20, 1)])],
+            t1,
+            wall,
+        );
+        let t2 = start + Duration::from_secs(2);
+        let recorded = one.record(
+            &[stats("checkout", 1, &[("10.0.0.1", 45, 5, 50, 3)])],
+            t2,
+            wall,
+        );
+        assert_eq!(recorded.clusters, vec![Outcome::Accepted]);
+        two.record(
+            &[stats("checkout", 1, &[("10.0.0.1", 20, 0, 20, 1)])],
+            t2,
+            wall,
+        );
+        let figures = figures_of(&reports, t2, "10.0.0.1");
+        assert_eq!(figures.streams, 2);
+        assert!((figures.rps - (75.0 + 20.0)).abs() < 1e-9, "{figures:?}");
+        assert!((figures.errors - 7.5).abs() < 1e-9, "{figures:?}");
+        assert_eq!(figures.in_flight, 4.0);
+        assert!((figures.latency.expect("latency") - 4.0 / 95.0).abs() < 1e-9);
+        // Served but never reported: zero, not missing.
+        assert_eq!(
+            figures_of(&reports, t2, "10.0.0.2"),
+            EndpointFigures::default()
+        );
+        // A third interval pushes the first out of the window.
+        let t3 = start + Duration::from_secs(3);
+        one.record(
+            &[stats("checkout", 1, &[("10.0.0.1", 45, 5, 50, 3)])],
+            t3,
+            wall,
+        );
+        let figures = figures_of(&reports, t3, "10.0.0.1");
+        assert!((figures.rps - (50.0 + 20.0)).abs() < 1e-9, "{figures:?}");
+        // A stream that ends stops counting.
+        drop(two);
+        let figures = figures_of(&reports, t3, "10.0.0.1");
+        assert_eq!(figures.streams, 1);
+        assert!((figures.rps - 50.0).abs() < 1e-9, "{figures:?}");
+        // One that falls silent stops counting after STALE_INTERVALS intervals.
+        let later = t3 + Duration::from_secs(u64::from(STALE_INTERVALS) + 1);
+        assert_eq!(figures_of(&reports, later, "10.0.0.1").streams, 0);
+        assert!(reports.figures(later).is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_missing_from_a_report_had_no_requests() {
+        let reports = reports();
+        let start = Instant::now();
+        let wall = SystemTime::now();
+        let stream = reports.open_stream(1);
+        stream.record(
+            &[stats("checkout", 1, &[("10.0.0.1", 1, 0, 1, 0)])],
+            start,
+            wall,
+        );
+        stream.record(
+            &[stats("checkout", 1, &[("10.0.0.1", 10, 0, 10, 0)])],
+            start,
+            wall,
+        );
+        stream.record(
+            &[stats("checkout", 1, &[("10.0.0.2", 10, 0, 10, 0)])],
+            start,
+            wall,
+        );
+        assert!((figures_of(&reports, start, "10.0.0.1").rps - 5.0).abs() < 1e-9);
+        assert!((figures_of(&reports, start, "10.0.0.2").rps - 5.0).abs() < 1e-9);
+        stream.record(&[stats("checkout", 1, &[])], start, wall);
+        assert_eq!(figures_of(&reports, start, "10.0.0.1").rps, 0.0);
+    }
+
+    #[test]
+    fn bad_reports_are_dropped_and_named() {
+        let reports = reports();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let stream = reports.open_stream(1);
+        stream.record(
+            &[stats("checkout", 1, &[("10.0.0.1", 1, 0, 1, 0)])],
+            now,
+            wall,
+        );
+        let mut negative = stats("checkout", 1, &[]);
+        negative.load_report_interval = Some(protobuf::Duration {
+            seconds: -1,
+            nanos: 0,
+        });
+        let mut missing = stats("checkout", 1, &[]);
+        missing.load_report_interval = None;
+        let mut bad_nanos = stats("checkout", 0, &[]);
+        bad_nanos.load_report_interval = Some(protobuf::Duration {
+            seconds: 0,
+            nanos: -5,
+        });
+        let mut orca = stats("checkout", 1, &[("10.0.0.1", 1, 0, 1, 0)]);
+        orca.upstream_locality_stats[0].upstream_endpoint_stats[0]
+            .load_metric_stats
+            .push(EndpointLoadMetricStats {
+                metric_name: CPU_METRIC.into(),
+                num_requests_finished_with_metric: 1,
+                total_metric_value: f64::NAN,
+            });
+        let cases = [
+            (stats("other", 1, &[]), Outcome::UnknownCluster),
+            (stats("checkout", 0, &[]), Outcome::BadInterval),
+            (stats("checkout", 7200, &[]), Outcome::BadInterval),
+            (negative, Outcome::BadInterval),
+            (missing, Outcome::BadInterval),
+            (bad_nanos, Outcome::BadInterval),
+            (orca, Outcome::ImpossibleCounters),
+            (
+                stats("checkout", 1, &[("10.0.0.1", u64::MAX, 1, 1, 0)]),
+                Outcome::ImpossibleCounters,
+            ),
+            (
+                stats("checkout", 1, &[("10.0.0.1", 1000, 0, 10, 0)]),
+                Outcome::ImpossibleCounters,
+            ),
+            (
+                stats("checkout", 1, &[("10.0.0.1", 0, 0, 0, u64::MAX)]),
+                Outcome::ImpossibleCounters,
+            ),
+        ];
+        for (stats, expected) in cases {
+            // Every dropped report resets the stream's window: seed it again first.
+            stream.record(
+                &[self::stats("checkout", 1, &[("10.0.0.1", 1, 0, 1, 0)])],
+                now,
+                wall,
+            );
+            let recorded = stream.record(std::slice::from_ref(&stats), now, wall);
+            assert_eq!(recorded.clusters, vec![expected], "{stats:?}");
+        }
+        let recorded = stream.record(
+            &[stats("checkout", 1, &[("10.9.9.9", 1, 0, 1, 0)])],
+            now,
+            wall,
+        );
+        assert_eq!(recorded.unknown_endpoints, 1);
+    }
+
+    #[test]
+    fn orca_cpu_is_the_mean_per_request_and_istio_names_match_the_service_name() {
+        let reports = reports();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let stream = reports.open_stream(1);
+        let with_cpu = |cpu_total: f64| {
+            let mut stats = stats("outbound|80||checkout", 1, &[("10.0.0.1", 10, 0, 10, 0)]);
+            stats.cluster_service_name = "checkout".into();
+            stats.upstream_locality_stats[0].upstream_endpoint_stats[0]
+                .load_metric_stats
+                .push(EndpointLoadMetricStats {
+                    metric_name: CPU_METRIC.into(),
+                    num_requests_finished_with_metric: 10,
+                    total_metric_value: cpu_total,
+                });
+            stats
+        };
+        stream.record(&[with_cpu(1.0)], now, wall);
+        stream.record(&[with_cpu(2.0)], now, wall);
+        stream.record(&[with_cpu(4.0)], now, wall);
+        let figures = figures_of(&reports, now, "10.0.0.1");
+        assert!(
+            (figures.cpu.expect("cpu") - 0.3).abs() < 1e-9,
+            "{figures:?}"
+        );
+        reports.publish(now);
+        let loads = reports
+            .table
+            .loads("checkout", &[endpoint("10.0.0.1")], wall);
+        let load = &loads[0];
+        assert!((load.cpu.expect("cpu").value - 0.3).abs() < 1e-9);
+        assert_eq!(load.cpu_limit.expect("limit").value, ORCA_CPU_LIMIT);
+        assert_eq!(load.rps.expect("rps").value, 10.0);
+        assert_eq!(load.errors.expect("errors").value, 0.0);
+        assert_eq!(load.in_flight.expect("in flight").value, 0.0);
+        // Nothing in flight at the report: Little's law gives zero.
+        assert_eq!(load.latency.expect("latency").value, 0.0);
+    }
+}
