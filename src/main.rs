@@ -65,6 +65,15 @@ fn check(config: &std::path::Path) -> ExitCode {
                 valid.clusters.len(),
                 valid.clusters.values().map(Vec::len).sum::<usize>()
             );
+            // Valid, so exit 0; but say what will probably not work as meant.
+            for warning in valid.warnings() {
+                eprintln!(
+                    "{}: {}: warning: {}",
+                    config.display(),
+                    warning.field,
+                    warning.message
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {

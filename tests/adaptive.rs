@@ -271,3 +271,121 @@ weighting:
         "{metrics}"
     );
 }
+
+/// pod-a answers 90 of its 100 requests per second with a fast 503 (and so uses the least CPU);
+/// pod-b and pod-c never fail, so their request counters have no `code="503"` series at all.
+fn failing_pods() -> Vec<(FakePod, f64)> {
+    let mut pods = pods();
+    pods[0].cores = 0.05;
+    pods.into_iter().zip([90.0, 0.0, 0.0]).collect()
+}
+
+/// Waits until Inspect shows errors per second for every endpoint, then checks them: about
+/// 90/s (ratio 0.9) for pod-a, exactly 0 for the pods without an error series.
+async fn assert_errors_arrive(server: &Server) -> adaptive_eds::inspect::pb::Cluster {
+    let explained = wait_for(
+        Duration::from_secs(40),
+        "errors per second of every pod in Inspect",
+        || async {
+            let explained = cluster(server).await;
+            let all = explained.endpoints.len() == 3
+                && explained.endpoints.iter().all(|endpoint| {
+                    endpoint.errors_per_second.is_some() && endpoint.requests_per_second.is_some()
+                });
+            all.then_some(explained)
+        },
+    )
+    .await;
+    for endpoint in &explained.endpoints {
+        eprintln!(
+            "{}: weight {}, rps {:?}, errors/s {:?}, ratio {:?}, in flight {:?}, {}",
+            endpoint.pod,
+            endpoint.weight,
+            endpoint.requests_per_second,
+            endpoint.errors_per_second,
+            endpoint.error_ratio,
+            endpoint.requests_in_flight,
+            endpoint.reason
+        );
+    }
+    let failing = &explained.endpoints[0];
+    assert_eq!(failing.pod, "pod-a");
+    let errors = failing.errors_per_second.expect("errors of pod-a");
+    assert!((errors - 90.0).abs() < 20.0, "pod-a errors/s {errors}");
+    let ratio = failing.error_ratio.expect("error ratio of pod-a");
+    assert!((ratio - 0.9).abs() < 0.1, "pod-a error ratio {ratio}");
+    for healthy in &explained.endpoints[1..] {
+        assert_eq!(healthy.errors_per_second, Some(0.0), "{healthy:?}");
+        assert_eq!(healthy.error_ratio, Some(0.0), "{healthy:?}");
+        // The cheapest pod by CPU does not win: its errors are seen.
+        assert!(failing.weight < healthy.weight, "{explained:?}");
+    }
+    explained
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_error_rates_reach_the_engine_per_pod() {
+    let backends = FakeBackends::start_failing("shop", "web", failing_pods()).await;
+    let victoria = VictoriaMetrics::start(&backends.addresses).await;
+    let config = format!(
+        r#"tick: 1s
+metrics:
+  prometheus:
+    url: {url}
+    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
+    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
+    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
+    in_flight_query: 'sum(http_requests_in_flight{{namespace="${{namespace}}"}}) by (pod)'
+    timeout: 1s
+weighting:
+  algorithm: capacity
+  objective: latency
+{clusters}"#,
+        url = victoria.url(),
+        clusters = cluster_yaml(&backends)
+    );
+    let mut server = Server::start(&config).await;
+    let explained = assert_errors_arrive(&server).await;
+    // The in-flight gauge reads rps / 100.
+    for endpoint in &explained.endpoints {
+        let in_flight = endpoint.requests_in_flight.expect("in flight");
+        assert!((in_flight - 1.0).abs() < 1e-6, "{endpoint:?}");
+    }
+    server.process.assert_running();
+    let (_, metrics) = support::http_get(&server.admin_url("/metrics"))
+        .await
+        .expect("metrics");
+    for signal in ["errors", "in_flight"] {
+        let line = format!("adaptive_eds_metric_queries_total{{cluster=\"checkout\",signal=\"{signal}\",result=\"ok\"}}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_written_status_codes_count_as_errors() {
+    let backends = FakeBackends::start_failing("shop", "web", failing_pods()).await;
+    let config = format!(
+        r#"tick: 1s
+metrics:
+  remote_write:
+    enabled: true
+    rps_metric: http_requests_total
+    error_labels: {{ code: "5.." }}
+    rate_window: 5s
+    match_labels: {{ namespace: shop }}
+weighting:
+  algorithm: capacity
+  objective: latency
+{clusters}"#,
+        clusters = cluster_yaml(&backends)
+    );
+    let mut server = Server::start(&config).await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let _vmagent = start_vmagent(
+        directory.path(),
+        &backends.addresses,
+        &server.admin_url("/api/v1/write"),
+    );
+    assert_errors_arrive(&server).await;
+    server.process.assert_running();
+}

@@ -64,3 +64,34 @@ fn a_missing_file_and_bad_yaml_are_reported() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("broken.yaml"));
 }
+
+#[test]
+fn capacity_without_an_error_signal_is_valid_with_a_warning() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("capacity.yaml");
+    let cluster = "clusters:\n  - name: a\n    namespace: shop\n    container: web\n    endpoints: [{ address: 10.0.0.1, port: 80, pod: a }]\n";
+    std::fs::write(
+        &path,
+        format!("metrics: {{ prometheus: {{ url: \"http://127.0.0.1:8428\" }} }}\n{cluster}"),
+    )
+    .expect("write");
+    let output = check(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let expected = format!(
+        "{}: clusters[0]: warning: algorithm capacity without an error signal: a pod that fails fast",
+        path.display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // With an error signal: no warning.
+    std::fs::write(
+        &path,
+        format!("metrics: {{ remote_write: {{ enabled: true, rps_metric: requests_total, error_labels: {{ code: \"5..\" }} }} }}\n{cluster}"),
+    )
+    .expect("write");
+    let output = check(&path);
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}

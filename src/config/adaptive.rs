@@ -75,6 +75,11 @@ pub struct PrometheusConfig {
     pub cpu_limit_query: Option<String>,
     /// PromQL giving each series' mean latency per request in seconds.
     pub latency_query: Option<String>,
+    /// PromQL giving requests per second answered with an error, per series (a part of what
+    /// `rps_query` counts, so it needs `rps_query`).
+    pub error_query: Option<String>,
+    /// PromQL giving each series' requests in flight.
+    pub in_flight_query: Option<String>,
     /// Label matched to endpoints.
     #[serde(default = "default_join_label")]
     pub join_label: String,
@@ -120,6 +125,11 @@ pub struct RemoteWriteConfig {
     /// Labels a `cpu_limit_metric` series must carry to count (default `{resource: cpu}`, as
     /// kube-state-metrics labels the CPU row of its limits).
     pub cpu_limit_labels: Option<BTreeMap<String, String>>,
+    /// Counter of failed requests (its rate is errors per second, a part of `rps_metric`'s).
+    pub error_metric: Option<String>,
+    /// Regular expressions (fully anchored) on the labels of `rps_metric`'s series: a series
+    /// whose labels all match counts as errors, e.g. `{code: "5.."}`.
+    pub error_labels: Option<BTreeMap<String, String>>,
     /// Label matched to endpoints.
     #[serde(default = "default_join_label")]
     pub join_label: String,
@@ -287,6 +297,8 @@ pub struct RemoteWriteSettings {
     pub cpu_limit_metric: Option<String>,
     /// Labels a limit series must carry.
     pub cpu_limit_labels: BTreeMap<String, String>,
+    /// Where errors per second come from, if anywhere.
+    pub errors: Option<ErrorSource>,
     /// Label matched to endpoints.
     pub join_label: String,
     /// What the label holds.
@@ -301,6 +313,64 @@ pub struct RemoteWriteSettings {
     pub max_body_bytes: usize,
 }
 
+/// How remote-written series give errors per second.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ErrorSource {
+    /// The rate of this counter of failed requests.
+    Metric(String),
+    /// The rate of the request counter's series whose labels match.
+    Labels(LabelPatterns),
+}
+
+/// Label matchers with fully anchored regular expressions, as PromQL's `=~`.
+#[derive(Clone, Debug)]
+pub struct LabelPatterns {
+    /// Label name, the pattern as written, and the pattern compiled as `^(?:pattern)$`.
+    patterns: Vec<(String, String, regex::Regex)>,
+}
+
+impl PartialEq for LabelPatterns {
+    /// Equal when written the same (a compiled `Regex` has no equality of its own).
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns.len() == other.patterns.len()
+            && self
+                .patterns
+                .iter()
+                .zip(&other.patterns)
+                .all(|(mine, theirs)| mine.0 == theirs.0 && mine.1 == theirs.1)
+    }
+}
+
+impl LabelPatterns {
+    /// Compiles every pattern, naming `field.LABEL` in the problem of each one that does not.
+    pub fn compile(
+        written: &BTreeMap<String, String>,
+        field: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Self {
+        let mut patterns = Vec::new();
+        for (label, pattern) in written {
+            // Anchored like PromQL's `=~`: `5..` must not match `1500`.
+            match regex::Regex::new(&format!("^(?:{pattern})$")) {
+                Ok(compiled) => patterns.push((label.clone(), pattern.clone(), compiled)),
+                Err(error) => problems.push(problem(
+                    format!("{field}.{label}"),
+                    format!("{pattern:?} is not a regular expression: {error}"),
+                )),
+            }
+        }
+        Self { patterns }
+    }
+
+    /// Whether every pattern matches its label (a missing label is the empty string, as in
+    /// PromQL, so `{code: ""}` matches series without a code).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.patterns.iter().all(|(label, _, pattern)| {
+            pattern.is_match(labels.get(label).map(String::as_str).unwrap_or(""))
+        })
+    }
+}
+
 /// The PromQL of one cluster, placeholders filled in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterQueries {
@@ -312,6 +382,10 @@ pub struct ClusterQueries {
     pub cpu_limit: Option<String>,
     /// Latency per series.
     pub latency: Option<String>,
+    /// Errors per second per series.
+    pub errors: Option<String>,
+    /// Requests in flight per series.
+    pub in_flight: Option<String>,
 }
 
 /// Everything the engine and the metrics sources need to know about one cluster.
@@ -557,6 +631,42 @@ impl AdaptiveConfig {
     }
 }
 
+/// Whether some configured source gives `cluster` errors per second (so that a pod failing fast
+/// can be told from a cheap one). A source of errors added later belongs in
+/// [`has_shared_error_signal`] (every cluster) or here (per cluster).
+pub fn has_error_signal(config: &AdaptiveConfig, cluster: &str) -> bool {
+    match config.clusters.get(cluster) {
+        Some(settings) => {
+            settings
+                .queries
+                .as_ref()
+                .is_some_and(|queries| queries.errors.is_some())
+                || has_shared_error_signal(config)
+        }
+        None => discovered_have_error_signal(config),
+    }
+}
+
+/// Whether clusters discovered at run time (which get the defaults and the query templates)
+/// will have errors per second.
+pub fn discovered_have_error_signal(config: &AdaptiveConfig) -> bool {
+    config
+        .query_templates
+        .as_ref()
+        .is_some_and(|templates| templates.error_query.is_some())
+        || has_shared_error_signal(config)
+}
+
+/// Whether a source that serves every cluster gives errors per second: Envoy's load reports
+/// always count errors, remote-write when it is told which series are errors.
+fn has_shared_error_signal(config: &AdaptiveConfig) -> bool {
+    config.load_reports.is_some()
+        || config
+            .remote_write
+            .as_ref()
+            .is_some_and(|settings| settings.errors.is_some())
+}
+
 fn check_positive_duration(field: &str, value: Duration, problems: &mut Vec<Problem>) {
     if value.is_zero() {
         problems.push(problem(field, "expected a duration above zero"));
@@ -606,6 +716,26 @@ fn validate_prometheus(config: &PrometheusConfig, problems: &mut Vec<Problem>) -
         .map(|value| value.0)
         .unwrap_or(Duration::from_secs(5));
     check_positive_duration("metrics.prometheus.timeout", timeout, problems);
+    for (key, query) in [
+        ("rps_query", &config.rps_query),
+        ("cpu_limit_query", &config.cpu_limit_query),
+        ("latency_query", &config.latency_query),
+        ("error_query", &config.error_query),
+        ("in_flight_query", &config.in_flight_query),
+    ] {
+        if query.as_ref().is_some_and(|query| query.trim().is_empty()) {
+            problems.push(problem(
+                format!("metrics.prometheus.{key}"),
+                "must not be empty when set",
+            ));
+        }
+    }
+    if config.error_query.is_some() && config.rps_query.is_none() {
+        problems.push(problem(
+            "metrics.prometheus.error_query",
+            "needs metrics.prometheus.rps_query: errors are a part of the request rate, and an error ratio needs both",
+        ));
+    }
     PullSettings {
         url,
         timeout,
@@ -680,12 +810,69 @@ fn validate_remote_write(
             .cpu_limit_labels
             .clone()
             .unwrap_or_else(|| BTreeMap::from([("resource".to_owned(), "cpu".to_owned())])),
+        errors: validate_remote_write_errors(config, problems),
         join_label: config.join_label.clone(),
         join_by: config.join_by,
         rate_window,
         max_series: config.max_series,
         match_labels: config.match_labels.clone(),
         max_body_bytes: config.max_body_bytes,
+    }
+}
+
+/// `error_metric` or `error_labels` (one of them at most), checked against `rps_metric`.
+fn validate_remote_write_errors(
+    config: &RemoteWriteConfig,
+    problems: &mut Vec<Problem>,
+) -> Option<ErrorSource> {
+    const FIELD: &str = "metrics.remote_write";
+    let needs_rps = |key: &str, problems: &mut Vec<Problem>| {
+        if config.rps_metric.is_none() {
+            problems.push(problem(
+                format!("{FIELD}.{key}"),
+                "needs metrics.remote_write.rps_metric: errors are a part of the request rate, and an error ratio needs both",
+            ));
+        }
+    };
+    match (&config.error_metric, &config.error_labels) {
+        (Some(_), Some(_)) => {
+            problems.push(problem(
+                format!("{FIELD}.error_labels"),
+                "set error_metric (a counter of failed requests) or error_labels (which series of rps_metric are errors), not both",
+            ));
+            None
+        }
+        (Some(metric), None) => {
+            if metric.trim().is_empty() {
+                problems.push(problem(
+                    format!("{FIELD}.error_metric"),
+                    "must not be empty when set",
+                ));
+            } else if config.rps_metric.as_ref() == Some(metric) {
+                problems.push(problem(
+                    format!("{FIELD}.error_metric"),
+                    "is the rps_metric itself; to count some of its series as errors use error_labels, e.g. {code: \"5..\"}",
+                ));
+            }
+            needs_rps("error_metric", problems);
+            Some(ErrorSource::Metric(metric.clone()))
+        }
+        (None, Some(labels)) => {
+            if labels.is_empty() {
+                // `{}` would make every request an error.
+                problems.push(problem(
+                    format!("{FIELD}.error_labels"),
+                    "must name at least one label, e.g. {code: \"5..\"}",
+                ));
+            }
+            needs_rps("error_labels", problems);
+            Some(ErrorSource::Labels(LabelPatterns::compile(
+                labels,
+                &format!("{FIELD}.error_labels"),
+                problems,
+            )))
+        }
+        (None, None) => None,
     }
 }
 
@@ -711,6 +898,14 @@ fn render_queries(
             .latency_query
             .as_deref()
             .map(|query| render("latency_query", query)),
+        errors: config
+            .error_query
+            .as_deref()
+            .map(|query| render("error_query", query)),
+        in_flight: config
+            .in_flight_query
+            .as_deref()
+            .map(|query| render("in_flight_query", query)),
     }
 }
 
@@ -1132,6 +1327,200 @@ clusters: [{ name: a }]
             super::redact_url("http://127.0.0.1:8428/a@b"),
             "http://127.0.0.1:8428/a@b"
         );
+    }
+
+    #[test]
+    fn error_and_in_flight_queries_are_rendered_like_the_others() {
+        let config = parse(
+            r#"
+metrics:
+  prometheus:
+    url: http://127.0.0.1:8428
+    rps_query: 'sum(rate(http_requests_total{namespace="${namespace}"}[1m])) by (pod)'
+    error_query: 'sum(rate(http_requests_total{namespace="${namespace}",code=~"5.."}[1m])) by (pod)'
+    in_flight_query: 'sum(http_in_flight{service="${service}"}) by (pod)'
+clusters: [{ name: a, namespace: shop, container: web, service: cart }]
+"#,
+        )
+        .expect("valid");
+        let queries = config
+            .adaptive
+            .settings("a")
+            .queries
+            .clone()
+            .expect("queries");
+        assert_eq!(
+            queries.errors.as_deref(),
+            Some("sum(rate(http_requests_total{namespace=\"shop\",code=~\"5..\"}[1m])) by (pod)")
+        );
+        assert_eq!(
+            queries.in_flight.as_deref(),
+            Some("sum(http_in_flight{service=\"cart\"}) by (pod)")
+        );
+        assert!(super::has_error_signal(&config.adaptive, "a"));
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+
+        let found = problems(
+            r#"
+metrics:
+  prometheus:
+    url: http://127.0.0.1:8428
+    error_query: 'sum(rate(errors_total{namespace="${namespace}"}[1m])) by (pod)'
+    in_flight_query: ' '
+clusters: [{ name: a, container: web }]
+"#,
+        );
+        assert_problems_start_with(
+            &found,
+            &[
+                "metrics.prometheus.in_flight_query: must not be empty when set",
+                "metrics.prometheus.error_query: needs metrics.prometheus.rps_query",
+                "clusters[0].namespace: required by metrics.prometheus.cpu_query (it uses ${namespace})",
+                "clusters[0].namespace: required by metrics.prometheus.error_query (it uses ${namespace})",
+            ],
+        );
+    }
+
+    #[test]
+    fn remote_write_error_signals_are_validated() {
+        let config = parse(
+            r#"
+metrics:
+  remote_write: { enabled: true, rps_metric: http_requests_total, error_labels: { code: "5..|429" } }
+clusters: [{ name: a, namespace: shop }]
+"#,
+        )
+        .expect("valid");
+        let settings = config.adaptive.remote_write.as_ref().expect("remote-write");
+        let Some(super::ErrorSource::Labels(patterns)) = &settings.errors else {
+            panic!("label matcher expected, got {:?}", settings.errors);
+        };
+        let labels =
+            |code: &str| std::collections::BTreeMap::from([("code".to_string(), code.to_string())]);
+        assert!(patterns.matches(&labels("503")) && patterns.matches(&labels("429")));
+        // Fully anchored, as PromQL's `=~`.
+        assert!(!patterns.matches(&labels("200")) && !patterns.matches(&labels("1503")));
+        assert!(
+            !patterns.matches(&std::collections::BTreeMap::new()),
+            "no code label"
+        );
+        assert!(super::has_error_signal(&config.adaptive, "a"));
+        assert!(super::has_error_signal(&config.adaptive, "discovered"));
+
+        let with_counter = parse(
+            "metrics: { remote_write: { enabled: true, rps_metric: req_total, error_metric: failed_total } }
+",
+        )
+        .expect("valid");
+        assert_eq!(
+            with_counter
+                .adaptive
+                .remote_write
+                .expect("remote-write")
+                .errors,
+            Some(super::ErrorSource::Metric("failed_total".into()))
+        );
+
+        let found = problems(
+            "metrics: { remote_write: { enabled: true, error_labels: { code: \"5(..\", status: \"x\" } } }
+",
+        );
+        assert_problems_start_with(
+            &found,
+            &[
+                "metrics.remote_write.error_labels: needs metrics.remote_write.rps_metric",
+                "metrics.remote_write.error_labels.code: \"5(..\" is not a regular expression",
+            ],
+        );
+        let found = problems(
+            "metrics: { remote_write: { enabled: true, rps_metric: r, error_metric: e, error_labels: { code: \"5..\" } } }
+",
+        );
+        assert_problems_start_with(
+            &found,
+            &["metrics.remote_write.error_labels: set error_metric (a counter of failed requests) or error_labels"],
+        );
+        let found = problems(
+            "metrics: { remote_write: { enabled: true, rps_metric: r, error_labels: {} } }
+",
+        );
+        assert_problems_start_with(
+            &found,
+            &["metrics.remote_write.error_labels: must name at least one label"],
+        );
+        let found = problems(
+            "metrics: { remote_write: { enabled: true, rps_metric: r, error_metric: r } }
+",
+        );
+        assert_problems_start_with(
+            &found,
+            &["metrics.remote_write.error_metric: is the rps_metric itself"],
+        );
+        let found = problems(
+            "metrics: { remote_write: { enabled: true, error_metric: e } }
+",
+        );
+        assert_problems_start_with(
+            &found,
+            &["metrics.remote_write.error_metric: needs metrics.remote_write.rps_metric"],
+        );
+    }
+
+    #[test]
+    fn capacity_without_an_error_signal_is_warned_about() {
+        let config = parse(
+            r#"
+metrics: { prometheus: { url: "http://127.0.0.1:8428", rps_query: "r" } }
+weighting: { algorithm: capacity }
+clusters:
+  - { name: a, namespace: shop, container: web }
+  - { name: b, weighting: { algorithm: static } }
+  - { name: c, namespace: shop, container: web, weighting: { algorithm: distance } }
+  - { name: d, namespace: shop, container: web }
+"#,
+        )
+        .expect("valid");
+        let warnings: Vec<String> = config
+            .warnings()
+            .into_iter()
+            .map(|warning| format!("{}: {}", warning.field, warning.message))
+            .collect();
+        assert_problems_start_with(
+            &warnings,
+            &[
+                "clusters[0]: algorithm capacity without an error signal",
+                "clusters[3]: algorithm capacity without an error signal",
+            ],
+        );
+        assert!(
+            warnings[0].contains("metrics.prometheus.error_query"),
+            "{warnings:?}"
+        );
+        assert!(!super::has_error_signal(&config.adaptive, "a"));
+        // Load reports count errors.
+        let reported = parse(
+            "metrics: { load_reports: { enabled: true } }\nclusters: [{ name: a }]\nkubernetes: { enabled: true, services: [{ namespace: shop, name: cart }] }\n",
+        )
+        .expect("valid");
+        assert!(reported.warnings().is_empty(), "{:?}", reported.warnings());
+        // Discovered clusters get the defaults: warned about once, as `kubernetes`.
+        let discovered = parse(
+            "metrics: { prometheus: { url: \"http://127.0.0.1:8428\" } }\nkubernetes: { enabled: true, services: [{ namespace: shop, name: cart }] }\n",
+        )
+        .expect("valid");
+        let fields: Vec<String> = discovered
+            .warnings()
+            .into_iter()
+            .map(|warning| warning.field)
+            .collect();
+        assert_eq!(fields, ["kubernetes"]);
+        // A static-only file warns about nothing.
+        let quiet = parse(
+            "clusters: [{ name: a }]
+",
+        )
+        .expect("valid");
+        assert!(quiet.warnings().is_empty());
     }
 
     #[test]

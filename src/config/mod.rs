@@ -255,6 +255,35 @@ pub struct ValidConfig {
     pub kubernetes: Option<kubernetes::KubernetesSettings>,
 }
 
+/// What `check` and `serve` warn about in a valid configuration.
+const NO_ERROR_SIGNAL: &str = "algorithm capacity without an error signal: a pod that fails fast (e.g. 503 in 0.2 ms) reads as the cheapest pod and is only capped at an equal share, not held at a probe; configure one: metrics.load_reports, metrics.prometheus.error_query, or metrics.remote_write.error_metric or error_labels";
+
+impl ValidConfig {
+    /// Settings that are valid but probably not what the user wants, as `FIELD: reason`.
+    pub fn warnings(&self) -> Vec<Problem> {
+        use crate::weighting::params::Algorithm;
+        let mut warnings: Vec<Problem> = self
+            .raw
+            .clusters
+            .iter()
+            .enumerate()
+            .filter(|(_, cluster)| {
+                self.adaptive.settings(&cluster.name).params.algorithm == Algorithm::Capacity
+                    && !adaptive::has_error_signal(&self.adaptive, &cluster.name)
+            })
+            .map(|(index, _)| problem(format!("clusters[{index}]"), NO_ERROR_SIGNAL))
+            .collect();
+        // Discovered clusters get the defaults.
+        if self.kubernetes.is_some()
+            && self.adaptive.defaults.params.algorithm == Algorithm::Capacity
+            && !adaptive::discovered_have_error_signal(&self.adaptive)
+        {
+            warnings.push(problem("kubernetes", NO_ERROR_SIGNAL));
+        }
+        warnings
+    }
+}
+
 /// One thing wrong with a configuration, at a field path such as `clusters[2].endpoints[0].port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {

@@ -34,6 +34,13 @@ pub fn diff(
     removed.chain(changed).collect()
 }
 
+/// Logs what `check` warns about (a valid config that probably does not do what is meant).
+fn log_warnings(path: &std::path::Path, config: &ValidConfig) {
+    for warning in config.warnings() {
+        tracing::warn!(file = %path.display(), field = %warning.field, "{}", warning.message);
+    }
+}
+
 /// Watches one config file and sends cluster updates for every valid change.
 ///
 /// The file also carries the tick, metrics and weighting settings: they are published on a
@@ -49,6 +56,7 @@ pub struct FileSource {
 impl FileSource {
     /// Starts from the config already loaded at startup (`text` is the content it came from).
     pub fn new(path: PathBuf, current: ValidConfig, text: &str, metrics: Metrics) -> Self {
+        log_warnings(&path, &current);
         let (settings, _) = watch::channel(Arc::new(current.adaptive.clone()));
         Self {
             path,
@@ -106,6 +114,9 @@ impl FileSource {
         match config::parse(text) {
             Ok(next) => {
                 self.warn_about_restart_only_keys(&next);
+                if next.warnings() != self.current.warnings() {
+                    log_warnings(&self.path, &next);
+                }
                 let updates = diff(&self.current.clusters, &next.clusters);
                 tracing::info!(file = %self.path.display(), changed_clusters = updates.len(), "config reloaded");
                 self.metrics.config_reloads.get_or_create(&ok_label()).inc();

@@ -196,13 +196,38 @@ impl PromQlClient {
             (Signal::Rps, queries.rps.as_ref()),
             (Signal::CpuLimit, queries.cpu_limit.as_ref()),
             (Signal::Latency, queries.latency.as_ref()),
+            (Signal::Errors, queries.errors.as_ref()),
+            (Signal::InFlight, queries.in_flight.as_ref()),
         ];
         let pending = signals
             .into_iter()
             .filter_map(|(signal, query)| query.map(|query| (signal, query)))
             .map(|(signal, query)| async move { (signal, query, self.query(query).await) });
-        for (signal, query, result) in futures::future::join_all(pending).await {
+        let results = futures::future::join_all(pending).await;
+        // This tick's request rates, for the pods the error query says nothing about.
+        let rps = results.iter().find_map(|(signal, _, result)| match result {
+            Ok(series) if *signal == Signal::Rps => Some(self.sample_set(series.clone())),
+            _ => None,
+        });
+        for (signal, query, result) in results {
             let outcome = match result {
+                Ok(series) if signal == Signal::Errors => {
+                    match &rps {
+                        Some(rps) => table.replace(
+                            SourceKind::Pull,
+                            cluster,
+                            signal,
+                            with_zero_errors(self.sample_set(series), rps),
+                        ),
+                        // Without this tick's request rates, which pods served without errors
+                        // is not known: keep the last error samples (they age into stale).
+                        None => tracing::debug!(
+                            cluster,
+                            "request rate query failed; error samples not replaced this tick"
+                        ),
+                    }
+                    "ok"
+                }
                 Ok(series) => {
                     table.replace(SourceKind::Pull, cluster, signal, self.sample_set(series));
                     "ok"
@@ -236,6 +261,21 @@ impl PromQlClient {
             samples,
         }
     }
+}
+
+/// `errors` plus a zero for every key that has a request rate but no error series.
+///
+/// `sum(rate(requests{code=~"5.."}[1m])) by (pod)` has no series for a pod that never failed
+/// (client libraries create a labelled series at its first use): that pod served without
+/// errors, and saying so lets its error ratio be compared with the failing pods'.
+pub fn with_zero_errors(mut errors: SampleSet, rps: &SampleSet) -> SampleSet {
+    for (key, sample) in &rps.samples {
+        errors.samples.entry(key.clone()).or_insert(Sample {
+            value: 0.0,
+            timestamp_ms: sample.timestamp_ms,
+        });
+    }
+    errors
 }
 
 /// Pulls every adaptive cluster once per its tick until `config` is closed.
@@ -328,6 +368,38 @@ mod tests {
             series[1].sample.value.is_nan(),
             "NaN is kept for weighting to drop and count"
         );
+    }
+
+    #[test]
+    fn pods_with_a_request_rate_and_no_error_series_served_without_errors() {
+        let set = |entries: &[(&str, f64, i64)]| SampleSet {
+            join_by: Default::default(),
+            samples: entries
+                .iter()
+                .map(|(key, value, timestamp_ms)| {
+                    (
+                        key.to_string(),
+                        Sample {
+                            value: *value,
+                            timestamp_ms: *timestamp_ms,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let rps = set(&[("a", 100.0, 5_000), ("b", 80.0, 5_000)]);
+        let errors = set(&[("a", 90.0, 5_000), ("gone", 1.0, 5_000)]);
+        let filled = with_zero_errors(errors, &rps);
+        assert_eq!(filled.samples.len(), 3);
+        assert_eq!(filled.samples["a"].value, 90.0);
+        assert_eq!(
+            filled.samples["b"],
+            Sample {
+                value: 0.0,
+                timestamp_ms: 5_000
+            }
+        );
+        assert_eq!(filled.samples["gone"].value, 1.0);
     }
 
     #[test]

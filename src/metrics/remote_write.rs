@@ -1,7 +1,7 @@
 //! Prometheus remote-write in: keep the newest samples per series (bounded) and turn counters into rates.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -10,7 +10,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use super::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
-use crate::config::adaptive::{AdaptiveConfig, RemoteWriteSettings};
+use crate::config::adaptive::{AdaptiveConfig, ErrorSource, LabelPatterns, RemoteWriteSettings};
 use crate::telemetry::{Metrics, ResultLabels};
 use crate::weighting::params::Algorithm;
 
@@ -114,7 +114,8 @@ impl SeriesStore {
             let metric = labels.get("__name__").cloned().unwrap_or_default();
             let wanted = metric == settings.cpu_metric
                 || settings.rps_metric.as_deref() == Some(metric.as_str())
-                || settings.cpu_limit_metric.as_deref() == Some(metric.as_str());
+                || settings.cpu_limit_metric.as_deref() == Some(metric.as_str())
+                || matches!(&settings.errors, Some(ErrorSource::Metric(errors)) if *errors == metric);
             let matches = settings
                 .match_labels
                 .iter()
@@ -203,9 +204,45 @@ impl SeriesStore {
         window: Duration,
         now_ms: i64,
     ) -> HashMap<String, Sample> {
+        self.rates_of(metric, selector, &|_| true, join_label, window, now_ms)
+            .0
+    }
+
+    /// Per value of `join_label`: errors per second from the counter `metric` (an error counter,
+    /// or the request counter with `patterns` picking its error series), for series matching
+    /// `selector`; and the values that have such a series at all.
+    ///
+    /// A series with no point in the `window` before the newest of its pod's `metric` series is
+    /// left out: a process that restarted does not export its old error series again until its
+    /// first new error, and that series' last rate must not hold the pod down.
+    pub fn error_rates(
+        &self,
+        metric: &str,
+        selector: &BTreeMap<String, String>,
+        patterns: Option<&LabelPatterns>,
+        join_label: &str,
+        window: Duration,
+        now_ms: i64,
+    ) -> (HashMap<String, Sample>, HashSet<String>) {
+        let keep =
+            |series: &Series| patterns.is_none_or(|patterns| patterns.matches(&series.labels));
+        self.rates_of(metric, selector, &keep, join_label, window, now_ms)
+    }
+
+    /// [`Self::rates`] of the series that `keep` accepts, and the join values those series have.
+    fn rates_of(
+        &self,
+        metric: &str,
+        selector: &BTreeMap<String, String>,
+        keep: &dyn Fn(&Series) -> bool,
+        join_label: &str,
+        window: Duration,
+        now_ms: i64,
+    ) -> (HashMap<String, Sample>, HashSet<String>) {
         let mut sums: HashMap<String, Sample> = HashMap::new();
+        let mut seen = HashSet::new();
         let Ok(mut store) = self.series.lock() else {
-            return sums;
+            return (sums, seen);
         };
         let retention_ms = i64::try_from(SERIES_RETENTION.as_millis()).unwrap_or(i64::MAX);
         store.retain(|_, series| {
@@ -215,8 +252,26 @@ impl SeriesStore {
                 .is_some_and(|(last, _)| now_ms - last < retention_ms)
         });
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        // The newest point of each pod's series: a series a window older than that is gone (a
+        // container that restarted under a new cAdvisor `id`, a process that restarted and has
+        // not failed again since), and its last rate must not be added to the live ones.
+        let mut pod_newest: HashMap<&str, i64> = HashMap::new();
+        for series in store.values() {
+            if let (true, Some(key), Some(&(newest, _))) = (
+                series.is(metric, selector),
+                series.labels.get(join_label),
+                series.points.back(),
+            ) {
+                let entry = pod_newest.entry(key.as_str()).or_insert(newest);
+                *entry = (*entry).max(newest);
+            }
+        }
+        let pod_newest: HashMap<String, i64> = pod_newest
+            .into_iter()
+            .map(|(key, newest)| (key.to_owned(), newest))
+            .collect();
         for series in store.values_mut() {
-            if !series.is(metric, selector) {
+            if !series.is(metric, selector) || !keep(series) {
                 continue;
             }
             let Some(key) = series.labels.get(join_label) else {
@@ -225,6 +280,13 @@ impl SeriesStore {
             let Some(&(newest, _)) = series.points.back() else {
                 continue;
             };
+            if pod_newest
+                .get(key)
+                .is_some_and(|pod| pod.saturating_sub(newest) > window_ms)
+            {
+                continue;
+            }
+            seen.insert(key.clone());
             while series
                 .points
                 .front()
@@ -237,7 +299,7 @@ impl SeriesStore {
             };
             add_to(&mut sums, key, rate, newest);
         }
-        sums
+        (sums, seen)
     }
 }
 
@@ -348,6 +410,7 @@ pub fn aggregate_once(
                 },
             );
         }
+        let mut rps = None;
         for (signal, metric, selector) in metrics {
             let Some(metric) = metric else { continue };
             let samples = store.rates(
@@ -357,6 +420,9 @@ pub fn aggregate_once(
                 settings.rate_window,
                 now_ms,
             );
+            if signal == Signal::Rps {
+                rps = Some(samples.clone());
+            }
             table.replace(
                 SourceKind::RemoteWrite,
                 cluster,
@@ -367,7 +433,68 @@ pub fn aggregate_once(
                 },
             );
         }
+        if let (Some(errors), Some(rps_metric), Some(rps)) =
+            (&settings.errors, &settings.rps_metric, &rps)
+        {
+            let samples = errors_per_pod(
+                store,
+                errors,
+                rps_metric,
+                &rps_selector,
+                settings,
+                rps,
+                now_ms,
+            );
+            table.replace(
+                SourceKind::RemoteWrite,
+                cluster,
+                Signal::Errors,
+                SampleSet {
+                    join_by: settings.join_by,
+                    samples,
+                },
+            );
+        }
     }
+}
+
+/// Errors per second per join value, with a zero for every value that has a request rate but no
+/// error series at all (labelled series such as `code="503"` appear at their first use, so a pod
+/// that never failed has none). A value whose error series has no rate yet (one point) is left
+/// out: unknown, not zero.
+fn errors_per_pod(
+    store: &SeriesStore,
+    errors: &ErrorSource,
+    rps_metric: &str,
+    selector: &BTreeMap<String, String>,
+    settings: &RemoteWriteSettings,
+    rps: &HashMap<String, Sample>,
+    now_ms: i64,
+) -> HashMap<String, Sample> {
+    let (metric, patterns) = match errors {
+        ErrorSource::Metric(metric) => (metric.as_str(), None),
+        ErrorSource::Labels(patterns) => (rps_metric, Some(patterns)),
+    };
+    let (mut samples, seen) = store.error_rates(
+        metric,
+        selector,
+        patterns,
+        &settings.join_label,
+        settings.rate_window,
+        now_ms,
+    );
+    for (key, sample) in rps {
+        if !seen.contains(key) {
+            samples.insert(
+                key.clone(),
+                Sample {
+                    value: 0.0,
+                    timestamp_ms: sample.timestamp_ms,
+                },
+            );
+        }
+    }
+    samples
 }
 
 /// Records an ingest in the metrics.
@@ -399,6 +526,7 @@ mod tests {
             rps_metric: Some("requests_total".into()),
             cpu_limit_metric: Some("limits".into()),
             cpu_limit_labels: BTreeMap::from([("resource".to_string(), "cpu".to_string())]),
+            errors: None,
             join_label: "pod".into(),
             join_by: Default::default(),
             rate_window: Duration::from_secs(60),
@@ -506,6 +634,171 @@ mod tests {
             .compress_vec(&request.encode_to_vec())
             .expect("compress");
         assert_eq!(decode(&body).expect("decodes"), request);
+    }
+
+    fn with_code(metric: &str, pod: &str, code: &str, points: &[(i64, f64)]) -> pb::TimeSeries {
+        let mut series = series(metric, pod, "shop", points);
+        series.labels.push(pb::Label {
+            name: "code".into(),
+            value: code.into(),
+        });
+        series
+    }
+
+    fn one_cluster(settings: &RemoteWriteSettings) -> AdaptiveConfig {
+        let text = "metrics: { remote_write: { enabled: true } }\nclusters: [{ name: c, namespace: shop }]\n";
+        let mut config = crate::config::parse(text).expect("valid").adaptive;
+        config.remote_write = Some(settings.clone());
+        config
+    }
+
+    fn errors_of(table: &SampleTable, pods: &[&str], now: SystemTime) -> Vec<Option<f64>> {
+        let endpoints: Vec<crate::discovery::Endpoint> = pods
+            .iter()
+            .map(|pod| crate::discovery::Endpoint {
+                address: "10.0.0.1".parse().expect("ip"),
+                port: 80,
+                configured_weight: None,
+                pod: Some((*pod).to_string()),
+                locality: Default::default(),
+                health: crate::discovery::HealthStatus::Healthy,
+            })
+            .collect();
+        table
+            .loads("c", &endpoints, now)
+            .iter()
+            .map(|load| load.errors.map(|reading| reading.value))
+            .collect()
+    }
+
+    fn assert_near(found: &[Option<f64>], expected: &[Option<f64>]) {
+        assert_eq!(found.len(), expected.len(), "{found:?}");
+        for (found, expected) in found.iter().zip(expected) {
+            match (found, expected) {
+                (Some(found), Some(expected)) => {
+                    assert!((found - expected).abs() < 1e-9, "{found} != {expected}")
+                }
+                _ => assert_eq!(found, expected),
+            }
+        }
+    }
+
+    #[test]
+    fn status_labels_pick_the_error_series_of_the_request_counter() {
+        let text = "metrics: { remote_write: { enabled: true, rps_metric: requests_total, rate_window: 60s, error_labels: { code: \"5..\" } } }\n";
+        let settings = crate::config::parse(text)
+            .expect("valid")
+            .adaptive
+            .remote_write
+            .expect("remote-write");
+        let store = SeriesStore::default();
+        let request = pb::WriteRequest {
+            timeseries: vec![
+                // a: 100 rps, of which 503s at 20/s and 500s at 10/s; the 503 counter resets.
+                with_code("requests_total", "a", "200", &[(0, 0.0), (10_000, 700.0)]),
+                with_code(
+                    "requests_total",
+                    "a",
+                    "503",
+                    &[(0, 100.0), (5_000, 200.0), (10_000, 100.0)],
+                ),
+                with_code("requests_total", "a", "500", &[(0, 0.0), (10_000, 100.0)]),
+                // b: no error series at all (a client library creates `code="503"` at the first
+                // 503): it served without errors.
+                with_code("requests_total", "b", "200", &[(0, 0.0), (10_000, 500.0)]),
+                // c: its first 503 arrived in the last scrape: one point, no rate yet: unknown.
+                with_code("requests_total", "c", "200", &[(0, 0.0), (10_000, 500.0)]),
+                with_code("requests_total", "c", "503", &[(10_000, 3.0)]),
+                // d: a 4xx is not an error here, and "1500" does not match the anchored "5..".
+                with_code("requests_total", "d", "404", &[(0, 0.0), (10_000, 50.0)]),
+                with_code("requests_total", "d", "1500", &[(0, 0.0), (10_000, 50.0)]),
+                // e: an old 503 series from before a restart, not written for 2 minutes.
+                with_code(
+                    "requests_total",
+                    "e",
+                    "200",
+                    &[(0, 0.0), (120_000, 1200.0), (130_000, 1300.0)],
+                ),
+                with_code("requests_total", "e", "503", &[(0, 0.0), (10_000, 900.0)]),
+            ],
+        };
+        let settings = RemoteWriteSettings {
+            max_series: 100,
+            match_labels: BTreeMap::new(),
+            ..settings
+        };
+        assert_eq!(store.ingest(request, &settings).accepted, 21);
+        let table = SampleTable::default();
+        let config = one_cluster(&settings);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(131);
+        aggregate_once(&config, &settings, &store, &table, now);
+        // a: 503s 100 + 0 (reset to 100: counted as 100) = 200 over 10 s, plus 500s 10/s.
+        let found = errors_of(&table, &["a", "b", "c", "d", "e", "missing"], now);
+        assert_near(
+            &found,
+            &[Some(30.0), Some(0.0), None, Some(0.0), Some(0.0), None],
+        );
+        // The zero of b is as old as b's request rate.
+        let endpoints = [crate::discovery::Endpoint {
+            address: "10.0.0.2".parse().expect("ip"),
+            port: 80,
+            configured_weight: None,
+            pod: Some("b".into()),
+            locality: Default::default(),
+            health: crate::discovery::HealthStatus::Healthy,
+        }];
+        let load = &table.loads("c", &endpoints, now)[0];
+        assert_eq!(
+            load.errors.map(|reading| reading.age),
+            Some(Duration::from_secs(121))
+        );
+        assert!((load.rps.expect("rps").value - 50.0).abs() < 1e-9);
+        let rps = |pod: &str| {
+            let endpoint = crate::discovery::Endpoint {
+                pod: Some(pod.into()),
+                ..endpoints[0].clone()
+            };
+            table.loads("c", &[endpoint], now)[0]
+                .rps
+                .map(|reading| reading.value)
+        };
+        // Errors are a part of the requests: a's rate counts every code ...
+        assert_near(&[rps("a")], &[Some(100.0)]);
+        // ... but not e's gone 503 series (its rate would count 90/s more).
+        assert_near(&[rps("e")], &[Some(10.0)]);
+    }
+
+    #[test]
+    fn an_error_counter_is_kept_and_rated() {
+        let plain = settings();
+        let settings = RemoteWriteSettings {
+            errors: Some(ErrorSource::Metric("failures_total".into())),
+            max_series: 100,
+            ..settings()
+        };
+        let store = SeriesStore::default();
+        let request = pb::WriteRequest {
+            timeseries: vec![
+                series("requests_total", "a", "shop", &[(0, 0.0), (10_000, 1000.0)]),
+                series("failures_total", "a", "shop", &[(0, 5.0), (10_000, 905.0)]),
+                series("requests_total", "b", "shop", &[(0, 0.0), (10_000, 1000.0)]),
+                series("failures_total", "b", "shop", &[(0, 7.0), (10_000, 7.0)]),
+                series("requests_total", "c", "shop", &[(0, 0.0), (10_000, 1000.0)]),
+            ],
+        };
+        let stats = store.ingest(request, &settings);
+        assert_eq!((stats.accepted, stats.filtered), (10, 0));
+        let table = SampleTable::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(11);
+        aggregate_once(&one_cluster(&settings), &settings, &store, &table, now);
+        assert_near(
+            &errors_of(&table, &["a", "b", "c"], now),
+            &[Some(90.0), Some(0.0), Some(0.0)],
+        );
+        // Without an error source no error samples are written.
+        let table = SampleTable::default();
+        aggregate_once(&one_cluster(&plain), &plain, &store, &table, now);
+        assert_near(&errors_of(&table, &["a"], now), &[None]);
     }
 
     fn limit(pod: &str, resource: &str, time: i64, value: f64) -> pb::TimeSeries {

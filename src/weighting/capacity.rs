@@ -55,6 +55,8 @@ struct Fleet {
     demand: f64,
     /// Each cost relative to the traffic-weighted mean cost, for explanations.
     relative_costs: Vec<f64>,
+    /// The utilization ceiling the capacities are taken at.
+    ceiling: f64,
 }
 
 /// One endpoint's smoothed cost and, when it clearly rose this tick, by what factor.
@@ -356,6 +358,7 @@ fn fleet(
         capacities,
         demand,
         relative_costs,
+        ceiling,
     }
 }
 
@@ -484,7 +487,78 @@ fn fill(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Option<usize>>) {
         }
         filled += tier_capacity;
     }
-    (spread(fleet), ranks)
+    (above_ceiling(fleet).unwrap_or_else(|| spread(fleet)), ranks)
+}
+
+/// `latency` when the demand passes what the cluster takes at the ceiling: every endpoint at
+/// the ceiling, and the excess placed where it adds the least expected latency. `None` when the
+/// demand reaches the cluster's full capacity (then only a spread in proportion is left).
+///
+/// Model: an endpoint's latency is its cost per request up to the ceiling and grows like an
+/// M/M/1 queue on the capacity left above it (`r = (1 - ceiling) * m`, `m` its capacity at full
+/// utilization). Minimising the traffic-weighted mean latency equalizes the marginal latency
+/// `d(load * latency)/d(load)`, which gives each endpoint the excess `r - k * sqrt(limit * r)`
+/// (with `limit = cost * m`), `k` set so the excesses add up to the demand. The marginal latency
+/// at the ceiling is `cost / (1 - ceiling)`, so the cheapest endpoints take the excess first and
+/// are loaded harder than slow ones: a 22 ms pod at 75% adds far more queueing than a 2 ms pod at
+/// 80%. At the ceiling itself the excess is zero, so the plan is continuous with [`fill`]'s, and
+/// every endpoint stays below full utilization.
+fn above_ceiling(fleet: &Fleet) -> Option<Vec<f64>> {
+    let ceiling = fleet.ceiling;
+    if !(ceiling > 0.0 && ceiling < 1.0) {
+        return None;
+    }
+    let full: f64 = fleet.capacities.iter().sum::<f64>() / ceiling;
+    let at_ceiling: f64 = fleet.capacities.iter().sum();
+    if !(fleet.demand < full && fleet.demand >= at_ceiling) {
+        return None;
+    }
+    let excess = fleet.demand - at_ceiling;
+    // Per endpoint: room above the ceiling `r` and `sqrt(limit * r)`.
+    let room: Vec<f64> = fleet
+        .capacities
+        .iter()
+        .map(|capacity| capacity / ceiling * (1.0 - ceiling))
+        .collect();
+    let roots: Vec<f64> = room
+        .iter()
+        .zip(&fleet.capacities)
+        .zip(&fleet.costs)
+        .map(|((room, capacity), cost)| (cost * capacity / ceiling * room).sqrt())
+        .collect();
+    // Cheapest marginal first: sqrt(r / limit) descending is cost ascending.
+    let mut order: Vec<usize> = (0..room.len()).filter(|index| room[*index] > 0.0).collect();
+    order.sort_by(|left, right| {
+        fleet.costs[*left]
+            .total_cmp(&fleet.costs[*right])
+            .then(left.cmp(right))
+    });
+    let mut active = order.len();
+    let mut k = 0.0;
+    while active > 0 {
+        let (room_sum, root_sum) = order[..active]
+            .iter()
+            .fold((0.0, 0.0), |(room_sum, root_sum), index| {
+                (room_sum + room[*index], root_sum + roots[*index])
+            });
+        if root_sum <= 0.0 {
+            return None;
+        }
+        k = (room_sum - excess) / root_sum;
+        let last = order[active - 1];
+        if room[last] - k * roots[last] >= 0.0 {
+            break;
+        }
+        active -= 1;
+    }
+    if active == 0 {
+        return None;
+    }
+    let mut loads = fleet.capacities.clone();
+    for index in &order[..active] {
+        loads[*index] += (room[*index] - k * roots[*index]).max(0.0);
+    }
+    Some(loads)
 }
 
 /// Weights in proportion to the planned traffic, the largest at the maximum weight.
@@ -842,5 +916,115 @@ mod tests {
         let weights = weights(&fresh, Objective::Balance);
         assert_eq!(weights[0], 10000);
         assert!(weights[1] >= 1);
+    }
+
+    /// The seed lab fleet's costs (3 x 2 ms, 2 x 3.3, 9 x 5.5, 1 x 22; 4 cores each) at the
+    /// 0.7 ceiling, asked for `share` of its full capacity.
+    fn seed_fleet(share: f64) -> Fleet {
+        let costs: Vec<f64> = [(0.002, 3), (0.0033, 2), (0.0055, 9), (0.022, 1)]
+            .iter()
+            .flat_map(|(cost, count)| std::iter::repeat_n(*cost, *count))
+            .collect();
+        let capacities: Vec<f64> = costs.iter().map(|cost| 0.7 * 4.0 / cost).collect();
+        let full: f64 = costs.iter().map(|cost| 4.0 / cost).sum();
+        Fleet {
+            relative_costs: vec![1.0; costs.len()],
+            costs,
+            capacities,
+            demand: share * full,
+            ceiling: 0.7,
+        }
+    }
+
+    fn utilizations(fleet: &Fleet, loads: &[f64]) -> Vec<f64> {
+        loads
+            .iter()
+            .zip(&fleet.costs)
+            .map(|(load, cost)| load * cost / 4.0)
+            .collect()
+    }
+
+    /// Mean response time of an M/M/c queue (Erlang C), in seconds; infinite when overloaded.
+    fn erlang_c_response(rate: f64, service: f64, servers: u32) -> f64 {
+        let offered = rate * service;
+        let c = f64::from(servers);
+        if offered >= c {
+            return f64::INFINITY;
+        }
+        let mut term = 1.0;
+        let mut below = 0.0;
+        for k in 0..servers {
+            if k > 0 {
+                term *= offered / f64::from(k);
+            }
+            below += term;
+        }
+        let top = term * offered / c * c / (c - offered);
+        let waiting = top / (below + top);
+        service + waiting * service / (c - offered)
+    }
+
+    fn mean_response(fleet: &Fleet, loads: &[f64]) -> f64 {
+        let total: f64 = loads.iter().sum();
+        loads
+            .iter()
+            .zip(&fleet.costs)
+            .map(|(load, cost)| load * erlang_c_response(*load, *cost, 4))
+            .sum::<f64>()
+            / total
+    }
+
+    #[test]
+    fn above_the_ceiling_starts_where_fill_ends() {
+        // Just past what the fleet takes at the ceiling (70% of full): every pod at 0.7.
+        let fleet = seed_fleet(0.7001);
+        let loads = above_ceiling(&fleet).expect("a plan");
+        for utilization in utilizations(&fleet, &loads) {
+            assert!((utilization - 0.7).abs() < 0.005, "{utilization}");
+        }
+        // Below it, fill's plan holds (no excess to place).
+        assert_eq!(above_ceiling(&seed_fleet(0.69)), None);
+        // At or past full capacity only a proportional spread is left.
+        assert_eq!(above_ceiling(&seed_fleet(1.0)), None);
+    }
+
+    #[test]
+    fn above_the_ceiling_fast_pods_are_loaded_harder_and_none_is_full() {
+        for share in [0.75, 0.8, 0.9, 0.97] {
+            let fleet = seed_fleet(share);
+            let loads = above_ceiling(&fleet).expect("a plan");
+            let total: f64 = loads.iter().sum();
+            assert!((total - fleet.demand).abs() < 1e-6 * fleet.demand);
+            let utilizations = utilizations(&fleet, &loads);
+            for (index, utilization) in utilizations.iter().enumerate() {
+                assert!(
+                    *utilization >= 0.7 - 1e-9 && *utilization < 1.0,
+                    "{utilizations:?}"
+                );
+                if index > 0 && fleet.costs[index] > fleet.costs[index - 1] {
+                    assert!(*utilization <= utilizations[index - 1], "{utilizations:?}");
+                }
+            }
+            assert!(
+                utilizations[0] > utilizations[14],
+                "{share}: {utilizations:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn above_the_ceiling_beats_a_proportional_spread_on_erlang_c() {
+        // Checked on a queue model the plan was not derived from (M/M/4 per pod).
+        for share in [0.75, 0.8, 0.9] {
+            let fleet = seed_fleet(share);
+            let planned = mean_response(&fleet, &above_ceiling(&fleet).expect("a plan"));
+            let spread = mean_response(&fleet, &spread(&fleet));
+            println!(
+                "{share}: mean response {:.2} ms planned, {:.2} ms in proportion",
+                planned * 1e3,
+                spread * 1e3
+            );
+            assert!(planned < spread, "{share}: {planned} vs {spread}");
+        }
     }
 }

@@ -325,3 +325,33 @@ fn load_reports_alone_plan_from_requests_in_flight() {
     assert!(traffic[0] / model.rps <= 0.004, "{traffic:?}");
     assert!(traffic[14] <= 15.0, "{traffic:?}");
 }
+
+#[test]
+fn past_the_ceiling_the_plan_settles_and_loads_fast_pods_harder() {
+    // The seed fleet's full capacity: 4 cores / cost, summed (about 10,900 rps).
+    let full: f64 = [(2.0, 3.0), (3.3, 2.0), (5.5, 9.0), (22.0, 1.0)]
+        .iter()
+        .map(|(millis, count)| count * 4.0 / (millis / 1000.0))
+        .sum();
+    for share in [0.69, 0.72, 0.8, 0.9] {
+        let model = seed_fleet(share * full, true);
+        let (_, history) = model.run(&params(Objective::Latency), 40);
+        for pair in history[20..].windows(2) {
+            for (before, after) in pair[0].iter().zip(&pair[1]) {
+                let change = (f64::from(*after) - f64::from(*before)).abs() / f64::from(*before);
+                assert!(change <= 0.10, "{share}: {:?} -> {:?}", pair[0], pair[1]);
+            }
+        }
+        let utilizations = model.utilizations(&history[39]);
+        assert!(
+            utilizations.iter().all(|u| *u < 1.0),
+            "{share}: {utilizations:?}"
+        );
+        if share > 0.7 {
+            assert!(
+                utilizations[0] > utilizations[14] + 0.01,
+                "{share}: {utilizations:?}"
+            );
+        }
+    }
+}

@@ -418,10 +418,24 @@ impl FakeBackends {
         container: &'static str,
         pods: Vec<FakePod>,
     ) -> Self {
+        let pods = pods.into_iter().map(|pod| (pod, 0.0)).collect();
+        Self::start_failing(namespace, container, pods).await
+    }
+
+    /// As [`Self::start`], each pod answering the given requests per second (of its `rps`) with
+    /// 503: its request counter has a `code="503"` series at that rate (and none when it is 0, as
+    /// a client library creates a labelled series at its first use), the rest under
+    /// `code="200"`; `http_request_errors_total` counts the same errors, and the gauge
+    /// `http_requests_in_flight` reads `rps / 100` (10 ms per request, by Little's law).
+    pub async fn start_failing(
+        namespace: &'static str,
+        container: &'static str,
+        pods: Vec<(FakePod, f64)>,
+    ) -> Self {
         let started = Instant::now();
         let mut addresses = Vec::new();
         let mut tasks = Vec::new();
-        for pod in pods {
+        for (pod, errors) in pods {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind backend");
@@ -430,20 +444,32 @@ impl FakeBackends {
             // that one to the CPU counter only), as with most instrumented apps.
             let page = move || {
                 let seconds = started.elapsed().as_secs_f64() + 1000.0;
+                let name = pod.pod;
+                let failed = if errors > 0.0 {
+                    format!(
+                        "http_requests_total{{namespace=\"{namespace}\",pod=\"{name}\",code=\"503\"}} {}\n",
+                        errors * seconds
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
                     "# TYPE container_cpu_usage_seconds_total counter\n\
-                     container_cpu_usage_seconds_total{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\"}} {}\n\
+                     container_cpu_usage_seconds_total{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{name}\"}} {}\n\
                      # TYPE kube_pod_container_resource_limits gauge\n\
-                     kube_pod_container_resource_limits{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\",resource=\"cpu\",unit=\"core\"}} 2\n\
-                     kube_pod_container_resource_limits{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{}\",resource=\"memory\",unit=\"byte\"}} 4e9\n\
+                     kube_pod_container_resource_limits{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{name}\",resource=\"cpu\",unit=\"core\"}} 2\n\
+                     kube_pod_container_resource_limits{{namespace=\"{namespace}\",container=\"{container}\",pod=\"{name}\",resource=\"memory\",unit=\"byte\"}} 4e9\n\
                      # TYPE http_requests_total counter\n\
-                     http_requests_total{{namespace=\"{namespace}\",pod=\"{}\"}} {}\n",
-                    pod.pod,
+                     http_requests_total{{namespace=\"{namespace}\",pod=\"{name}\",code=\"200\"}} {}\n\
+                     {failed}\
+                     # TYPE http_request_errors_total counter\n\
+                     http_request_errors_total{{namespace=\"{namespace}\",pod=\"{name}\"}} {}\n\
+                     # TYPE http_requests_in_flight gauge\n\
+                     http_requests_in_flight{{namespace=\"{namespace}\",pod=\"{name}\"}} {}\n",
                     pod.cores * seconds,
-                    pod.pod,
-                    pod.pod,
-                    pod.pod,
-                    pod.rps * seconds
+                    (pod.rps - errors) * seconds,
+                    errors * seconds,
+                    pod.rps / 100.0,
                 )
             };
             let app = axum::Router::new()
