@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicU64;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::adaptive::AdaptiveConfig;
-use crate::discovery::{ClusterUpdate, Endpoint};
+use crate::model::{ClusterUpdate, Endpoint};
 use crate::metrics::SampleTable;
 use crate::snapshot::{
     ClusterExplanation, ClusterResource, EncodedEndpoints, ServedEndpoint, Snapshot, SnapshotStore,

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod inspect;
 pub mod lrs;
 pub mod metrics;
+pub mod model;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;

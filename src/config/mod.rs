@@ -15,6 +15,7 @@ use crate::weighting;
 pub mod adaptive;
 pub mod duration;
 pub mod kubernetes;
+pub mod tls;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -250,7 +251,7 @@ pub struct ValidConfig {
     /// Tick, metrics sources and weighting settings.
     pub adaptive: adaptive::AdaptiveConfig,
     /// TLS settings of the xDS port, if any.
-    pub xds_tls: Option<crate::xds::tls::TlsSettings>,
+    pub xds_tls: Option<tls::TlsSettings>,
     /// The Kubernetes source, when `kubernetes.enabled`.
     pub kubernetes: Option<kubernetes::KubernetesSettings>,
 }
@@ -427,7 +428,7 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
     }
 }
 
-fn validate_tls(tls: &XdsTlsConfig, problems: &mut Vec<Problem>) -> crate::xds::tls::TlsSettings {
+fn validate_tls(tls: &XdsTlsConfig, problems: &mut Vec<Problem>) -> tls::TlsSettings {
     let mut file = |field: &str, path: &str| {
         if !Path::new(path).is_file() {
             problems.push(problem(
@@ -465,7 +466,7 @@ fn validate_tls(tls: &XdsTlsConfig, problems: &mut Vec<Problem>) -> crate::xds::
             "expected a duration above zero",
         ));
     }
-    crate::xds::tls::TlsSettings {
+    tls::TlsSettings {
         cert_file,
         key_file,
         client_ca_file,

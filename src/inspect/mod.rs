@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::discovery::HealthStatus;
+use crate::model::HealthStatus;
 use crate::snapshot::SnapshotStore;
 use crate::xds::registry::ClientRegistry;
 
@@ -88,7 +88,7 @@ impl pb::inspect_server::Inspect for InspectService {
             ))
         })?;
         let explanation = self.store.explanation(name);
-        let explained = |endpoint: &crate::discovery::Endpoint| {
+        let explained = |endpoint: &crate::model::Endpoint| {
             explanation.as_ref().and_then(|explanation| {
                 explanation
                     .endpoints

@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::config::adaptive::JoinBy;
-use crate::discovery::Endpoint;
+use crate::model::Endpoint;
 use crate::weighting::{EndpointLoad, Reading};
 
 /// A value and when it was measured.
@@ -182,7 +182,7 @@ pub fn unix_millis(time: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{HealthStatus, Locality};
+    use crate::model::{HealthStatus, Locality};
 
     fn endpoint(address: &str, port: u16, pod: Option<&str>) -> Endpoint {
         Endpoint {

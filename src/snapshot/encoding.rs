@@ -14,7 +14,7 @@ use prost::{
     Message,
 };
 
-use crate::discovery::{Endpoint, HealthStatus, Locality};
+use crate::model::{Endpoint, HealthStatus, Locality};
 
 /// Field number of `ClusterLoadAssignment.endpoints`.
 const ENDPOINTS_FIELD: u32 = 2;

@@ -19,7 +19,7 @@ mod encoding;
 
 pub use encoding::EncodedEndpoints;
 
-use crate::discovery::Endpoint;
+use crate::model::Endpoint;
 use crate::weighting::{ClusterMode, Reason, Weight};
 
 /// Type URL of EDS resources.
@@ -241,7 +241,7 @@ impl SnapshotStore {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::discovery::{HealthStatus, Locality};
+    use crate::model::{HealthStatus, Locality};
 
     /// One endpoint per cluster, `127.0.0.1:9000` with the given weight.
     pub(crate) fn snapshot(clusters: &[(&str, u32)]) -> Snapshot {
@@ -271,7 +271,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{HealthStatus, Locality};
+    use crate::model::{HealthStatus, Locality};
 
     fn served(port: u16, weight: u32, zone: &str) -> ServedEndpoint {
         ServedEndpoint {

@@ -11,7 +11,7 @@ use super::{
     capacity, distance, errors, static_weights, Algorithm, ClusterMemory, ClusterMode, CostBasis,
     EndpointLoad, EndpointMemory, Output, Params, Reading, Reason, Weight, WeightSource,
 };
-use crate::discovery::{Endpoint, Locality};
+use crate::model::{Endpoint, Locality};
 
 /// Largest sum of weights Envoy accepts in one locality (the sum must stay below 2^32).
 const LOCALITY_SUM_LIMIT: u64 = u32::MAX as u64;

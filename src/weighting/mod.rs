@@ -18,7 +18,7 @@ mod testing;
 
 use std::{borrow::Borrow, collections::BTreeMap, time::Duration};
 
-use crate::discovery::Endpoint;
+use crate::model::Endpoint;
 
 pub use adaptive::endpoint_key;
 pub use params::{Algorithm, DistanceParams, Objective, Params};
@@ -274,7 +274,7 @@ pub fn static_weights<E: Borrow<Endpoint>>(endpoints: &[E]) -> Vec<Weight> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{HealthStatus, Locality};
+    use crate::model::{HealthStatus, Locality};
 
     fn endpoint(port: u16, weight: Option<u32>) -> Endpoint {
         Endpoint {

@@ -3,7 +3,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use super::{compute, ClusterMemory, EndpointLoad, Output, Params, Reading};
-use crate::discovery::{Endpoint, HealthStatus, Locality};
+use crate::model::{Endpoint, HealthStatus, Locality};
 
 /// A distinct endpoint per index, all in the default locality.
 pub(crate) fn endpoint(index: usize) -> Endpoint {

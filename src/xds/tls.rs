@@ -1,11 +1,7 @@
 //! TLS and mutual TLS for the xDS port: certificates reloaded when their files change, and an
 //! optional allow-list of client identities (URI or DNS subject alternative names).
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
@@ -18,21 +14,7 @@ use tokio_rustls::{
     TlsAcceptor,
 };
 
-/// Validated `xds.tls` settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// PEM certificate chain served to clients.
-    pub cert_file: PathBuf,
-    /// PEM private key of the certificate.
-    pub key_file: PathBuf,
-    /// PEM CA bundle that client certificates must chain to; `None`: no client certificates.
-    pub client_ca_file: Option<PathBuf>,
-    /// If not empty, only clients whose certificate has one of these SANs are served
-    /// (`spiffe://...` or any URI as written, `dns:NAME` for a DNS name).
-    pub allowed_identities: Vec<String>,
-    /// How often the files are checked for changes.
-    pub reload_interval: Duration,
-}
+pub use crate::config::tls::TlsSettings;
 
 /// Builds rustls server configs from files and swaps them in when the files change.
 #[derive(Clone)]
