@@ -105,6 +105,9 @@ metrics:
     url: {url}
     cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
     rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
+    # No pod fails, so this returns no series: every pod reads 0 errors/s, and the cheapest pod
+    # is believed (without an error signal it would only be capped at an equal share).
+    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
     timeout: 1s
 weighting:
   algorithm: capacity
@@ -216,6 +219,8 @@ metrics:
   remote_write:
     enabled: true
     rps_metric: http_requests_total
+    # 0 errors/s for every pod: the cheapest pod is believed, not capped.
+    error_metric: http_request_errors_total
     cpu_limit_metric: kube_pod_container_resource_limits
     rate_window: 5s
     match_labels: {{ namespace: shop }}

@@ -612,6 +612,8 @@ metrics:
     url: {url}
     cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
     rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
+    # No pod fails: every pod reads 0 errors/s, so the cheapest is believed, not capped.
+    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
     timeout: 1s
 weighting:
   algorithm: capacity
