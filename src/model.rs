@@ -3,7 +3,11 @@
 //! Sources produce these, weighting, snapshot and serving read them; no module imports a source
 //! for its types.
 
-use std::{fmt, net::IpAddr};
+use std::{
+    fmt,
+    net::IpAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 /// One backend address of a cluster, as a discovery source knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -94,4 +98,11 @@ pub enum ClusterUpdate {
         /// EDS resource name.
         cluster: String,
     },
+}
+
+/// Milliseconds since the UNIX epoch (0 before it): the unit of sample timestamps.
+pub fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

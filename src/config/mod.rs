@@ -9,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::discovery::{Endpoint, HealthStatus, Locality};
+use crate::model::{Endpoint, HealthStatus, Locality};
 use crate::weighting;
 
 pub mod adaptive;

@@ -71,7 +71,7 @@ impl pb::inspect_server::Inspect for InspectService {
             clusters,
             published_unix_ms: snapshot
                 .published_at
-                .map(crate::metrics::unix_millis)
+                .map(crate::model::unix_millis)
                 .unwrap_or_default(),
         }))
     }

@@ -733,7 +733,7 @@ fn record_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{Endpoint, HealthStatus, Locality};
+    use crate::model::{Endpoint, HealthStatus, Locality};
     use crate::snapshot::{ClusterResource, ServedEndpoint};
     use envoy_types::pb::envoy::config::{
         core::v3::SocketAddress,

@@ -7,7 +7,7 @@ use std::{
     borrow::Borrow,
     collections::HashMap,
     sync::{Arc, RwLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use crate::config::adaptive::JoinBy;
@@ -172,17 +172,13 @@ fn lookup(set: &SampleSet, endpoint: &Endpoint) -> Option<Sample> {
     }
 }
 
-/// Milliseconds since the UNIX epoch (0 before it).
-pub fn unix_millis(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::model::unix_millis;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{HealthStatus, Locality};
+    use std::time::UNIX_EPOCH;
 
     fn endpoint(address: &str, port: u16, pod: Option<&str>) -> Endpoint {
         Endpoint {

@@ -653,15 +653,15 @@ mod tests {
     }
 
     fn errors_of(table: &SampleTable, pods: &[&str], now: SystemTime) -> Vec<Option<f64>> {
-        let endpoints: Vec<crate::discovery::Endpoint> = pods
+        let endpoints: Vec<crate::model::Endpoint> = pods
             .iter()
-            .map(|pod| crate::discovery::Endpoint {
+            .map(|pod| crate::model::Endpoint {
                 address: "10.0.0.1".parse().expect("ip"),
                 port: 80,
                 configured_weight: None,
                 pod: Some((*pod).to_string()),
                 locality: Default::default(),
-                health: crate::discovery::HealthStatus::Healthy,
+                health: crate::model::HealthStatus::Healthy,
             })
             .collect();
         table
@@ -739,13 +739,13 @@ mod tests {
             &[Some(30.0), Some(0.0), None, Some(0.0), Some(0.0), None],
         );
         // The zero of b is as old as b's request rate.
-        let endpoints = [crate::discovery::Endpoint {
+        let endpoints = [crate::model::Endpoint {
             address: "10.0.0.2".parse().expect("ip"),
             port: 80,
             configured_weight: None,
             pod: Some("b".into()),
             locality: Default::default(),
-            health: crate::discovery::HealthStatus::Healthy,
+            health: crate::model::HealthStatus::Healthy,
         }];
         let load = &table.loads("c", &endpoints, now)[0];
         assert_eq!(
@@ -754,7 +754,7 @@ mod tests {
         );
         assert!((load.rps.expect("rps").value - 50.0).abs() < 1e-9);
         let rps = |pod: &str| {
-            let endpoint = crate::discovery::Endpoint {
+            let endpoint = crate::model::Endpoint {
                 pod: Some(pod.into()),
                 ..endpoints[0].clone()
             };
