@@ -116,7 +116,13 @@ async fn grpcurl_lists_describes_and_inspects_what_envoy_sees() {
         &["adaptive_eds.inspect.v1.Inspect/ListClients"],
     ))
     .expect("ListClients JSON");
-    let client = &clients["clients"][0];
+    // The shipped bootstrap also opens a load-reporting stream (kind `lrs`).
+    let client = clients["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|client| client["streamKind"] == "ads-sotw")
+        .expect("the ADS client in ListClients");
     assert_eq!(client["nodeId"], "envoy-ads-sotw");
     assert_eq!(client["streamKind"], "ads-sotw");
     assert_eq!(

@@ -103,7 +103,14 @@ async fn sigkill_under_load_loses_no_request_and_restart_causes_no_churn() {
             .await
             .expect("clients")
             .into_inner();
-        clients.clients[0].last_acked_version.clone()
+        // The shipped bootstrap also opens a load-reporting stream (kind `lrs`).
+        clients
+            .clients
+            .iter()
+            .find(|client| client.stream_kind == "ads-sotw")
+            .expect("the ADS client")
+            .last_acked_version
+            .clone()
     };
 
     let load = tokio::spawn(drive(envoy.listener_port, 100, Duration::from_secs(6)));
@@ -138,7 +145,9 @@ async fn sigkill_under_load_loses_no_request_and_restart_causes_no_churn() {
                     .ok()?
                     .into_inner();
                 clients.clients.into_iter().find(|client| {
-                    client.node_id == "envoy-ads-sotw" && !client.subscribed.is_empty()
+                    client.node_id == "envoy-ads-sotw"
+                        && client.stream_kind == "ads-sotw"
+                        && !client.subscribed.is_empty()
                 })
             }
         },
