@@ -95,3 +95,33 @@ fn capacity_without_an_error_signal_is_valid_with_a_warning() {
     assert!(output.status.success());
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_the_same_warning_at_startup() {
+    // Nothing listens on the metrics port: queries fail (and are counted); serving goes on.
+    let metrics = format!(
+        "metrics: {{ prometheus: {{ url: \"http://127.0.0.1:{}\", timeout: 200ms }} }}\n",
+        support::free_port()
+    );
+    let cluster = "clusters:\n  - name: a\n    namespace: shop\n    container: web\n    endpoints: [{ address: 127.0.0.1, port: 9, pod: a }]\n";
+    let mut server = support::Server::start(&format!("{metrics}{cluster}")).await;
+    let warning = "algorithm capacity without an error signal";
+    let log = support::wait_for(
+        std::time::Duration::from_secs(10),
+        "the warning in the log",
+        || {
+            let log = server.process.log();
+            async move { log.contains(warning).then_some(log) }
+        },
+    )
+    .await;
+    let line = log
+        .lines()
+        .find(|line| line.contains(warning))
+        .expect("warning line");
+    assert!(
+        line.contains("WARN") && line.contains("clusters[0]"),
+        "{line}"
+    );
+    server.process.assert_running();
+}
