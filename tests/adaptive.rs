@@ -150,6 +150,8 @@ weighting:
             "{endpoint:?}"
         );
         assert_eq!(endpoint.source, "fresh");
+        // No 5xx series at all: 0 errors/s for each pod that has a request rate.
+        assert_eq!(endpoint.errors_per_second, Some(0.0), "{endpoint:?}");
     }
 
     // Metrics store down: weights are held while samples are merely stale ...
@@ -267,6 +269,8 @@ weighting:
                 .is_some_and(|rps| (rps - 100.0).abs() < 25.0),
             "{endpoint:?}"
         );
+        // The error counter stays at 0.
+        assert_eq!(endpoint.errors_per_second, Some(0.0), "{endpoint:?}");
     }
     let (_, metrics) = support::http_get(&server.admin_url("/metrics"))
         .await
