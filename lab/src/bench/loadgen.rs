@@ -33,7 +33,8 @@ pub struct LoadPlan {
 /// Latencies and counts of the measured part of a run (microseconds in the histograms).
 #[derive(Debug, Clone)]
 pub struct LoadOutcome {
-    /// Every measured request that got a 2xx answer.
+    /// Every measured request that got a 2xx answer (errors are counted, not timed: a fast
+    /// 503 would pull the percentiles down).
     pub overall: Histogram<u64>,
     /// Per window after the warm-up, by intended send time.
     pub windows: Vec<Histogram<u64>>,
@@ -41,10 +42,34 @@ pub struct LoadOutcome {
     pub seconds: Vec<Histogram<u64>>,
     /// Requests sent in the measured part.
     pub sent: u64,
-    /// Of those, failed (connection error, non-2xx or timeout).
-    pub errors: u64,
+    /// Of those, answered with a status other than 2xx (a pod's 503, or Envoy's own).
+    pub non_2xx: u64,
+    /// Of those, failed without an answer: connection or protocol errors on the client side.
+    pub client_errors: u64,
+    /// Of those, not answered within the plan's timeout.
+    pub timeouts: u64,
+    /// Requests sent per second after the warm-up, by intended send time.
+    pub sent_per_second: Vec<u64>,
+    /// Of those, not served (non-2xx, client error or timeout), per second.
+    pub failed_per_second: Vec<u64>,
+    /// Requests sent per window (as `windows`).
+    pub sent_per_window: Vec<u64>,
+    /// Of those, not served, per window.
+    pub failed_per_window: Vec<u64>,
     /// Mean lateness of the sender behind the schedule, microseconds (a generator-fidelity figure).
     pub mean_send_lateness_us: f64,
+}
+
+impl LoadOutcome {
+    /// Requests of the measured part that were not served: non-2xx, client errors and timeouts.
+    pub fn failed(&self) -> u64 {
+        self.non_2xx + self.client_errors + self.timeouts
+    }
+
+    /// Share of the measured requests answered with a non-2xx status.
+    pub fn non_2xx_rate(&self) -> f64 {
+        self.non_2xx as f64 / self.sent.max(1) as f64
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -70,7 +95,13 @@ impl Recorder {
                     .map(|_| histogram())
                     .collect(),
                 sent: 0,
-                errors: 0,
+                non_2xx: 0,
+                client_errors: 0,
+                timeouts: 0,
+                sent_per_second: vec![0; plan.measure.as_secs_f64().ceil() as usize],
+                failed_per_second: vec![0; plan.measure.as_secs_f64().ceil() as usize],
+                sent_per_window: vec![0; windows.ceil() as usize],
+                failed_per_window: vec![0; windows.ceil() as usize],
                 mean_send_lateness_us: 0.0,
             },
             lateness_total_us: 0.0,
@@ -78,24 +109,47 @@ impl Recorder {
         }
     }
 
-    fn record(&mut self, offset: Duration, plan: &LoadPlan, latency: Option<Duration>) {
+    fn record(&mut self, offset: Duration, plan: &LoadPlan, result: Exchange, latency: Duration) {
         let Some(measured) = offset.checked_sub(plan.warmup) else {
             return;
         };
+        let second = measured.as_secs() as usize;
+        let window = (measured.as_secs_f64() / plan.window.as_secs_f64()) as usize;
         self.outcome.sent += 1;
-        let Some(latency) = latency else {
-            self.outcome.errors += 1;
-            return;
+        for (counts, index) in [
+            (&mut self.outcome.sent_per_second, second),
+            (&mut self.outcome.sent_per_window, window),
+        ] {
+            if let Some(count) = counts.get_mut(index) {
+                *count += 1;
+            }
+        }
+        let counter = match result {
+            Exchange::Served => None,
+            Exchange::Status => Some(&mut self.outcome.non_2xx),
+            Exchange::ClientError => Some(&mut self.outcome.client_errors),
+            Exchange::TimedOut => Some(&mut self.outcome.timeouts),
         };
+        if let Some(counter) = counter {
+            *counter += 1;
+            for (counts, index) in [
+                (&mut self.outcome.failed_per_second, second),
+                (&mut self.outcome.failed_per_window, window),
+            ] {
+                if let Some(count) = counts.get_mut(index) {
+                    *count += 1;
+                }
+            }
+            return;
+        }
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         self.outcome.overall.saturating_record(micros);
-        let index = (measured.as_secs_f64() / plan.window.as_secs_f64()) as usize;
-        if let Some(window) = self.outcome.windows.get_mut(index) {
+        if let Some(window) = self.outcome.windows.get_mut(window) {
             window.saturating_record(micros);
         }
-        if let Some(second) = self.outcome.seconds.get_mut(measured.as_secs() as usize) {
+        if let Some(second) = self.outcome.seconds.get_mut(second) {
             second.saturating_record(micros);
         }
     }
@@ -103,18 +157,33 @@ impl Recorder {
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// Sends one GET and tells whether it got a 2xx answer with its whole body.
-async fn send(client: &HttpClient, uri: hyper::Uri, timeout: Duration) -> bool {
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exchange {
+    /// A 2xx answer with its whole body.
+    Served,
+    /// A whole answer with another status.
+    Status,
+    /// No answer: the connection or the protocol failed.
+    ClientError,
+    /// No answer within the timeout.
+    TimedOut,
+}
+
+/// Sends one GET and tells how it ended.
+async fn send(client: &HttpClient, uri: hyper::Uri, timeout: Duration) -> Exchange {
     let exchange = async {
         let response = client.get(uri).await.ok()?;
         let ok = response.status().is_success();
         response.into_body().collect().await.ok()?;
         Some(ok)
     };
-    matches!(
-        tokio::time::timeout(timeout, exchange).await,
-        Ok(Some(true))
-    )
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Some(true)) => Exchange::Served,
+        Ok(Some(false)) => Exchange::Status,
+        Ok(None) => Exchange::ClientError,
+        Err(_) => Exchange::TimedOut,
+    }
 }
 
 /// Arrival offsets (from the start) of a Poisson process following the scenario's load factors.
@@ -180,12 +249,12 @@ pub async fn drive(uri: hyper::Uri, plan: &LoadPlan, scenario: &Scenario) -> Loa
         let (client, uri, recorder, plan) =
             (client.clone(), uri.clone(), recorder.clone(), plan.clone());
         tasks.spawn(async move {
-            let ok = send(&client, uri, plan.timeout).await;
-            let latency = ok.then(|| Instant::now().saturating_duration_since(intended));
+            let result = send(&client, uri, plan.timeout).await;
+            let latency = Instant::now().saturating_duration_since(intended);
             if let Ok(mut recorder) = recorder.lock() {
                 recorder.lateness_total_us += lateness.as_secs_f64() * 1e6;
                 recorder.lateness_count += 1;
-                recorder.record(offset, &plan, latency);
+                recorder.record(offset, &plan, result, latency);
             }
         });
         while tasks.try_join_next().is_some() {}

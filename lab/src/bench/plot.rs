@@ -70,9 +70,17 @@ pub fn series_from_report(text: &str) -> Vec<PlotSeries> {
     let mut series: Vec<PlotSeries> = Vec::new();
     let mut section = "";
     let mut names: Vec<String> = Vec::new();
+    // Columns of p50, p90, p99 and p99.9 in the summary, found by name: reports written
+    // before the error columns existed have p99.9 next to p99, newer ones do not.
+    let mut quantile_columns: Vec<usize> = Vec::new();
     for line in text.lines() {
         if line.starts_with("| policy | p50 ms") {
             section = "summary";
+            let header = cells(line);
+            quantile_columns = ["p50 ms", "p90 ms", "p99 ms", "p99.9 ms"]
+                .iter()
+                .filter_map(|name| header.iter().position(|cell| cell == name))
+                .collect();
             continue;
         }
         if line.starts_with("| window |") {
@@ -94,9 +102,9 @@ pub fn series_from_report(text: &str) -> Vec<PlotSeries> {
         match section {
             "summary" if row.len() > 4 => series.push(PlotSeries {
                 policy: row[0].to_owned(),
-                quantiles: row[1..5]
+                quantiles: quantile_columns
                     .iter()
-                    .filter_map(|cell| cell.parse().ok())
+                    .filter_map(|&column| row.get(column)?.parse().ok())
                     .collect(),
                 windows: Vec::new(),
             }),
@@ -200,5 +208,9 @@ mod tests {
         assert_eq!(series.len(), 2);
         assert_eq!(series[0].quantiles, [1.0, 2.0, 3.0, 4.0]);
         assert_eq!(series[1].windows, [3.6, 3.4]);
+        let with_errors = "| policy | p50 ms | p90 ms | p99 ms | non-2xx | client errors / timeouts | p99.9 ms |\n|---|---|---|---|---|---|---|\n| a | 1.00 | 2.00 | 3.00 | 0.5% | 0 / 0 | 4.00 |\n\n| window (errors %) | a |\n|---|---|\n| 0 | 9% |\n";
+        let series = series_from_report(with_errors);
+        assert_eq!(series[0].quantiles, [1.0, 2.0, 3.0, 4.0]);
+        assert!(series[0].windows.is_empty());
     }
 }

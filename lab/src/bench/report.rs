@@ -16,6 +16,8 @@ pub struct PodOutcome {
     pub utilization: f64,
     /// Envoy's weight for this pod at the end of the run (1 when unweighted).
     pub final_weight: u64,
+    /// Of this pod's answers, the share that were errors (its own 503s).
+    pub error_ratio: f64,
 }
 
 /// CPU used by each process of the run over the measured part, in cores.
@@ -119,9 +121,14 @@ impl RunOutcome {
         quantile_ms(&self.load.overall, 0.99)
     }
 
-    /// Answered requests per second.
+    /// Served (2xx) requests per second.
     pub fn achieved_rate(&self) -> f64 {
-        (self.load.sent - self.load.errors) as f64 / self.seconds.max(1e-9)
+        (self.load.sent - self.load.failed()) as f64 / self.seconds.max(1e-9)
+    }
+
+    /// True when some request of the run was not served or some pod answered an error.
+    pub fn has_errors(&self) -> bool {
+        self.load.failed() > 0 || self.pods.iter().any(|pod| pod.error_ratio > 0.0)
     }
 
     /// Highest and lowest pod utilization.
@@ -140,6 +147,7 @@ pub fn render_markdown(runs: &[RunOutcome]) -> String {
     machine(&mut text, runs);
     pods(&mut text, runs);
     windows(&mut text, runs);
+    error_windows(&mut text, runs);
     recoveries(&mut text, runs);
     text
 }
@@ -215,31 +223,67 @@ fn around_event(text: &mut String, runs: &[RunOutcome]) {
         }
         text.push('\n');
     }
+    if !runs.iter().any(|run| run.load.failed() > 0) {
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "\nRequests not served in each second around the event, % of those sent\n"
+    );
+    let _ = write!(text, "| policy |");
+    for second in from..=event + AROUND.1 {
+        let _ = write!(text, " {} |", second as i64 - event as i64);
+    }
+    let _ = writeln!(
+        text,
+        "\n|---|{}",
+        "---|".repeat((event + AROUND.1 - from + 1) as usize)
+    );
+    for run in runs.iter().filter(|run| run.event.is_some()) {
+        let _ = write!(text, "| {} |", run.policy);
+        for second in from..=event + AROUND.1 {
+            let index = second as usize;
+            let sent = run.load.sent_per_second.get(index).copied().unwrap_or(0);
+            let failed = run.load.failed_per_second.get(index).copied().unwrap_or(0);
+            let _ = write!(text, " {:.1} |", failed as f64 * 100.0 / sent.max(1) as f64);
+        }
+        text.push('\n');
+    }
 }
 
 fn summary(text: &mut String, runs: &[RunOutcome]) {
     let baseline = runs.iter().find(|run| run.policy == "least_request");
     let base_p99 = baseline.map_or(f64::NAN, RunOutcome::p99);
     let base_cpu = baseline.map_or(f64::NAN, |run| run.fleet_cpu);
-    let _ = writeln!(text, "| policy | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 / LR | rate rps | errors | fleet CPU cores | CPU / LR | util max | util min | max/min |");
+    let base_errors = baseline.map_or(f64::NAN, |run| run.load.non_2xx_rate());
     let _ = writeln!(
         text,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "Latency is that of served (2xx) requests; `non-2xx` is the share of the measured \
+         requests answered with another status (a pod's 503, or Envoy's own); client errors \
+         (no answer: connection or protocol) and timeouts are counted apart.\n"
+    );
+    let _ = writeln!(text, "| policy | p50 ms | p90 ms | p99 ms | non-2xx | client errors / timeouts | p99.9 ms | p99 / LR | non-2xx / LR | rate rps | fleet CPU cores | CPU / LR | util max | util min | max/min |");
+    let _ = writeln!(
+        text,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for run in runs {
         let histogram = &run.load.overall;
         let (max, min) = run.utilization_range();
         let _ = writeln!(
             text,
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.1} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {} | {} / {} | {:.2} | {:.2} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.3} | {:.1} |",
             run.policy,
             quantile_ms(histogram, 0.5),
             quantile_ms(histogram, 0.9),
             run.p99(),
+            percent(run.load.non_2xx_rate()),
+            run.load.client_errors,
+            run.load.timeouts,
             quantile_ms(histogram, 0.999),
             run.p99() / base_p99,
+            ratio(run.load.non_2xx_rate(), base_errors),
             run.achieved_rate(),
-            run.load.errors,
             run.fleet_cpu,
             run.fleet_cpu / base_cpu,
             max,
@@ -275,9 +319,16 @@ fn machine(text: &mut String, runs: &[RunOutcome]) {
 }
 
 fn pods(text: &mut String, runs: &[RunOutcome]) {
+    // The error share only shows when some run had errors, so healthy tables keep their shape.
+    let errors = runs.iter().any(RunOutcome::has_errors);
     let _ = writeln!(
         text,
-        "\nShare of requests / utilization / final Envoy weight, each pod\n"
+        "\nShare of requests / utilization / final Envoy weight{}, each pod\n",
+        if errors {
+            " / share of the pod's answers that were errors"
+        } else {
+            ""
+        }
     );
     let _ = write!(text, "| pod |");
     for run in runs {
@@ -292,14 +343,68 @@ fn pods(text: &mut String, runs: &[RunOutcome]) {
                 Some(pod) => {
                     let _ = write!(
                         text,
-                        " {:.1}% / {:.2} / {} |",
+                        " {:.1}% / {:.2} / {}",
                         pod.share * 100.0,
                         pod.utilization,
                         pod.final_weight
                     );
+                    if errors {
+                        let _ = write!(text, " / {:.0}% err", pod.error_ratio * 100.0);
+                    }
+                    text.push_str(" |");
                 }
                 None => text.push_str(" - |"),
             }
+        }
+        text.push('\n');
+    }
+}
+
+/// A share as a percentage with enough digits to tell 0.05% from 0.
+fn percent(share: f64) -> String {
+    if share == 0.0 {
+        "0%".to_owned()
+    } else if share < 0.01 {
+        format!("{:.3}%", share * 100.0)
+    } else {
+        format!("{:.2}%", share * 100.0)
+    }
+}
+
+/// `value / base`, or `-` when the base is zero (a baseline without errors).
+fn ratio(value: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.3}", value / base)
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// Share of the requests sent in each window that were not served, when some run had any.
+fn error_windows(text: &mut String, runs: &[RunOutcome]) {
+    if !runs.iter().any(|run| run.load.failed() > 0) {
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "\nRequests not served (non-2xx, client errors, timeouts) per window, % of those sent\n"
+    );
+    let _ = write!(text, "| window (errors %) |");
+    for run in runs {
+        let _ = write!(text, " {} |", run.policy);
+    }
+    let _ = writeln!(text, "\n|---|{}", "---|".repeat(runs.len()));
+    let count = runs
+        .iter()
+        .map(|run| run.load.sent_per_window.len())
+        .max()
+        .unwrap_or(0);
+    for index in 0..count {
+        let _ = write!(text, "| {index} |");
+        for run in runs {
+            let sent = run.load.sent_per_window.get(index).copied().unwrap_or(0);
+            let failed = run.load.failed_per_window.get(index).copied().unwrap_or(0);
+            let _ = write!(text, " {} |", percent(failed as f64 / sent.max(1) as f64));
         }
         text.push('\n');
     }
@@ -350,6 +455,58 @@ mod tests {
                 bucket
             })
             .collect()
+    }
+
+    fn outcome(policy: &str, sent: u64, non_2xx: u64, pod_errors: f64) -> RunOutcome {
+        let mut overall = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
+        overall.record_n(5_000, sent - non_2xx).unwrap();
+        RunOutcome {
+            policy: policy.to_owned(),
+            load: LoadOutcome {
+                overall: overall.clone(),
+                windows: vec![overall.clone()],
+                seconds: vec![overall],
+                sent,
+                non_2xx,
+                client_errors: 1,
+                timeouts: 0,
+                sent_per_second: vec![sent],
+                failed_per_second: vec![non_2xx + 1],
+                sent_per_window: vec![sent],
+                failed_per_window: vec![non_2xx + 1],
+                mean_send_lateness_us: 0.0,
+            },
+            seconds: 1.0,
+            pods: vec![PodOutcome {
+                name: "p-0".to_owned(),
+                share: 1.0,
+                utilization: 0.1,
+                final_weight: 1,
+                error_ratio: pod_errors,
+            }],
+            fleet_cpu: 1.0,
+            process_cpu: ProcessCpu::default(),
+            event: None,
+        }
+    }
+
+    #[test]
+    fn error_rates_show_beside_p99_with_their_ratio_to_least_request() {
+        let text = render_markdown(&[
+            outcome("least_request", 1000, 80, 0.08),
+            outcome("eds_capacity_latency", 1000, 4, 0.004),
+        ]);
+        assert!(
+            text.contains("| least_request | 5.00 | 5.00 | 5.00 | 8.00% | 1 / 0 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 0.400% | 1 / 0 | 5.00 | 1.00 | 0.050 |"),
+            "{text}"
+        );
+        assert!(text.contains("/ 8% err |"), "{text}");
+        assert!(text.contains("| window (errors %) |"), "{text}");
+        assert!(text.contains("| 0 | 8.10% | 0.500% |"), "{text}");
     }
 
     #[test]

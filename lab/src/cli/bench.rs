@@ -507,19 +507,34 @@ async fn envoy_weights(admin_port: u16) -> Option<BTreeMap<u16, u64>> {
         .collect()
 }
 
-/// Sum of a counter per pod, read from every pod's `/metrics`.
-async fn fleet_counters(
-    ports: &[u16],
-) -> anyhow::Result<(BTreeMap<String, f64>, BTreeMap<String, f64>)> {
-    let (mut requests, mut cpu) = (BTreeMap::new(), BTreeMap::new());
+/// The emulator's own counters per pod, read from every pod's `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Answered requests, every status code summed.
+    requests: BTreeMap<String, f64>,
+    /// Requests answered with an error.
+    errors: BTreeMap<String, f64>,
+    /// Busy slot-seconds.
+    cpu: BTreeMap<String, f64>,
+}
+
+async fn fleet_counters(ports: &[u16]) -> anyhow::Result<Counters> {
+    let mut counters = Counters::default();
     for port in ports {
         let page = get_ok(&format!("http://127.0.0.1:{port}/metrics"))
             .await
             .with_context(|| format!("reading the metrics of pod port {port}"))?;
-        requests.extend(counter_by_pod(&page, "emulator_requests_total"));
-        cpu.extend(counter_by_pod(&page, "container_cpu_usage_seconds_total"));
+        counters
+            .requests
+            .extend(counter_by_pod(&page, "emulator_requests_total"));
+        counters
+            .errors
+            .extend(counter_by_pod(&page, "emulator_request_errors_total"));
+        counters
+            .cpu
+            .extend(counter_by_pod(&page, "container_cpu_usage_seconds_total"));
     }
-    Ok((requests, cpu))
+    Ok(counters)
 }
 
 /// CPU seconds of each process, in `ProcessCpu` field order.
@@ -604,7 +619,7 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
         load,
         seconds: context.plan.measure.as_secs_f64(),
         pods: pod_outcomes(context, &before, &after, &weights, seconds),
-        fleet_cpu: sum_delta(&before.1, &after.1) / seconds,
+        fleet_cpu: sum_delta(&before.cpu, &after.cpu) / seconds,
         process_cpu: ProcessCpu {
             envoy: cores[0],
             load_generator: cores[1],
@@ -622,8 +637,6 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
     })
 }
 
-type Counters = (BTreeMap<String, f64>, BTreeMap<String, f64>);
-
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, pod: &str) -> f64 {
     after.get(pod).copied().unwrap_or(0.0) - before.get(pod).copied().unwrap_or(0.0)
 }
@@ -639,15 +652,17 @@ fn pod_outcomes(
     weights: &BTreeMap<u16, u64>,
     seconds: f64,
 ) -> Vec<PodOutcome> {
-    let total = sum_delta(&before.0, &after.0).max(1.0);
+    let total = sum_delta(&before.requests, &after.requests).max(1.0);
     context
         .pods
         .iter()
         .zip(&context.ports)
         .map(|(pod, port)| PodOutcome {
             name: pod.name.clone(),
-            share: delta(&before.0, &after.0, &pod.name) / total,
-            utilization: delta(&before.1, &after.1, &pod.name) / seconds / f64::from(pod.cores),
+            share: delta(&before.requests, &after.requests, &pod.name) / total,
+            utilization: delta(&before.cpu, &after.cpu, &pod.name) / seconds / f64::from(pod.cores),
+            error_ratio: delta(&before.errors, &after.errors, &pod.name)
+                / delta(&before.requests, &after.requests, &pod.name).max(1.0),
             final_weight: weights.get(port).copied().unwrap_or(0),
         })
         .collect()

@@ -78,6 +78,19 @@ pub struct SimulateArgs {
     /// Engine `probe_share` for the engine providers (default: the engine's own default).
     #[arg(long)]
     probe_share: Option<f64>,
+    /// Whether the engine providers see each endpoint's error rate (as an `error_query` or
+    /// load reports give it) or CPU and request rates only.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    error_signal: Switch,
+}
+
+/// A flag that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 fn provider(
@@ -94,7 +107,10 @@ fn provider(
             probe_share: args.probe_share.unwrap_or(defaults.probe_share),
             ..defaults
         };
-        Box::new(EngineWeights::new(fleet.pods().len(), params, sample_age))
+        Box::new(
+            EngineWeights::new(fleet.pods().len(), params, sample_age)
+                .with_error_signal(args.error_signal == Switch::On),
+        )
     };
     match weights {
         Weights::Distance => (engine(Algorithm::Distance, Objective::Latency), "distance"),

@@ -10,14 +10,15 @@ use std::time::Duration;
 /// code as `adaptive-eds serve`.
 ///
 /// Each simulated endpoint becomes a loopback `Endpoint` (one port per endpoint) whose CPU,
-/// request rate and CPU limit (its cores) are readings as old as the simulator's metrics
-/// delay. The engine's memory is carried from tick to tick as the server does.
+/// request rate (errors included), CPU limit (its cores) and, when asked for, error rate are
+/// readings as old as the simulator's metrics delay. The engine's memory is carried from tick to tick as the server does.
 #[derive(Debug, Clone)]
 pub struct EngineWeights {
     endpoints: Vec<Endpoint>,
     params: Params,
     memory: ClusterMemory,
     sample_age: Duration,
+    error_signal: bool,
     history: Vec<Vec<u32>>,
 }
 
@@ -42,8 +43,17 @@ impl EngineWeights {
             params,
             memory: ClusterMemory::default(),
             sample_age,
+            error_signal: false,
             history: Vec::new(),
         }
+    }
+
+    /// With `true`, each endpoint's load also carries its error rate (requests per second
+    /// answered with an error), as a PromQL `error_query` or load reports give it; without,
+    /// the engine sees CPU and request rates only, which a fast-failing pod makes look cheap.
+    pub fn with_error_signal(mut self, error_signal: bool) -> Self {
+        self.error_signal = error_signal;
+        self
     }
 
     /// The weights served after each tick so far, oldest first (for settling checks).
@@ -62,6 +72,10 @@ impl EngineWeights {
             cpu: reading(sample.cpu_cores),
             rps: reading(sample.requests_per_second),
             cpu_limit: reading(f64::from(sample.cores)),
+            errors: self
+                .error_signal
+                .then(|| reading(sample.errors_per_second))
+                .flatten(),
             ..EndpointLoad::default()
         }
     }
