@@ -202,3 +202,160 @@ proptest! {
         }
     }
 }
+
+mod load_reports {
+    //! LRS: the request decoder never panics on arbitrary or corrupted bytes, and arbitrary
+    //! reports (any interval, any counters, any metric values, any addresses) never panic the
+    //! aggregation nor publish a NaN, negative or infinite figure.
+
+    use std::time::{Duration, Instant, SystemTime};
+
+    use adaptive_eds::{
+        lrs::{aggregate::LoadReports, wire::decode_report},
+        metrics::SampleTable,
+        snapshot::SnapshotStore,
+        telemetry::Metrics,
+    };
+    use envoy_types::pb::{
+        envoy::{
+            config::{
+                core::v3::{address, socket_address::PortSpecifier, Address, Node, SocketAddress},
+                endpoint::v3::{
+                    ClusterStats, EndpointLoadMetricStats, UpstreamEndpointStats,
+                    UpstreamLocalityStats,
+                },
+            },
+            service::load_stats::v3::LoadStatsRequest,
+        },
+        google::protobuf,
+    };
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn counter() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..200, any::<u64>()]
+    }
+
+    fn endpoint_stats() -> impl Strategy<Value = UpstreamEndpointStats> {
+        (
+            prop_oneof![
+                Just("10.0.0.1".to_string()),
+                Just("10.0.0.2".to_string()),
+                "\\PC{0,12}"
+            ],
+            prop_oneof![Just(80u32), any::<u32>()],
+            (counter(), counter(), counter(), counter()),
+            proptest::option::of((counter(), any::<f64>())),
+        )
+            .prop_map(|(ip, port, (success, error, issued, in_progress), cpu)| {
+                UpstreamEndpointStats {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: ip,
+                            port_specifier: Some(PortSpecifier::PortValue(port)),
+                            ..Default::default()
+                        })),
+                    }),
+                    total_successful_requests: success,
+                    total_error_requests: error,
+                    total_issued_requests: issued,
+                    total_requests_in_progress: in_progress,
+                    load_metric_stats: cpu
+                        .map(|(requests, total)| EndpointLoadMetricStats {
+                            metric_name: "cpu_utilization".into(),
+                            num_requests_finished_with_metric: requests,
+                            total_metric_value: total,
+                        })
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }
+            })
+    }
+
+    fn cluster_stats() -> impl Strategy<Value = ClusterStats> {
+        (
+            prop_oneof![Just("c0"), Just("c1"), Just("other")],
+            proptest::option::of((
+                prop_oneof![0i64..3, any::<i64>()],
+                prop_oneof![0i32..1_000_000_000, any::<i32>()],
+            )),
+            proptest::collection::vec(endpoint_stats(), 0..4),
+        )
+            .prop_map(|(name, interval, endpoints)| ClusterStats {
+                cluster_name: name.into(),
+                load_report_interval: interval
+                    .map(|(seconds, nanos)| protobuf::Duration { seconds, nanos }),
+                upstream_locality_stats: vec![UpstreamLocalityStats {
+                    upstream_endpoint_stats: endpoints,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), first in any::<bool>()) {
+            let _ = decode_report(bytes.as_slice(), first);
+        }
+
+        #[test]
+        fn decoding_corrupted_reports_never_panics(
+            stats in proptest::collection::vec(cluster_stats(), 0..3),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        ) {
+            let request = LoadStatsRequest {
+                node: Some(Node { id: "envoy".into(), ..Default::default() }),
+                cluster_stats: stats.clone(),
+            };
+            let mut bytes = request.encode_to_vec();
+            let decoded = decode_report(bytes.as_slice(), false).expect("valid bytes decode");
+            prop_assert_eq!(decoded.cluster_stats, stats);
+            for (index, value) in flips {
+                if !bytes.is_empty() {
+                    let at = index.index(bytes.len());
+                    bytes[at] ^= value;
+                }
+            }
+            let _ = decode_report(bytes.as_slice(), true);
+            let _ = decode_report(bytes.as_slice(), false);
+        }
+
+        #[test]
+        fn arbitrary_reports_never_panic_nor_publish_garbage(
+            reports in proptest::collection::vec((0u8..3, 0u64..4000, proptest::collection::vec(cluster_stats(), 0..3)), 1..20),
+        ) {
+            let store = SnapshotStore::new();
+            store.publish(super::snapshot(&[(0, 1)]));
+            let table = SampleTable::default();
+            let aggregate = LoadReports::new(store, table.clone(), Metrics::default(), Duration::from_secs(1));
+            let mut streams: Vec<_> = (0..3).map(|id| Some(aggregate.open_stream(id))).collect();
+            let start = Instant::now();
+            let mut now = start;
+            for (stream, advance_ms, stats) in reports {
+                now += Duration::from_millis(advance_ms);
+                if let Some(handle) = &streams[usize::from(stream)] {
+                    handle.record(&stats, now, SystemTime::now());
+                }
+                if advance_ms > 3000 {
+                    // Now and then a stream goes away.
+                    streams[usize::from(stream)] = None;
+                }
+                aggregate.publish(now);
+                for (_, endpoints) in aggregate.figures(now).values() {
+                    for figures in endpoints.values() {
+                        for value in [figures.rps, figures.errors, figures.in_flight]
+                            .into_iter()
+                            .chain(figures.latency)
+                            .chain(figures.cpu)
+                        {
+                            prop_assert!(value.is_finite() && value >= 0.0, "{:?}", figures);
+                        }
+                        prop_assert!(figures.errors <= figures.rps + 1e-9, "{:?}", figures);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -18,7 +18,8 @@ use adaptive_eds::inspect::pb::{inspect_client::InspectClient, GetClusterRequest
 use support::{http_get, spawn_server, wait_for, wait_ready, Envoy, Server};
 
 /// Test backends on loopback: each answers `/` after `delay`; a failing one answers every
-/// `fail_every`-th request with 503 (after the same delay, so in-flight counts stay simple).
+/// `fail_every`-th request with 503 (after the same delay, so in-flight counts stay simple); one
+/// with a CPU figure sends it as ORCA (`endpoint-load-metrics: TEXT cpu_utilization=...`).
 struct Backends {
     ports: Vec<u16>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -26,9 +27,17 @@ struct Backends {
 
 impl Backends {
     async fn start(specs: &[(Duration, Option<u64>)]) -> Self {
+        let specs: Vec<_> = specs
+            .iter()
+            .map(|&(delay, fail_every)| (delay, fail_every, None))
+            .collect();
+        Self::start_with_cpu(&specs).await
+    }
+
+    async fn start_with_cpu(specs: &[(Duration, Option<u64>, Option<f64>)]) -> Self {
         let mut ports = Vec::new();
         let mut tasks = Vec::new();
-        for &(delay, fail_every) in specs {
+        for &(delay, fail_every, cpu) in specs {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind backend");
@@ -41,12 +50,16 @@ impl Backends {
                     async move {
                         tokio::time::sleep(delay).await;
                         let count = served.fetch_add(1, Ordering::Relaxed) + 1;
-                        match fail_every {
+                        let status = match fail_every {
                             Some(every) if count.is_multiple_of(every) => {
-                                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "failing")
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE
                             }
-                            _ => (axum::http::StatusCode::OK, "ok"),
-                        }
+                            _ => axum::http::StatusCode::OK,
+                        };
+                        let orca = cpu
+                            .map(|cpu| format!("TEXT cpu_utilization={cpu}"))
+                            .unwrap_or_default();
+                        (status, [("endpoint-load-metrics", orca)], "ok")
                     }
                 }),
             );
@@ -602,4 +615,272 @@ fn istio_bootstrap_override_matches_the_tested_bootstrap() {
         .iter()
         .any(|tested| tested["name"] == cluster["name"]
             && tested["typed_extension_protocol_options"].is_object()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orca_cpu_from_the_backends_reaches_the_weighting() {
+    let delay = Duration::from_millis(10);
+    let backends =
+        Backends::start_with_cpu(&[(delay, None, Some(0.25)), (delay, None, Some(0.75))]).await;
+    let endpoints = backends.endpoints();
+    let server = Server::start(&config("checkout", &endpoints)).await;
+    // The cluster asks Envoy to put the backends' ORCA cpu_utilization into its load reports.
+    let envoy = Envoy::start_with(
+        "ads-sotw.yaml",
+        server.xds_port,
+        &[(
+            "  - name: checkout\n    type: EDS\n",
+            "  - name: checkout\n    type: EDS\n    lrs_report_endpoint_metrics: [cpu_utilization]\n",
+        )],
+    )
+    .await;
+    let expected: Vec<(&str, u64)> = endpoints
+        .iter()
+        .map(|endpoint| (endpoint.as_str(), 100))
+        .collect();
+    envoy
+        .wait_for_hosts("checkout", &expected, Duration::from_secs(20))
+        .await;
+    let traffic = Traffic::start(envoy.listener_port, 2, Duration::from_secs(40));
+    wait_reporting(&server, "checkout", &endpoints).await;
+    let inspect = InspectClient::connect(server.xds_url())
+        .await
+        .expect("Inspect");
+    let cpus = wait_for(Duration::from_secs(15), "ORCA CPU in Inspect", || {
+        let mut inspect = inspect.clone();
+        async move {
+            let cluster = inspect
+                .get_cluster(GetClusterRequest {
+                    name: "checkout".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            cluster
+                .endpoints
+                .iter()
+                .map(|endpoint| Some((endpoint.cpu_cores?, endpoint.utilization?)))
+                .collect::<Option<Vec<_>>>()
+        }
+    })
+    .await;
+    traffic.stop().await;
+    // Every request carried the same value, so the mean per request is that value; the limit
+    // published with it is 1.0, so utilization equals it.
+    for ((cpu, utilization), expected) in cpus.iter().zip([0.25, 0.75]) {
+        assert!((cpu - expected).abs() < 1e-6, "{cpus:?}");
+        assert!((utilization - expected).abs() < 1e-6, "{cpus:?}");
+    }
+}
+
+/// A Node like Envoy 1.40's: its id, features and ~700 extensions, about 61 KB encoded.
+fn big_node(id: &str) -> envoy_types::pb::envoy::config::core::v3::Node {
+    use envoy_types::pb::envoy::config::core::v3::{BuildVersion, Extension, Node};
+    use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
+    Node {
+        id: id.into(),
+        cluster: "demo".into(),
+        user_agent_name: "envoy".into(),
+        client_features: vec![
+            "envoy.lb.does_not_support_overprovisioning".into(),
+            "envoy.lrs.supports_send_all_clusters".into(),
+        ],
+        extensions: (0..700)
+            .map(|index| Extension {
+                name: format!("envoy.filters.http.extension_number_{index}"),
+                category: "envoy.filters.http".into(),
+                type_urls: vec![format!(
+                    "type.googleapis.com/envoy.extensions.filters.http.extension_{index}.v3.Config"
+                )],
+                version: Some(BuildVersion {
+                    version: Some(SemanticVersion {
+                        major_number: 1,
+                        minor_number: 40,
+                        patch: 0,
+                    }),
+                    metadata: None,
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Sends raw bytes as gRPC messages and reads raw replies (to send what no client would).
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let remaining = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, remaining).to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_flooding_or_broken_reporters_never_hold_up_eds() {
+    use envoy_types::pb::envoy::service::{
+        discovery::v3::{
+            aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest,
+        },
+        load_stats::v3::{
+            load_reporting_service_client::LoadReportingServiceClient, LoadStatsRequest,
+        },
+    };
+    use prost::Message;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let one = vec!["10.0.0.1:8080".to_string()];
+    let two = vec!["10.0.0.1:8080".to_string(), "10.0.0.2:8080".to_string()];
+    let server = support::InProcess::start(&config("checkout", &one)).await;
+    let channel = server.channel().await;
+    let report = |id: &str, node: bool| LoadStatsRequest {
+        node: node.then(|| big_node(id)),
+        cluster_stats: vec![envoy_types::pb::envoy::config::endpoint::v3::ClusterStats {
+            cluster_name: "checkout".into(),
+            load_report_interval: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }],
+    };
+    assert!(report("x", true).encoded_len() > 60_000);
+
+    // Twenty reporters that send their first report and then never read our answers.
+    let mut stalled = Vec::new();
+    for index in 0..20 {
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        sender
+            .send(report(&format!("stalled-{index}"), true))
+            .await
+            .expect("queue");
+        let mut client = LoadReportingServiceClient::new(channel.clone());
+        let response = client
+            .stream_load_stats(ReceiverStream::new(receiver))
+            .await
+            .expect("stream opens");
+        stalled.push((sender, response));
+    }
+    // One that floods: 300 full-size reports as fast as it can, for at most 20 s.
+    let flood = {
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let (sender, receiver) = tokio::sync::mpsc::channel(8);
+            let mut client = LoadReportingServiceClient::new(channel);
+            let response = client.stream_load_stats(ReceiverStream::new(receiver));
+            let send = async {
+                for index in 0..300 {
+                    if sender.send(report("flood", true)).await.is_err() || index == 299 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(20), async {
+                tokio::join!(response, send)
+            })
+            .await;
+        })
+    };
+    // One that sends garbage: refused with INVALID_ARGUMENT and counted.
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.expect("ready");
+    let garbage = raw
+        .streaming(
+            tonic::Request::new(futures::stream::iter(vec![vec![0x12, 0x05, 0x0a]])),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats",
+            ),
+            RawCodec,
+        )
+        .await;
+    let code = match garbage {
+        Err(status) => status.code(),
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+                Ok(Err(status)) => status.code(),
+                other => panic!("garbage was not refused: {other:?}"),
+            }
+        }
+    };
+    assert_eq!(code, tonic::Code::InvalidArgument);
+
+    // Meanwhile EDS serves: a subscriber gets the assignment, and the change that follows.
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let mut ads = AggregatedDiscoveryServiceClient::new(channel.clone());
+    let mut responses = ads
+        .stream_aggregated_resources(ReceiverStream::new(receiver))
+        .await
+        .expect("ADS opens")
+        .into_inner();
+    sender
+        .send(DiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+            resource_names: vec!["checkout".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe");
+    let first = tokio::time::timeout(Duration::from_secs(2), responses.message())
+        .await
+        .expect("EDS answers in time")
+        .expect("no error")
+        .expect("open");
+    let changed = Instant::now();
+    server.rewrite(&config("checkout", &two));
+    let second = tokio::time::timeout(Duration::from_secs(3), responses.message())
+        .await
+        .expect("the change arrives in time")
+        .expect("no error")
+        .expect("open");
+    assert_ne!(first.version_info, second.version_info);
+    eprintln!(
+        "EDS change served in {:?} with 20 stalled LRS streams and one flooding",
+        changed.elapsed()
+    );
+    let (_, metrics) = http_get(&format!("{}/metrics", server.admin_url))
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("adaptive_eds_lrs_reports_total{result=\"malformed\"} 1"),
+        "{metrics}"
+    );
+    // Close every client connection so the server's graceful stop need not wait for them.
+    drop((stalled, sender, responses, ads, raw, channel));
+    flood.abort();
+    let _ = flood.await;
+    server.stop().await;
 }

@@ -1,0 +1,168 @@
+//! Parse cost of one LRS report with Envoy 1.40's ~61 KB Node: our decoder (node read on a
+//! stream's first message only, skipped after) against the generated `LoadStatsRequest`, and the
+//! aggregation of one decoded report.
+//!
+//! `cargo bench --bench lrs` (release). Under `cargo test --all-targets` each case runs once.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use adaptive_eds::{
+    lrs::{aggregate::LoadReports, wire::decode_report},
+    metrics::SampleTable,
+    model::{Endpoint, HealthStatus, Locality},
+    snapshot::{ClusterResource, ServedEndpoint, Snapshot, SnapshotStore},
+    telemetry::Metrics,
+};
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            core::v3::{
+                address, socket_address::PortSpecifier, Address, BuildVersion, Extension, Node,
+                SocketAddress,
+            },
+            endpoint::v3::{ClusterStats, UpstreamEndpointStats, UpstreamLocalityStats},
+        },
+        r#type::v3::SemanticVersion,
+        service::load_stats::v3::LoadStatsRequest,
+    },
+    google::protobuf,
+};
+use prost::Message;
+
+/// Endpoints per reported cluster.
+const ENDPOINTS: usize = 10;
+
+fn main() {
+    divan::main();
+}
+
+/// A Node like Envoy 1.40's: id, features and ~700 extensions (about 61 KB encoded).
+fn node() -> Node {
+    Node {
+        id: "sidecar~10.0.0.9~frontend-6c4b9d7f8-x2x7q.shop~shop.svc.cluster.local".into(),
+        cluster: "frontend.shop".into(),
+        user_agent_name: "envoy".into(),
+        client_features: vec![
+            "envoy.lb.does_not_support_overprovisioning".into(),
+            "envoy.lrs.supports_send_all_clusters".into(),
+        ],
+        extensions: (0..700)
+            .map(|index| Extension {
+                name: format!("envoy.filters.http.extension_number_{index}"),
+                category: "envoy.filters.http".into(),
+                type_urls: vec![format!(
+                    "type.googleapis.com/envoy.extensions.filters.http.extension_{index}.v3.Config"
+                )],
+                version: Some(BuildVersion {
+                    version: Some(SemanticVersion {
+                        major_number: 1,
+                        minor_number: 40,
+                        patch: 0,
+                    }),
+                    metadata: None,
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn cluster_stats() -> ClusterStats {
+    ClusterStats {
+        cluster_name: "checkout".into(),
+        load_report_interval: Some(protobuf::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        upstream_locality_stats: vec![UpstreamLocalityStats {
+            upstream_endpoint_stats: (0..ENDPOINTS)
+                .map(|index| UpstreamEndpointStats {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: format!("10.0.0.{}", index + 1),
+                            port_specifier: Some(PortSpecifier::PortValue(8080)),
+                            ..Default::default()
+                        })),
+                    }),
+                    total_successful_requests: 95,
+                    total_error_requests: 5,
+                    total_issued_requests: 100,
+                    total_requests_in_progress: 3,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn report() -> Vec<u8> {
+    LoadStatsRequest {
+        node: Some(node()),
+        cluster_stats: vec![cluster_stats()],
+    }
+    .encode_to_vec()
+}
+
+/// Every report after a stream's first: the node is skipped.
+#[divan::bench]
+fn decode_later_report(bencher: divan::Bencher) {
+    let bytes = report();
+    bencher
+        .counter(divan::counter::BytesCount::new(bytes.len()))
+        .bench(|| decode_report(divan::black_box(bytes.as_slice()), false));
+}
+
+/// A stream's first report: the node's identity is read, its extensions skipped.
+#[divan::bench]
+fn decode_first_report(bencher: divan::Bencher) {
+    let bytes = report();
+    bencher.bench(|| decode_report(divan::black_box(bytes.as_slice()), true));
+}
+
+/// What decoding with the generated message would cost (every report).
+#[divan::bench]
+fn decode_generated_message(bencher: divan::Bencher) {
+    let bytes = report();
+    bencher.bench(|| LoadStatsRequest::decode(divan::black_box(bytes.as_slice())));
+}
+
+/// Recording one decoded report into a stream's window.
+#[divan::bench]
+fn record_report(bencher: divan::Bencher) {
+    let store = SnapshotStore::new();
+    let served = (0..ENDPOINTS)
+        .map(|index| ServedEndpoint {
+            endpoint: std::sync::Arc::new(Endpoint {
+                address: format!("10.0.0.{}", index + 1).parse().expect("ip"),
+                port: 8080,
+                configured_weight: None,
+                pod: None,
+                locality: Locality::default(),
+                health: HealthStatus::Healthy,
+            }),
+            weight: 100,
+            reason: Default::default(),
+        })
+        .collect();
+    let clusters = [(
+        "checkout".to_string(),
+        std::sync::Arc::new(ClusterResource::build("checkout", served)),
+    )]
+    .into_iter()
+    .collect();
+    store.publish(Snapshot::new(clusters));
+    let reports = LoadReports::new(
+        store,
+        SampleTable::default(),
+        Metrics::default(),
+        Duration::from_secs(1),
+    );
+    let stream = reports.open_stream(1);
+    let stats = vec![cluster_stats()];
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    bencher.bench_local(|| stream.record(divan::black_box(&stats), now, wall));
+}
