@@ -85,19 +85,39 @@ fn static_endpoints(ports: &[u16]) -> String {
     )
 }
 
+/// What Envoy sends back to adaptive-eds besides its ADS requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnvoyReports {
+    /// Nothing: metrics reach the server another way.
+    #[default]
+    None,
+    /// Load reports (LRS) to the xDS server every interval it asks for; with `orca`, the
+    /// backends' ORCA `cpu_utilization` rides along per endpoint.
+    LoadReports {
+        /// Forward ORCA `cpu_utilization` (`lrs_report_endpoint_metrics`).
+        orca: bool,
+    },
+}
+
 /// Envoy bootstrap: one listener on `listener_port` routing to the fleet cluster, with STATIC
-/// endpoints for the Envoy-only policies or EDS over ADS from `xds_port` for ours.
+/// endpoints for the Envoy-only policies or EDS over ADS from `xds_port` for ours, and load
+/// reports to the same server when asked for.
 pub fn envoy_bootstrap(
     policy: BenchPolicy,
     admin_port: u16,
     listener_port: u16,
     xds_port: Option<u16>,
     ports: &[u16],
+    reports: EnvoyReports,
 ) -> String {
     let mut text = format!(
         "node: {{ id: lab-bench, cluster: lab }}\n\
 admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}\n"
     );
+    let load_reports = xds_port.is_some() && matches!(reports, EnvoyReports::LoadReports { .. });
+    if load_reports {
+        text.push_str("cluster_manager:\n  load_stats_config:\n    api_type: GRPC\n    transport_api_version: V3\n    grpc_services: [{ envoy_grpc: { cluster_name: adaptive_eds } }]\n");
+    }
     if xds_port.is_some() {
         text.push_str("dynamic_resources:\n  ads_config:\n    api_type: GRPC\n    transport_api_version: V3\n    set_node_on_first_message_only: true\n    grpc_services: [{ envoy_grpc: { cluster_name: adaptive_eds } }]\n");
     }
@@ -108,6 +128,9 @@ admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_
         text.push_str(&format!("  - name: adaptive_eds\n    type: STATIC\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ http2_protocol_options: {{}} }}\n    load_assignment:\n      cluster_name: adaptive_eds\n      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }} }} }} }}] }}]\n"));
     }
     text.push_str(&format!("  - name: {CLUSTER}\n    connect_timeout: 1s\n"));
+    if load_reports && reports == (EnvoyReports::LoadReports { orca: true }) {
+        text.push_str("    lrs_report_endpoint_metrics: [cpu_utilization]\n");
+    }
     text.push_str(&cluster_lb(policy));
     match xds_port {
         Some(_) => text.push_str("    type: EDS\n    eds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3 } }\n"),
@@ -140,15 +163,53 @@ pub enum MetricsPath {
     /// vmagent scrapes the pods every second and remote-writes to adaptive-eds, which computes
     /// the rates itself and reads the CPU limits from the limit gauge (no query, no store).
     Stream,
+    /// Envoy's load reports (LRS) every second only, ORCA CPU riding along: no metrics store.
+    Lrs,
+    /// The PromQL pull and load reports together.
+    #[value(name = "pull+lrs")]
+    PullLrs,
+    /// Remote-write and load reports together.
+    #[value(name = "stream+lrs")]
+    StreamLrs,
+}
+
+impl MetricsPath {
+    /// The server pulls from VictoriaMetrics.
+    pub fn pulls(self) -> bool {
+        matches!(self, Self::Pull | Self::PullLrs)
+    }
+
+    /// vmagent remote-writes to the server.
+    pub fn streams(self) -> bool {
+        matches!(self, Self::Stream | Self::StreamLrs)
+    }
+
+    /// Envoy sends load reports to the server.
+    pub fn load_reports(self) -> bool {
+        matches!(self, Self::Lrs | Self::PullLrs | Self::StreamLrs)
+    }
+
+    /// Name used in reports and results folders.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pull => "pull",
+            Self::Stream => "stream",
+            Self::Lrs => "lrs",
+            Self::PullLrs => "pull+lrs",
+            Self::StreamLrs => "stream+lrs",
+        }
+    }
 }
 
 /// Where adaptive-eds gets its metrics from, for its config.
-#[derive(Debug, Clone, Copy)]
-pub enum MetricsSource<'a> {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsSource<'a> {
     /// PromQL against this VictoriaMetrics base URL.
-    Pull(&'a str),
+    pub pull: Option<&'a str>,
     /// Remote-write from vmagent (limits from the pods' `kube_pod_container_resource_limits`).
-    Stream,
+    pub stream: bool,
+    /// Envoy's load reports, every `load_report_interval` seconds.
+    pub load_reports: bool,
 }
 
 /// What the adaptive-eds config of a run is made of.
@@ -172,6 +233,9 @@ pub struct ServerSettings<'a> {
     pub probe_share: Option<f64>,
     /// Window of the counter rates (PromQL `rate(...[N])` or remote-write `rate_window`), seconds.
     pub rate_window: u64,
+    /// Give the pulled or streamed source an error signal (`error_query`, `error_labels`);
+    /// load reports always carry errors.
+    pub error_signal: bool,
 }
 
 /// adaptive-eds config: one cluster of the fleet's pods, PromQL pull from VictoriaMetrics.
@@ -186,18 +250,35 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         metrics,
         probe_share,
         rate_window,
+        error_signal,
     } = *settings;
     let (algorithm, objective) = policy.weighting().unwrap_or(("static", "latency"));
     let container = pods.first().map_or("app", |pod| pod.container.as_str());
-    let source = match metrics {
-        MetricsSource::Pull(victoria_url) => format!(
+    let mut source = String::new();
+    if let Some(victoria_url) = metrics.pull {
+        // The rps query sums every status code: `rps` counts all completed requests and the
+        // errors are a part of it.
+        source.push_str(&format!(
                 "  prometheus:\n    url: {victoria_url}\n    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace=\"${{namespace}}\",container=\"${{container}}\"}}[{rate_window}s])) by (pod)'\n    rps_query: 'sum(rate(emulator_requests_total{{namespace=\"${{namespace}}\"}}[{rate_window}s])) by (pod)'\n    cpu_limit_query: '{limits}'\n    timeout: 1s\n",
             limits = cpu_limit_query(pods),
-        ),
-        MetricsSource::Stream => format!(
+        ));
+        if error_signal {
+            source.push_str(&format!(
+                "    error_query: 'sum(rate(emulator_requests_total{{namespace=\"${{namespace}}\",code=~\"5..\"}}[{rate_window}s])) by (pod)'\n"
+            ));
+        }
+    }
+    if metrics.stream {
+        source.push_str(&format!(
                 "  remote_write:\n    enabled: true\n    rps_metric: emulator_requests_total\n    cpu_limit_metric: kube_pod_container_resource_limits\n    rate_window: {rate_window}s\n    match_labels: {{ namespace: {namespace} }}\n"
-        ),
-    };
+        ));
+        if error_signal {
+            source.push_str("    error_labels: { code: \"5..\" }\n");
+        }
+    }
+    if metrics.load_reports {
+        source.push_str("  load_reports: { enabled: true, interval: 1s }\n");
+    }
     let mut text = format!(
         "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
         probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
@@ -262,10 +343,85 @@ mod tests {
 
     #[test]
     fn bootstraps_name_the_policy() {
-        let text = envoy_bootstrap(BenchPolicy::Cswrr, 1, 2, None, &[3, 4]);
+        let none = EnvoyReports::None;
+        let text = envoy_bootstrap(BenchPolicy::Cswrr, 1, 2, None, &[3, 4], none);
         assert!(text.contains("client_side_weighted_round_robin"));
         assert!(text.contains("port_value: 4"));
-        let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 1, 2, Some(5), &[3]);
+        let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 1, 2, Some(5), &[3], none);
         assert!(text.contains("type: EDS") && text.contains("LEAST_REQUEST"));
+        assert!(!text.contains("load_stats_config"));
+        let lrs = EnvoyReports::LoadReports { orca: true };
+        let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 1, 2, Some(5), &[3], lrs);
+        assert!(text.contains("load_stats_config"), "{text}");
+        assert!(text.contains("lrs_report_endpoint_metrics: [cpu_utilization]"));
+        // Without our server there is no one to report to.
+        let text = envoy_bootstrap(BenchPolicy::LeastRequest, 1, 2, None, &[3], lrs);
+        assert!(!text.contains("load_stats_config"));
+    }
+
+    fn settings<'a>(
+        pods: &'a [Pod],
+        metrics: MetricsSource<'a>,
+        errors: bool,
+    ) -> ServerSettings<'a> {
+        ServerSettings {
+            policy: BenchPolicy::CapacityLatency,
+            namespace: "lab",
+            pods,
+            ports: &[21001],
+            xds_port: 1,
+            admin_port: 2,
+            metrics,
+            probe_share: None,
+            rate_window: 5,
+            error_signal: errors,
+        }
+    }
+
+    /// Each config the bench writes is one the server accepts, with and without an error signal.
+    #[test]
+    fn server_configs_carry_the_error_signal_and_load_reports_and_parse() {
+        let fleet = crate::fleet::parse_fleet(
+            "namespace: lab\ngroups:\n  - name: p\n    replicas: 1\n    cores: 4\n    service_time: { mean_ms: 2.0, sigma: 0.2 }\n",
+            "test",
+        )
+        .unwrap();
+        let pods = fleet.pods();
+        let sources = [
+            MetricsSource {
+                pull: Some("http://127.0.0.1:9"),
+                ..MetricsSource::default()
+            },
+            MetricsSource {
+                stream: true,
+                ..MetricsSource::default()
+            },
+            MetricsSource {
+                load_reports: true,
+                ..MetricsSource::default()
+            },
+            MetricsSource {
+                pull: Some("http://127.0.0.1:9"),
+                load_reports: true,
+                ..MetricsSource::default()
+            },
+        ];
+        for source in sources {
+            for errors in [true, false] {
+                let text = server_config(&settings(&pods, source, errors));
+                let parsed = adaptive_eds::config::parse(&text);
+                assert!(parsed.is_ok(), "{text}\n{:?}", parsed.err());
+                let has_error_signal =
+                    text.contains("error_query") || text.contains("error_labels");
+                assert_eq!(
+                    has_error_signal,
+                    errors && (source.pull.is_some() || source.stream),
+                    "{text}"
+                );
+                assert_eq!(text.contains("load_reports"), source.load_reports, "{text}");
+            }
+        }
+        let pulled = server_config(&settings(&pods, sources[0], true));
+        assert!(pulled.contains("code=~\"5..\""), "{pulled}");
     }
 }

@@ -1,5 +1,6 @@
 //! `lab bench`: the emulated fleet, VictoriaMetrics, adaptive-eds and a real Envoy, under open-loop load.
 
+use super::Switch;
 use anyhow::{bail, Context};
 use clap::Args;
 use lab::bench::loadgen::{drive, LoadPlan};
@@ -7,8 +8,8 @@ use lab::bench::plot::{series_from_report, write_plots, PlotSeries};
 use lab::bench::process::{cpu_seconds, free_port, get_ok, http, wait_for, Process};
 use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
 use lab::bench::setup::{
-    counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, MetricsPath,
-    MetricsSource, ServerSettings, CLUSTER,
+    counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, EnvoyReports,
+    MetricsPath, MetricsSource, ServerSettings, CLUSTER,
 };
 use lab::fleet::{load_fleet, load_scenario, Action, Fleet, Pod, Scenario};
 use std::collections::BTreeMap;
@@ -55,10 +56,16 @@ pub struct BenchArgs {
     /// adaptive-eds `weighting.probe_share` (default: the server's own default).
     #[arg(long)]
     probe_share: Option<f64>,
-    /// How pod metrics reach adaptive-eds: `pull` (VictoriaMetrics + PromQL) or `stream`
-    /// (vmagent remote-write, CPU limits from the pods' limit gauge).
+    /// How pod metrics reach adaptive-eds: `pull` (VictoriaMetrics + PromQL), `stream`
+    /// (vmagent remote-write, CPU limits from the pods' limit gauge), `lrs` (Envoy's load
+    /// reports every second, ORCA CPU riding along; no metrics store), `pull+lrs`, `stream+lrs`.
     #[arg(long, value_enum, default_value_t = MetricsPath::Pull)]
     metrics: MetricsPath,
+    /// Give the pulled or streamed metrics an error signal (`error_query` on the request
+    /// counter's 5xx codes, or remote-write `error_labels`); `off` measures CPU and request
+    /// rates only. Load reports always carry errors, so `off` needs `pull` or `stream`.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    error_signal: Switch,
     /// Window of the counter rates adaptive-eds reads (whole seconds, at least 2: scrapes are 1 s apart).
     #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
     rate_window: Duration,
@@ -85,6 +92,8 @@ struct RunContext {
     metrics: MetricsPath,
     rate_window: u64,
     time_scale: f64,
+    error_signal: bool,
+    orca: bool,
 }
 
 /// Runs the bench on a two-thread tokio runtime (the machine has two cores).
@@ -123,8 +132,12 @@ fn results_folder(args: &BenchArgs) -> PathBuf {
         name.push('-');
         name.push_str(&stem(scenario));
     }
-    if args.metrics == MetricsPath::Stream {
-        name.push_str("-stream");
+    if args.metrics != MetricsPath::Pull {
+        name.push('-');
+        name.push_str(&args.metrics.name().replace('+', "-"));
+    }
+    if args.error_signal == Switch::Off {
+        name.push_str("-no-error-signal");
     }
     Path::new("lab/results").join(name)
 }
@@ -156,6 +169,11 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
             server.display()
         );
     }
+    if args.error_signal == Switch::Off && args.metrics.load_reports() {
+        bail!(
+            "--error-signal off needs --metrics pull or stream: load reports always carry errors"
+        );
+    }
     if args.rate_window.as_secs() < 2 || args.rate_window.subsec_nanos() != 0 {
         bail!(
             "--rate-window must be whole seconds, at least 2s (scrapes are 1 s apart), not {:?}",
@@ -185,6 +203,8 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         metrics: args.metrics,
         rate_window: args.rate_window.as_secs(),
         time_scale: args.time_scale,
+        error_signal: args.error_signal == Switch::On,
+        orca: fleet.orca,
     })
 }
 
@@ -266,26 +286,48 @@ fn write_report(
         args.seed,
         args.probe_share
             .map_or("default".to_owned(), |share| share.to_string()),
-        match args.metrics {
-            MetricsPath::Pull => format!(
-                "pulled (VictoriaMetrics scrapes every 1 s, PromQL rate over {}s)",
-                args.rate_window.as_secs()
-            ),
-            MetricsPath::Stream => format!(
-                "streamed (vmagent scrapes every 1 s and remote-writes; rates over {}s in the server)",
-                args.rate_window.as_secs()
-            ),
-        },
+        metrics_description(args),
     );
     let path = context.results.join("report.md");
     std::fs::write(&path, header + &render_markdown(outcomes))
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// How the report's header names the metrics path and its error signal.
+fn metrics_description(args: &BenchArgs) -> String {
+    let window = args.rate_window.as_secs();
+    let mut parts = Vec::new();
+    if args.metrics.pulls() {
+        parts.push(format!(
+            "pulled (VictoriaMetrics scrapes every 1 s, PromQL rate over {window}s)"
+        ));
+    }
+    if args.metrics.streams() {
+        parts.push(format!(
+            "streamed (vmagent scrapes every 1 s and remote-writes; rates over {window}s in the server)"
+        ));
+    }
+    if args.metrics.load_reports() {
+        parts.push(
+            "Envoy load reports (LRS every 1 s, ORCA cpu_utilization per endpoint when the fleet sends ORCA)"
+                .to_owned(),
+        );
+    }
+    let errors = match (args.error_signal, args.metrics.load_reports()) {
+        (_, true) => {
+            "errors from the load reports (and the error query / labels of the other source)"
+        }
+        (Switch::On, false) => "error signal on (5xx rate of the request counter)",
+        (Switch::Off, false) => "no error signal (CPU and request rates only)",
+    };
+    format!("{}; {errors}", parts.join(" + "))
+}
+
 /// The processes of one run; dropping it stops them all.
 struct Stack {
     emulator: Process,
-    victoria: Process,
+    /// VictoriaMetrics or vmagent; none when load reports are the only source.
+    victoria: Option<Process>,
     server: Option<Process>,
     server_xds_port: Option<u16>,
     envoy: Process,
@@ -316,20 +358,34 @@ async fn start_stack(
         wait_for(Duration::from_secs(20), &url, || get_ok(&url)).await?;
     }
     // The metrics process: VictoriaMetrics (pull, and the baselines of a stream run, which read
-    // no metrics) or vmagent started once the server it writes to is up (stream).
-    let streamed = context.metrics == MetricsPath::Stream && policy.weighting().is_some();
-    let (victoria, server) = if streamed {
+    // no metrics), vmagent started once the server it writes to is up (stream), or none when
+    // Envoy's load reports are the only source.
+    let ours = policy.weighting().is_some();
+    let (victoria, server) = if ours && context.metrics.streams() {
         let server = start_server(context, policy, directory, None).await?;
         let vmagent = start_vmagent(context, directory, server.2).await?;
-        (vmagent, Some(server))
+        (Some(vmagent), Some(server))
+    } else if context.metrics == MetricsPath::Lrs {
+        let server = if ours {
+            Some(start_server(context, policy, directory, None).await?)
+        } else {
+            None
+        };
+        (None, server)
     } else {
         let victoria = start_victoria(context, directory).await?;
         let port = victoria.1;
-        let server = match policy.weighting() {
-            Some(_) => Some(start_server(context, policy, directory, Some(port)).await?),
-            None => None,
+        let server = if ours {
+            Some(start_server(context, policy, directory, Some(port)).await?)
+        } else {
+            None
         };
-        (victoria.0, server)
+        (Some(victoria.0), server)
+    };
+    let reports = if context.metrics.load_reports() {
+        EnvoyReports::LoadReports { orca: context.orca }
+    } else {
+        EnvoyReports::None
     };
     let (envoy_admin, listener) = (free_port()?, free_port()?);
     let bootstrap = envoy_bootstrap(
@@ -338,6 +394,7 @@ async fn start_stack(
         listener,
         server.as_ref().map(|server| server.1),
         &context.ports,
+        reports,
     );
     let path = directory.join("envoy.yaml");
     std::fs::write(&path, bootstrap).with_context(|| format!("writing {}", path.display()))?;
@@ -437,8 +494,9 @@ async fn start_vmagent(
     Ok(process)
 }
 
-/// Starts adaptive-eds pulling from VictoriaMetrics on `victoria_port`, or taking remote-write
-/// when there is none; returns the process, its xDS port and its admin port.
+/// Starts adaptive-eds pulling from VictoriaMetrics on `victoria_port` and/or taking
+/// remote-write and load reports, as the run's metrics path says; returns the process, its
+/// xDS port and its admin port.
 async fn start_server(
     context: &RunContext,
     policy: BenchPolicy,
@@ -447,9 +505,10 @@ async fn start_server(
 ) -> anyhow::Result<(Process, u16, u16)> {
     let (xds_port, admin_port) = (free_port()?, free_port()?);
     let victoria_url = victoria_port.map(|port| format!("http://127.0.0.1:{port}"));
-    let metrics = match &victoria_url {
-        Some(url) => MetricsSource::Pull(url),
-        None => MetricsSource::Stream,
+    let metrics = MetricsSource {
+        pull: victoria_url.as_deref(),
+        stream: context.metrics.streams(),
+        load_reports: context.metrics.load_reports(),
     };
     let config = server_config(&ServerSettings {
         policy,
@@ -461,6 +520,7 @@ async fn start_server(
         metrics,
         probe_share: context.probe_share,
         rate_window: context.rate_window,
+        error_signal: context.error_signal,
     });
     let path = directory.join("adaptive-eds.yaml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
@@ -544,7 +604,10 @@ fn process_seconds(stack: &Stack) -> [f64; 5] {
         of(stack.envoy.pid()),
         cpu_seconds("self").unwrap_or(0.0),
         of(stack.emulator.pid()),
-        of(stack.victoria.pid()),
+        stack
+            .victoria
+            .as_ref()
+            .map_or(0.0, |victoria| of(victoria.pid())),
         stack.server.as_ref().map_or(0.0, |server| of(server.pid())),
     ]
 }

@@ -4,7 +4,7 @@ mod bench;
 mod emulate;
 mod simulate;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Lab tools for adaptive-eds: emulate a fleet of backends or simulate Envoy balancing.
 #[derive(Debug, Parser)]
@@ -40,4 +40,13 @@ impl Cli {
 /// Parses a human duration such as `60s` or `1m30s` for clap.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, humantime::DurationError> {
     humantime::parse_duration(text)
+}
+
+/// A flag that is on or off (`--error-signal on|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }

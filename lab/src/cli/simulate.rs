@@ -1,5 +1,6 @@
 //! `lab simulate`: run the discrete-event simulator and print a markdown table.
 
+use super::Switch;
 use adaptive_eds::weighting::{Algorithm, Objective, Params};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -82,15 +83,6 @@ pub struct SimulateArgs {
     /// load reports give it) or CPU and request rates only.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     error_signal: Switch,
-}
-
-/// A flag that is on or off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Switch {
-    /// On.
-    On,
-    /// Off.
-    Off,
 }
 
 fn provider(

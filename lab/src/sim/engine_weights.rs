@@ -11,7 +11,8 @@ use std::time::Duration;
 ///
 /// Each simulated endpoint becomes a loopback `Endpoint` (one port per endpoint) whose CPU,
 /// request rate (errors included), CPU limit (its cores) and, when asked for, error rate are
-/// readings as old as the simulator's metrics delay. The engine's memory is carried from tick to tick as the server does.
+/// readings as old as the simulator's metrics delay. The engine's memory is carried from tick
+/// to tick as the server does.
 #[derive(Debug, Clone)]
 pub struct EngineWeights {
     endpoints: Vec<Endpoint>,
