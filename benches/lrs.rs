@@ -36,7 +36,7 @@ fn main() {
     divan::main();
 }
 
-/// A Node like Envoy 1.40's: id, features and ~700 extensions (about 61 KB encoded).
+/// A Node like Envoy 1.40's: id, features and 415 extensions (61 KB encoded, as measured).
 fn node() -> Node {
     Node {
         id: "sidecar~10.0.0.9~frontend-6c4b9d7f8-x2x7q.shop~shop.svc.cluster.local".into(),
@@ -46,7 +46,7 @@ fn node() -> Node {
             "envoy.lb.does_not_support_overprovisioning".into(),
             "envoy.lrs.supports_send_all_clusters".into(),
         ],
-        extensions: (0..700)
+        extensions: (0..415)
             .map(|index| Extension {
                 name: format!("envoy.filters.http.extension_number_{index}"),
                 category: "envoy.filters.http".into(),
