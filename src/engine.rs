@@ -14,8 +14,8 @@ use std::sync::atomic::AtomicU64;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::adaptive::AdaptiveConfig;
-use crate::model::{ClusterUpdate, Endpoint};
 use crate::metrics::SampleTable;
+use crate::model::{ClusterUpdate, Endpoint};
 use crate::snapshot::{
     ClusterExplanation, ClusterResource, EncodedEndpoints, ServedEndpoint, Snapshot, SnapshotStore,
 };
@@ -159,11 +159,13 @@ impl Engine {
         let Some(state) = self.clusters.get_mut(name) else {
             return;
         };
-        let (weights, mode, moved) = if settings.params.algorithm == Algorithm::Static {
-            let weights = weighting::static_weights(&state.endpoints);
-            (weights, ClusterMode::Static, true)
-        } else {
-            let loads = self.table.loads(name, &state.endpoints, wall);
+        let (weights, mode, moved) = {
+            // Static clusters read no samples; weighting decides what static means.
+            let loads = if settings.params.algorithm == Algorithm::Static {
+                Vec::new()
+            } else {
+                self.table.loads(name, &state.endpoints, wall)
+            };
             let output = weighting::compute(
                 &state.endpoints,
                 &loads,

@@ -6,7 +6,7 @@
 //! Left to the planner it would win the traffic, and most requests would fail. Judging the error
 //! ratio first, and planning only the endpoints that pass, keeps that from happening.
 
-use super::adaptive::{bounds, FreshEndpoint};
+use super::plan::{bounds, FreshEndpoint};
 use super::Params;
 
 /// Share of the cluster's traffic each held endpoint keeps, so that its recovery is seen.

@@ -3,25 +3,28 @@
 //! No clock, no I/O, no globals: the same code runs in the server, the tests and the simulator.
 //! Time enters only as values (`now`, sample ages) passed in by the caller.
 
-mod adaptive;
-mod capacity;
+mod algorithms;
 #[cfg(test)]
 mod convergence;
-mod distance;
 mod errors;
+mod limits;
+mod modes;
+mod observe;
 pub mod params;
+mod plan;
 #[cfg(test)]
 mod properties;
 mod reason;
 #[cfg(test)]
 mod testing;
+mod tick;
 
 use std::{borrow::Borrow, collections::BTreeMap, time::Duration};
 
 use crate::model::Endpoint;
 
-pub use adaptive::endpoint_key;
 pub use params::{Algorithm, DistanceParams, Objective, Params};
+pub use plan::endpoint_key;
 pub use reason::Reason;
 
 /// One measured value and how old its sample is.
@@ -191,7 +194,7 @@ pub fn compute<E: Borrow<Endpoint>>(
     params: &Params,
     now: Duration,
 ) -> Output {
-    adaptive::compute(endpoints, loads, memory, params, now)
+    tick::compute(endpoints, loads, memory, params, now)
 }
 
 /// Weight given to every endpoint of a cluster in which no endpoint has a configured weight.

@@ -1,7 +1,7 @@
 //! The published operator's algorithm: move each weight against its CPU's distance from the mean.
 
-use super::{
-    adaptive::{bounds, middle_weight, percentile, to_weight, FreshEndpoint, Planned},
+use crate::weighting::{
+    plan::{bounds, middle_weight, percentile, to_weight, FreshEndpoint, Planned},
     Params, Reason,
 };
 

@@ -1,0 +1,5 @@
+//! The algorithms that plan the fresh endpoints of a cluster: `capacity` and `distance`.
+
+pub(crate) mod capacity;
+pub(crate) mod distance;
+pub(crate) mod placement;

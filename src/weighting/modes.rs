@@ -1,0 +1,286 @@
+//! The weights of each mode: fresh (an algorithm plans, failing pods are held), holding, and equal.
+
+use std::time::Duration;
+
+use super::algorithms::{capacity, distance};
+use super::errors;
+use super::observe::{explained, Observation};
+use super::plan::{middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned};
+use super::{
+    Algorithm, ClusterMemory, ClusterMode, CostBasis, Params, Reason, Weight, WeightSource,
+};
+
+/// The weights of one tick before publishing, with the costs to remember.
+pub(crate) struct Tick {
+    /// One per endpoint.
+    pub(crate) weights: Vec<Weight>,
+    /// Cost to remember, one per endpoint.
+    pub(crate) costs: Vec<Option<Cost>>,
+    /// Unit of the costs, when this tick estimated any.
+    pub(crate) cost_basis: Option<CostBasis>,
+    /// Held as failing, one per endpoint.
+    pub(crate) failing: Vec<bool>,
+}
+
+/// Runs the algorithm on the endpoints with fresh CPU and fills in the others.
+pub(crate) fn fresh_weights(
+    observations: &[Observation],
+    memory: &ClusterMemory,
+    params: &Params,
+    now: Duration,
+) -> Tick {
+    let fresh: Vec<FreshEndpoint> = observations
+        .iter()
+        .filter(|observation| observation.fresh)
+        .map(|observation| FreshEndpoint {
+            cpu: observation.cpu.map_or(0.0, |reading| reading.value),
+            rps: observation
+                .rps
+                .filter(|reading| reading.age <= params.stale_after)
+                .map(|reading| reading.value),
+            limit: observation.limit,
+            previous: observation.remembered.as_ref().map(|memory| memory.weight),
+            cost: observation.remembered.as_ref().and_then(Cost::remembered),
+            ramping: observation.remembered.as_ref().is_some_and(|memory| {
+                !memory.initial && now.saturating_sub(memory.first_seen) <= params.slow_start
+            }),
+            errors: observation
+                .errors
+                .filter(|reading| reading.age <= params.stale_after)
+                .map(|reading| reading.value),
+            failing: observation
+                .remembered
+                .as_ref()
+                .is_some_and(|memory| memory.failing),
+        })
+        .collect();
+    let verdicts = errors::judge(&fresh);
+    let (planned, cost_basis, fill_percentile) = plan_healthy(&fresh, &verdicts, memory, params);
+    let computed: Vec<f64> = planned
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| verdict.is_none())
+        .map(|(plan, _)| f64::from(plan.weight))
+        .collect();
+    let fill = percentile(&computed, fill_percentile)
+        .map_or_else(|| middle_weight(params), |value| to_weight(value, params));
+    let mut planned = planned.into_iter().zip(verdicts);
+    let mut weights = Vec::with_capacity(observations.len());
+    let mut costs = Vec::with_capacity(observations.len());
+    let mut failing = Vec::with_capacity(observations.len());
+    for observation in observations {
+        let remembered_cost = observation.remembered.as_ref().and_then(Cost::remembered);
+        let plan = if observation.fresh {
+            planned.next()
+        } else {
+            None
+        };
+        match plan {
+            Some((plan, verdict)) => {
+                let source = if verdict.is_some() {
+                    WeightSource::Failing
+                } else {
+                    WeightSource::Fresh
+                };
+                let mut reason = plan.reason;
+                if observation.cpu_is_in_flight {
+                    reason.in_flight_load();
+                }
+                weights.push(explained(observation, plan.weight, source, reason));
+                costs.push(plan.cost.or(remembered_cost));
+                failing.push(verdict.is_some());
+            }
+            None => {
+                let reason = fill_in_reason(observation, fill_percentile, params);
+                weights.push(explained(observation, fill, WeightSource::NewPod, reason));
+                costs.push(remembered_cost);
+                // A held endpoint without a fresh sample stays held until one clears it.
+                failing.push(
+                    observation
+                        .remembered
+                        .as_ref()
+                        .is_some_and(|memory| memory.failing),
+                );
+            }
+        }
+    }
+    Tick {
+        weights,
+        costs,
+        cost_basis,
+        failing,
+    }
+}
+
+/// Plans the endpoints that are not failing with the cluster's algorithm, and gives each failing
+/// one its probe weight; index-aligned with `fresh`.
+///
+/// When every endpoint would be held, none is: holding them all changes no share, and the
+/// baseline they are judged against is then their own.
+pub(crate) fn plan_healthy(
+    fresh: &[FreshEndpoint],
+    verdicts: &[Option<errors::Failing>],
+    memory: &ClusterMemory,
+    params: &Params,
+) -> (Vec<Planned>, Option<CostBasis>, f64) {
+    let held = verdicts.iter().filter(|verdict| verdict.is_some()).count();
+    // Borrowed in the usual case (no one held): this runs for every cluster on every tick.
+    let healthy: std::borrow::Cow<'_, [FreshEndpoint]> = if held == 0 || held == fresh.len() {
+        std::borrow::Cow::Borrowed(fresh)
+    } else {
+        fresh
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, verdict)| verdict.is_none())
+            .map(|(endpoint, _)| endpoint.clone())
+            .collect()
+    };
+    // The held endpoints' traffic moves to the others: plan for all of it.
+    let outside_rps: f64 = if healthy.len() == fresh.len() {
+        0.0
+    } else {
+        fresh
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, verdict)| verdict.is_some())
+            .filter_map(|(endpoint, _)| endpoint.rps)
+            .sum()
+    };
+    let (planned, cost_basis, fill_percentile) = match params.algorithm {
+        Algorithm::Distance => (
+            distance::plan(&healthy, params),
+            None,
+            params.distance.new_pod_percentile,
+        ),
+        Algorithm::Capacity | Algorithm::Static => {
+            let (planned, basis) = capacity::plan(&healthy, outside_rps, memory.cost_basis, params);
+            (planned, Some(basis), 50.0)
+        }
+    };
+    if healthy.len() == fresh.len() {
+        return (planned, cost_basis, fill_percentile);
+    }
+    let planned_sum: f64 = planned.iter().map(|plan| f64::from(plan.weight)).sum();
+    let held_weight = errors::held_weight(planned_sum, held, params);
+    let mut planned = planned.into_iter();
+    let all = fresh
+        .iter()
+        .zip(verdicts)
+        .map(|(endpoint, verdict)| match verdict {
+            Some(failing) => Planned {
+                weight: held_weight,
+                reason: Reason::failing(failing.ratio, failing.baseline, errors::HELD_SHARE),
+                cost: endpoint.cost,
+            },
+            None => planned.next().unwrap_or_else(|| Planned {
+                weight: held_weight,
+                reason: Reason::default(),
+                cost: endpoint.cost,
+            }),
+        })
+        .collect();
+    (all, cost_basis, fill_percentile)
+}
+
+/// Why an endpoint without a fresh sample got the fill-in weight.
+pub(crate) fn fill_in_reason(
+    observation: &Observation,
+    fill_percentile: f64,
+    params: &Params,
+) -> Reason {
+    let stale = observation
+        .cpu
+        .map(|reading| (reading.age.as_secs(), params.stale_after.as_secs()));
+    Reason::new_pod(stale, fill_percentile)
+}
+
+/// Holding: every endpoint keeps its served weight; unknown ones get the median of those.
+pub(crate) fn held_weights(
+    observations: &[Observation],
+    now: Duration,
+    last_sample_at: Option<Duration>,
+) -> Tick {
+    let held: Vec<f64> = observations
+        .iter()
+        .filter_map(|observation| observation.remembered.as_ref())
+        .map(|memory| f64::from(memory.weight))
+        .collect();
+    let median = percentile(&held, 50.0).map_or(1, |value| value.round().max(1.0) as u32);
+    let age = last_sample_at.map_or(0, |taken| now.saturating_sub(taken).as_secs());
+    let weights = observations
+        .iter()
+        .map(|observation| match &observation.remembered {
+            Some(memory) => explained(
+                observation,
+                memory.weight,
+                WeightSource::Stale,
+                Reason::holding(age, true),
+            ),
+            None => explained(
+                observation,
+                median,
+                WeightSource::Stale,
+                Reason::holding(age, false),
+            ),
+        })
+        .collect();
+    Tick {
+        weights,
+        costs: remembered_costs(observations),
+        cost_basis: None,
+        failing: remembered_failing(observations),
+    }
+}
+
+/// Idle and fallback: the same weight, the middle of the range, for every endpoint.
+pub(crate) fn equal_weights(
+    observations: &[Observation],
+    mode: ClusterMode,
+    params: &Params,
+    now: Duration,
+    last_sample_at: Option<Duration>,
+) -> Tick {
+    let weight = middle_weight(params);
+    let (source, reason) = if mode == ClusterMode::Idle {
+        let total: f64 = observations
+            .iter()
+            .filter(|observation| observation.fresh)
+            .filter_map(|observation| observation.cpu.map(|reading| reading.value))
+            .sum();
+        (WeightSource::Idle, Reason::idle(total, params.idle_cpu))
+    } else {
+        let age = last_sample_at.map(|taken| now.saturating_sub(taken).as_secs());
+        (WeightSource::Fallback, Reason::fallback(age))
+    };
+    let weights = observations
+        .iter()
+        .map(|observation| explained(observation, weight, source, reason.clone()))
+        .collect();
+    Tick {
+        weights,
+        costs: remembered_costs(observations),
+        cost_basis: None,
+        failing: remembered_failing(observations),
+    }
+}
+
+/// The failing holds remembered so far, unchanged.
+pub(crate) fn remembered_failing(observations: &[Observation]) -> Vec<bool> {
+    observations
+        .iter()
+        .map(|observation| {
+            observation
+                .remembered
+                .as_ref()
+                .is_some_and(|memory| memory.failing)
+        })
+        .collect()
+}
+
+/// The costs remembered so far, unchanged.
+pub(crate) fn remembered_costs(observations: &[Observation]) -> Vec<Option<Cost>> {
+    observations
+        .iter()
+        .map(|observation| observation.remembered.as_ref().and_then(Cost::remembered))
+        .collect()
+}
