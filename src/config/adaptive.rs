@@ -94,6 +94,27 @@ pub struct PrometheusConfig {
     /// TLS settings for `https://` URLs.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// One query per template per tick for all the clusters using it (see `config::promql`);
+    /// `false` queries every cluster separately, as before.
+    #[serde(default = "default_batch")]
+    pub batch: bool,
+}
+
+impl PrometheusConfig {
+    /// Every query template that is set, with its key (`cpu_query`, ...).
+    pub fn templates(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("cpu_query", Some(&self.cpu_query)),
+            ("rps_query", self.rps_query.as_ref()),
+            ("cpu_limit_query", self.cpu_limit_query.as_ref()),
+            ("latency_query", self.latency_query.as_ref()),
+            ("error_query", self.error_query.as_ref()),
+            ("in_flight_query", self.in_flight_query.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, template)| template.map(|template| (key, template.as_str())))
+        .collect()
+    }
 }
 
 /// `metrics.prometheus.tls:`.
@@ -222,6 +243,9 @@ pub enum ObjectiveName {
 fn default_cpu_query() -> String {
     DEFAULT_CPU_QUERY.into()
 }
+fn default_batch() -> bool {
+    true
+}
 fn default_join_label() -> String {
     "pod".into()
 }
@@ -253,6 +277,8 @@ pub struct PullSettings {
     pub join_label: String,
     /// What the label holds.
     pub join_by: JoinBy,
+    /// Batch the clusters' queries per template (`metrics.prometheus.batch`).
+    pub batch: bool,
 }
 
 impl std::fmt::Debug for PullSettings {
@@ -270,6 +296,7 @@ impl std::fmt::Debug for PullSettings {
             .field("tls", &self.tls)
             .field("join_label", &self.join_label)
             .field("join_by", &self.join_by)
+            .field("batch", &self.batch)
             .finish()
     }
 }
@@ -743,6 +770,7 @@ fn validate_prometheus(config: &PrometheusConfig, problems: &mut Vec<Problem>) -
         tls: config.tls.clone(),
         join_label: config.join_label.clone(),
         join_by: config.join_by,
+        batch: config.batch,
     }
 }
 
@@ -1521,6 +1549,54 @@ clusters:
         )
         .expect("valid");
         assert!(quiet.warnings().is_empty());
+    }
+
+    #[test]
+    fn templates_that_cannot_be_batched_are_warned_about_unless_batching_is_off() {
+        let text = |batch: &str| {
+            format!(
+                r#"
+metrics:
+  prometheus:
+    url: "http://127.0.0.1:8428"
+    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[1m]))'
+    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[1m])) by (pod)'
+    latency_query: 'label_replace(latency{{namespace="${{namespace}}"}}, "pod", "$1", "instance", "(.*)")'
+    {batch}
+clusters:
+  - {{ name: a, namespace: shop, container: web }}
+"#
+            )
+        };
+        let config = parse(&text("")).expect("valid");
+        assert!(config
+            .adaptive
+            .prometheus
+            .as_ref()
+            .is_some_and(|pull| pull.batch));
+        let warnings: Vec<String> = config
+            .warnings()
+            .into_iter()
+            .map(|warning| format!("{}: {}", warning.field, warning.message))
+            .collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("metrics.prometheus.rps_query: not batched, so it runs once per cluster every tick: an aggregation (sum) without by (...)"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("metrics.prometheus.latency_query: not batched")
+                && warnings[1].contains("label_replace() can rewrite the labels"),
+            "{warnings:?}"
+        );
+        // Switched off, nothing is batched and nothing is warned about.
+        let off = parse(&text("batch: false")).expect("valid");
+        assert!(off
+            .adaptive
+            .prometheus
+            .as_ref()
+            .is_some_and(|pull| !pull.batch));
+        assert!(off.warnings().is_empty(), "{:?}", off.warnings());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::weighting;
 pub mod adaptive;
 pub mod duration;
 pub mod kubernetes;
+pub mod promql;
 pub mod tls;
 
 /// The whole configuration file.
@@ -280,6 +281,21 @@ impl ValidConfig {
             && !adaptive::discovered_have_error_signal(&self.adaptive)
         {
             warnings.push(problem("kubernetes", NO_ERROR_SIGNAL));
+        }
+        // A template that cannot be batched costs one query per cluster per tick.
+        if let (Some(pull), Some(templates)) =
+            (&self.adaptive.prometheus, &self.adaptive.query_templates)
+        {
+            if pull.batch {
+                for (key, template) in templates.templates() {
+                    if let Err(reason) = promql::analyze(template, &pull.join_label) {
+                        warnings.push(problem(
+                            format!("metrics.prometheus.{key}"),
+                            format!("not batched, so it runs once per cluster every tick: {reason} (only LABEL=\"${{...}}\" matchers, aggregations with by (...) and per-series functions can be batched safely)"),
+                        ));
+                    }
+                }
+            }
         }
         warnings
     }

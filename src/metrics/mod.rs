@@ -1,5 +1,6 @@
 //! Where load comes from: PromQL pull and Prometheus remote-write feed one table of timestamped samples.
 
+pub mod batch;
 pub mod prometheus;
 pub mod remote_write;
 

@@ -1,13 +1,19 @@
-//! PromQL pull: each tick, query VictoriaMetrics or Prometheus for every adaptive cluster.
+//! PromQL pull: each tick, query VictoriaMetrics or Prometheus for every adaptive cluster (one
+//! query per template for the clusters sharing it, see `batch`).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use super::batch::{self, TemplatePlans};
 use super::{Sample, SampleSet, SampleTable, Signal, SourceKind};
-use crate::config::adaptive::{redact_url, AdaptiveConfig, ClusterQueries, PullSettings};
+use crate::config::adaptive::{redact_url, AdaptiveConfig, ClusterSettings, PullSettings};
 use crate::telemetry::{Metrics, QueryLabels};
 
 /// One series of an instant-vector result.
@@ -111,6 +117,9 @@ pub fn parse_response(body: &[u8]) -> Result<Vec<Series>, QueryError> {
         .collect()
 }
 
+/// One cluster's answers of a tick, per signal; `None` where the query failed.
+type Answered = Vec<(Signal, Option<Vec<Series>>)>;
+
 /// An HTTP client for one PromQL endpoint.
 #[derive(Clone, Debug)]
 pub struct PromQlClient {
@@ -183,35 +192,69 @@ impl PromQlClient {
         parse_response(&body)
     }
 
-    /// Queries every signal of one cluster and writes what succeeded into `table`.
-    pub async fn pull_cluster(
+    /// Queries every signal of the `due` clusters (name, settings) once, batched per template
+    /// where it can be (see [`batch::plan`]), and writes what succeeded into `table`.
+    pub async fn pull(
         &self,
-        cluster: &str,
-        queries: &ClusterQueries,
+        due: &[(&str, &ClusterSettings)],
+        plans: &TemplatePlans,
         table: &SampleTable,
         metrics: &Metrics,
     ) {
-        let signals = [
-            (Signal::Cpu, Some(&queries.cpu)),
-            (Signal::Rps, queries.rps.as_ref()),
-            (Signal::CpuLimit, queries.cpu_limit.as_ref()),
-            (Signal::Latency, queries.latency.as_ref()),
-            (Signal::Errors, queries.errors.as_ref()),
-            (Signal::InFlight, queries.in_flight.as_ref()),
-        ];
-        let pending = signals
-            .into_iter()
-            .filter_map(|(signal, query)| query.map(|query| (signal, query)))
-            .map(|(signal, query)| async move { (signal, query, self.query(query).await) });
-        let results = futures::future::join_all(pending).await;
+        let prefix = format!("{}/api/v1/query?query=", self.settings.url).len();
+        let jobs = batch::plan(
+            due,
+            plans,
+            self.settings.batch,
+            prefix,
+            batch::MAX_QUERY_URL_BYTES,
+        );
+        let results =
+            futures::future::join_all(jobs.iter().map(|job| self.query(&job.query))).await;
+        // Each cluster's answers in signal order, `None` for a failed query.
+        let mut answers: BTreeMap<&str, Answered> = BTreeMap::new();
+        for (job, result) in jobs.iter().zip(results) {
+            match result {
+                Ok(series) => {
+                    for (cluster, part) in job.split(series) {
+                        answers
+                            .entry(cluster)
+                            .or_default()
+                            .push((job.signal, Some(part)));
+                    }
+                }
+                Err(error) => {
+                    let clusters = job.clusters();
+                    match &job.answers {
+                        batch::Answers::One(cluster) => {
+                            tracing::warn!(cluster, signal = job.signal.as_str(), query = %job.query, %error, "metrics query failed; keeping the last samples (they age into stale)");
+                        }
+                        batch::Answers::Split { .. } => {
+                            // One line for the query, not one per cluster: the query is long.
+                            tracing::warn!(clusters = clusters.len(), first_cluster = clusters.first().copied().unwrap_or_default(), signal = job.signal.as_str(), query_bytes = job.query.len(), %error, "batched metrics query failed; keeping the last samples of its clusters (they age into stale)");
+                        }
+                    }
+                    for cluster in clusters {
+                        answers.entry(cluster).or_default().push((job.signal, None));
+                    }
+                }
+            }
+        }
+        for (cluster, results) in answers {
+            self.store(cluster, results, table, metrics);
+        }
+    }
+
+    /// Writes one cluster's answers of this tick into `table` and counts them per signal.
+    fn store(&self, cluster: &str, results: Answered, table: &SampleTable, metrics: &Metrics) {
         // This tick's request rates, for the pods the error query says nothing about.
-        let rps = results.iter().find_map(|(signal, _, result)| match result {
-            Ok(series) if *signal == Signal::Rps => Some(self.sample_set(series.clone())),
+        let rps = results.iter().find_map(|(signal, result)| match result {
+            Some(series) if *signal == Signal::Rps => Some(self.sample_set(series.clone())),
             _ => None,
         });
-        for (signal, query, result) in results {
+        for (signal, result) in results {
             let outcome = match result {
-                Ok(series) if signal == Signal::Errors => {
+                Some(series) if signal == Signal::Errors => {
                     match &rps {
                         Some(rps) => table.replace(
                             SourceKind::Pull,
@@ -228,14 +271,11 @@ impl PromQlClient {
                     }
                     "ok"
                 }
-                Ok(series) => {
+                Some(series) => {
                     table.replace(SourceKind::Pull, cluster, signal, self.sample_set(series));
                     "ok"
                 }
-                Err(error) => {
-                    tracing::warn!(cluster, signal = signal.as_str(), %query, %error, "metrics query failed; keeping the last samples (they age into stale)");
-                    "error"
-                }
+                None => "error",
             };
             metrics
                 .metric_queries
@@ -288,34 +328,41 @@ pub async fn run(
 ) {
     let mut client: Option<(PullSettings, PromQlClient)> = None;
     let mut last_pull: HashMap<String, tokio::time::Instant> = HashMap::new();
+    // The templates read once per config, not once per tick.
+    let mut plans: Option<(Arc<AdaptiveConfig>, TemplatePlans)> = None;
     loop {
         let current = config.borrow_and_update().clone();
         client = refresh_client(client, current.prometheus.as_ref());
-        if let Some((_, promql)) = &client {
+        if !plans
+            .as_ref()
+            .is_some_and(|(planned, _)| Arc::ptr_eq(planned, &current))
+        {
+            let join_label = current
+                .prometheus
+                .as_ref()
+                .map_or("pod", |settings| settings.join_label.as_str());
+            let read = TemplatePlans::new(current.query_templates.as_ref(), join_label);
+            plans = Some((current.clone(), read));
+        }
+        if let (Some((_, promql)), Some((_, plans))) = (&client, &plans) {
             let now = tokio::time::Instant::now();
-            let due: Vec<_> = current
+            let due: Vec<(&str, &ClusterSettings)> = current
                 .clusters
                 .iter()
-                .filter_map(|(name, settings)| {
-                    settings
-                        .queries
-                        .as_ref()
-                        .map(|queries| (name, settings, queries))
-                })
-                .filter(|(name, settings, _)| {
+                .filter(|(_, settings)| settings.queries.is_some())
+                .filter(|(name, settings)| {
                     last_pull.get(*name).is_none_or(|last| {
                         now.duration_since(*last) + Duration::from_millis(50) >= settings.tick
                     })
                 })
+                .map(|(name, settings)| (name.as_str(), settings))
                 .collect();
-            for (name, _, _) in &due {
-                last_pull.insert((*name).clone(), now);
+            for (name, _) in &due {
+                last_pull.insert((*name).to_string(), now);
             }
-            futures::future::join_all(
-                due.iter()
-                    .map(|(name, _, queries)| promql.pull_cluster(name, queries, &table, &metrics)),
-            )
-            .await;
+            if !due.is_empty() {
+                promql.pull(&due, plans, &table, &metrics).await;
+            }
         }
         let wait = tokio::time::sleep(current.shortest_tick().min(Duration::from_secs(1)));
         tokio::select! {
@@ -454,6 +501,7 @@ mod slow_server_tests {
             tls: TlsConfig::default(),
             join_label: "pod".into(),
             join_by: JoinBy::Pod,
+            batch: true,
         })
         .expect("client");
         let started = std::time::Instant::now();
