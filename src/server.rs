@@ -21,6 +21,7 @@ use crate::inspect::{self, InspectService};
 use crate::lrs::{LoadReports, LrsService};
 use crate::metrics::{
     prometheus,
+    receiver::{self, ReceiverState},
     remote_write::{self, SeriesStore},
     SampleTable,
 };
@@ -119,13 +120,17 @@ pub async fn serve(
         max_resource_names: config.raw.xds.max_resource_names,
         max_streams: config.raw.xds.max_streams,
     };
-    let admin_app = admin::router(AdminState {
+    let mut admin_app = admin::router(AdminState {
         registry: Arc::new(registry),
         store: store.clone(),
-        metrics: context.metrics.clone(),
-        series,
-        adaptive: settings,
     });
+    if let Some(series) = series {
+        admin_app = admin_app.merge(receiver::router(ReceiverState {
+            metrics: context.metrics.clone(),
+            series,
+            adaptive: settings,
+        }));
+    }
     let xds_config = &config.raw.xds;
     let drain_clients = Arc::clone(&clients);
     let tls = match &config.xds_tls {

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod prometheus;
+pub mod receiver;
 pub mod remote_write;
 
 use std::{
