@@ -3,7 +3,7 @@
 //! latency, with suspects capped.
 
 use super::capacity::Fleet;
-use crate::weighting::plan::{percentile, FreshEndpoint};
+use crate::weighting::plan::FreshEndpoint;
 
 /// Endpoints whose cost is within this fraction of the cheapest of a tier are filled together,
 /// in proportion to their capacity, so that measurement noise between equally cheap endpoints
@@ -29,24 +29,32 @@ pub(crate) fn cap_suspects(fleet: &mut Fleet, fresh: &[FreshEndpoint]) -> Vec<Op
     if count < 2 || fresh.iter().all(|endpoint| endpoint.errors.is_some()) {
         return suspects;
     }
+    // This runs on every tick of every cluster without an error signal, so the usual answer
+    // (no suspect) must not cost a sort: the others' median is never below the k-th smallest
+    // cost of all, so a cheapest cost that is not below the fraction of that has no suspect.
+    let lowest_rank = (count - 2) / 2;
     let mut sorted = fleet.costs.clone();
+    let (_, kth, _) = sorted.select_nth_unstable_by(lowest_rank, f64::total_cmp);
+    let floor = *kth;
+    let cheapest = fresh
+        .iter()
+        .zip(&fleet.costs)
+        .filter(|(endpoint, _)| endpoint.errors.is_none())
+        .map(|(_, cost)| *cost)
+        .fold(f64::INFINITY, f64::min);
+    if !(cheapest < SUSPECT_FRACTION * floor) {
+        return suspects;
+    }
     sorted.sort_by(f64::total_cmp);
     for (index, endpoint) in fresh.iter().enumerate() {
         if endpoint.errors.is_some() {
             continue;
         }
         let cost = fleet.costs[index];
-        // The median of the others: this cost taken out of the sorted list once.
-        let mut others = sorted.clone();
-        if let Some(position) = others.iter().position(|value| *value == cost) {
-            others.remove(position);
-        }
-        let Some(median) = percentile(&others, 50.0).filter(|median| *median > 0.0) else {
-            continue;
-        };
-        let fraction = cost / median;
-        if fraction < SUSPECT_FRACTION {
-            suspects[index] = Some(fraction);
+        let position = sorted.partition_point(|value| value.total_cmp(&cost).is_lt());
+        let median = median_without(&sorted, position);
+        if median > 0.0 && cost / median < SUSPECT_FRACTION {
+            suspects[index] = Some(cost / median);
         }
     }
     let suspect_capacity: f64 = suspects
@@ -69,6 +77,25 @@ pub(crate) fn cap_suspects(fleet: &mut Fleet, fresh: &[FreshEndpoint]) -> Vec<Op
         }
     }
     suspects
+}
+
+/// The median of `sorted` without its element at `position` (interpolated as `percentile`
+/// does), without building the shorter list.
+fn median_without(sorted: &[f64], position: usize) -> f64 {
+    let count = sorted.len().saturating_sub(1);
+    if count == 0 {
+        return 0.0;
+    }
+    let value = |rank: usize| {
+        if rank < position {
+            sorted[rank]
+        } else {
+            sorted[rank + 1]
+        }
+    };
+    let rank = 0.5 * (count - 1) as f64;
+    let (lower, upper) = (rank.floor() as usize, rank.ceil() as usize);
+    value(lower) + (value(upper) - value(lower)) * (rank - lower as f64)
 }
 
 /// `balance`: traffic in proportion to capacity, which evens out utilization.
@@ -330,5 +357,18 @@ mod tests {
             );
             assert!(planned < spread, "{share}: {planned} vs {spread}");
         }
+    }
+
+    #[test]
+    fn the_median_without_one_matches_removing_it() {
+        use crate::weighting::plan::percentile;
+        let sorted = [1.0, 2.0, 2.0, 5.0, 7.0, 9.0];
+        for position in 0..sorted.len() {
+            let mut others = sorted.to_vec();
+            others.remove(position);
+            let expected = percentile(&others, 50.0).unwrap_or_default();
+            assert_eq!(median_without(&sorted, position), expected, "{position}");
+        }
+        assert_eq!(median_without(&[3.0], 0), 0.0);
     }
 }
