@@ -42,7 +42,7 @@ pub(crate) fn cap_suspects(fleet: &mut Fleet, fresh: &[FreshEndpoint]) -> Vec<Op
         .filter(|(endpoint, _)| endpoint.errors.is_none())
         .map(|(_, cost)| *cost)
         .fold(f64::INFINITY, f64::min);
-    if !(cheapest < SUSPECT_FRACTION * floor) {
+    if cheapest >= SUSPECT_FRACTION * floor {
         return suspects;
     }
     sorted.sort_by(f64::total_cmp);
