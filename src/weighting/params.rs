@@ -71,10 +71,11 @@ pub struct Params {
     pub utilization_ceiling: f64,
     /// `latency`: share of traffic kept, in all, on the endpoints outside the plan (split equally),
     /// so their costs stay measured. Probes go to endpoints known to be slower, so they land in
-    /// the latency tail: the default 0.2% keeps them to a fifth of the 1% that p99 reads (on the
-    /// harsh lab fleet p99 was 0.50x LEAST_REQUEST's at 1%, 0.42x at 0.2%, 0.40x without probes).
+    /// the latency tail: the default 0.2% keeps them to a fifth of the 1% that p99 reads (the
+    /// README's probe sweep on the harsh lab fleet measures what each share costs).
     pub probe_share: f64,
-    /// CPU limit (cores) assumed for endpoints whose limit is unknown.
+    /// CPU limit (cores) assumed for endpoints whose limit is unknown; in a cluster without any
+    /// CPU reading, the number of requests an endpoint serves at once.
     pub default_cpu_limit: f64,
     /// A cluster using less CPU than this in total (cores) is idle and keeps equal weights.
     pub idle_cpu: f64,
