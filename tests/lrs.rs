@@ -884,3 +884,153 @@ async fn stalled_flooding_or_broken_reporters_never_hold_up_eds() {
     let _ = flood.await;
     server.stop().await;
 }
+
+/// Backends whose failure can be switched on and off: while failing, one answers at once with
+/// 503 (a fast failure, the case CPU-per-request signals read as the cheapest pod).
+struct SwitchableBackends {
+    ports: Vec<u16>,
+    failing: Vec<Arc<AtomicBool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SwitchableBackends {
+    async fn start(count: usize, delay: Duration) -> Self {
+        let (mut ports, mut failing, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..count {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind backend");
+            ports.push(listener.local_addr().expect("backend address").port());
+            let switch = Arc::new(AtomicBool::new(false));
+            failing.push(Arc::clone(&switch));
+            let app = axum::Router::new().route(
+                "/",
+                axum::routing::get(move || {
+                    let switch = Arc::clone(&switch);
+                    async move {
+                        if switch.load(Ordering::Relaxed) {
+                            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "failing");
+                        }
+                        tokio::time::sleep(delay).await;
+                        (axum::http::StatusCode::OK, "ok")
+                    }
+                }),
+            );
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }));
+        }
+        Self {
+            ports,
+            failing,
+            tasks,
+        }
+    }
+}
+
+impl Drop for SwitchableBackends {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_turning_to_fast_503s_loses_its_traffic_and_wins_it_back() {
+    let backends = SwitchableBackends::start(3, Duration::from_millis(5)).await;
+    let endpoints: Vec<String> = backends
+        .ports
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    // Load reports only, the default capacity algorithm; `balance` spreads the healthy pods
+    // evenly, so the failing pod starts with a full share to lose.
+    let mut yaml = String::from(
+        "tick: 1s\nmetrics:\n  load_reports: { enabled: true, interval: 1s }\nweighting: { objective: balance }\nclusters:\n  - name: checkout\n    endpoints:\n",
+    );
+    for port in &backends.ports {
+        yaml.push_str(&format!("      - {{ address: 127.0.0.1, port: {port} }}\n"));
+    }
+    let server = Server::start(&yaml).await;
+    let envoy = Envoy::start("ads-sotw.yaml", server.xds_port).await;
+    wait_for(
+        Duration::from_secs(20),
+        "Envoy has the endpoints",
+        || async { (envoy.hosts("checkout").await?.len() == 3).then_some(()) },
+    )
+    .await;
+    let traffic = Traffic::start(envoy.listener_port, 4, Duration::from_secs(90));
+    wait_reporting(&server, "checkout", &endpoints).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let failing = &endpoints[1];
+    let share = |before: &HashMap<String, HashMap<String, u64>>,
+                 after: &HashMap<String, HashMap<String, u64>>| {
+        let delta = |host: &str| stat(after, host, "rq_total") - stat(before, host, "rq_total");
+        let total: u64 = endpoints.iter().map(|host| delta(host)).sum();
+        delta(failing) as f64 / total.max(1) as f64
+    };
+    let before = host_stats(&envoy, "checkout").await.expect("stats");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = host_stats(&envoy, "checkout").await.expect("stats");
+    let healthy_share = share(&before, &after);
+    eprintln!(
+        "healthy: weights {:?}, share {healthy_share:.3}",
+        envoy.hosts("checkout").await
+    );
+    assert!(healthy_share > 0.1, "{healthy_share}");
+    backends.failing[1].store(true, Ordering::Relaxed);
+    let switched = Instant::now();
+    // Its weight falls once two reports show the errors and a tick has run.
+    let weights = wait_for(
+        Duration::from_secs(10),
+        "the failing pod's weight falls",
+        || async {
+            let hosts = envoy.hosts("checkout").await?;
+            let weight = |host: &str| {
+                hosts
+                    .iter()
+                    .find(|(name, _)| name == host)
+                    .map(|(_, weight)| *weight)
+            };
+            let others = weight(&endpoints[0])?.min(weight(&endpoints[2])?);
+            (weight(failing)? * 20 <= others).then_some(hosts)
+        },
+    )
+    .await;
+    let fell_after = switched.elapsed();
+    let before = host_stats(&envoy, "checkout").await.expect("stats");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = host_stats(&envoy, "checkout").await.expect("stats");
+    let held_share = share(&before, &after);
+    eprintln!(
+        "weights {weights:?} {fell_after:?} after the switch; its share then {held_share:.4}"
+    );
+    assert!(
+        held_share < 0.05,
+        "the failing pod still takes {held_share:.3} of the requests"
+    );
+
+    // Recovered, it is seen through its probe and climbs back.
+    backends.failing[1].store(false, Ordering::Relaxed);
+    let recovered = Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "the recovered pod's weight climbs back",
+        || async {
+            let hosts = envoy.hosts("checkout").await?;
+            let weight = |host: &str| {
+                hosts
+                    .iter()
+                    .find(|(name, _)| name == host)
+                    .map(|(_, weight)| *weight)
+            };
+            let others = weight(&endpoints[0])?.min(weight(&endpoints[2])?);
+            (weight(failing)? * 2 >= others).then_some(())
+        },
+    )
+    .await;
+    eprintln!("back within {:?} of recovering", recovered.elapsed());
+    traffic.stop().await;
+}

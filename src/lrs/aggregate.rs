@@ -3,11 +3,14 @@
 //! the ORCA CPU mean, written into the shared [`SampleTable`] as [`SourceKind::LoadReports`].
 //!
 //! Each stream keeps, per cluster, the last [`WINDOW_REPORTS`] accepted intervals, and per
-//! endpoint its counts in those intervals and its newest in-progress snapshot. A stream's rate is
-//! its completed requests over the window's seconds, so one report with few requests is not the
-//! whole truth, and a change is fully seen after two intervals. The endpoint's figures are the sum
-//! over the streams that reported within [`STALE_INTERVALS`] intervals; a stream that ends (or
-//! falls silent) stops counting.
+//! endpoint its counts in those intervals and its in-progress snapshots at their starts and ends.
+//! A stream's rate is its completed requests over the window's seconds, so one report with few
+//! requests is not the whole truth, and a change is fully seen after two intervals; its requests
+//! in flight are the mean of those snapshots, because Little's law (latency = in flight / rate)
+//! holds for the time average of what is in flight, and a single snapshot of a few requests is
+//! mostly noise (with 2 intervals of 1 s, 3 snapshots: a change is half seen after one report).
+//! The endpoint's figures are the sum over the streams that reported within [`STALE_INTERVALS`]
+//! intervals; a stream that ends (or falls silent) stops counting.
 //!
 //! The first report of a stream for a cluster is not used for rates: after a reconnect Envoy's
 //! first report covers the outage (e.g. `load_report_interval` 5 s) with its counts reset, so a
@@ -120,7 +123,25 @@ impl Counts {
 #[derive(Clone, Debug, Default)]
 struct EndpointWindow {
     counts: VecDeque<Counts>,
+    /// The newest `total_requests_in_progress`.
     in_progress: u64,
+    /// The in-progress snapshots at the start and the end of each interval of the window.
+    snapshots: VecDeque<u64>,
+}
+
+impl EndpointWindow {
+    /// Requests in flight over the window: the mean of its snapshots. Little's law holds for
+    /// the time average of what is in flight; one snapshot of a few requests is mostly noise.
+    fn mean_in_flight(&self) -> f64 {
+        if self.snapshots.is_empty() {
+            return self.in_progress as f64;
+        }
+        self.snapshots
+            .iter()
+            .map(|&value| value as f64)
+            .sum::<f64>()
+            / self.snapshots.len() as f64
+    }
 }
 
 /// One cluster as one stream reports it.
@@ -171,7 +192,7 @@ pub struct EndpointFigures {
     pub rps: f64,
     /// Errors per second.
     pub errors: f64,
-    /// Requests in flight: the sum of the streams' newest snapshots.
+    /// Requests in flight: the sum over the streams of the mean of their window's snapshots.
     pub in_flight: f64,
     /// Little's law: in flight / completions per second (none without completions).
     pub latency: Option<f64>,
@@ -318,7 +339,7 @@ impl LoadReports {
                     }
                     sum.rps += completed as f64 / seconds;
                     sum.errors += errors as f64 / seconds;
-                    sum.in_flight += endpoint.in_progress as f64;
+                    sum.in_flight += endpoint.mean_in_flight();
                     sum.streams += 1;
                 }
             }
@@ -682,6 +703,7 @@ fn record_cluster(
                     EndpointWindow {
                         counts: VecDeque::new(),
                         in_progress: entry.in_progress,
+                        snapshots: VecDeque::from([entry.in_progress]),
                     },
                 )
             })
@@ -712,20 +734,26 @@ fn record_cluster(
         if !entries.contains_key(address) {
             endpoint.counts.push_back(Counts::default());
             endpoint.in_progress = 0;
+            endpoint.snapshots.push_back(0);
         }
     }
     for (address, entry) in entries {
         let endpoint = window.endpoints.entry(address).or_default();
         endpoint.counts.push_back(entry.counts);
         endpoint.in_progress = entry.in_progress;
+        endpoint.snapshots.push_back(entry.in_progress);
     }
     window.endpoints.retain(|address, endpoint| {
         while endpoint.counts.len() > depth {
             endpoint.counts.pop_front();
         }
+        while endpoint.snapshots.len() > depth + 1 {
+            endpoint.snapshots.pop_front();
+        }
         // Served endpoints only (the snapshot may have changed), and only while they matter.
         endpoints.contains(address)
-            && (endpoint.in_progress > 0 || endpoint.counts.iter().any(|counts| !counts.is_zero()))
+            && (endpoint.snapshots.iter().any(|&value| value > 0)
+                || endpoint.counts.iter().any(|counts| !counts.is_zero()))
     });
     Outcome::Accepted
 }
@@ -872,8 +900,10 @@ mod tests {
         assert_eq!(figures.streams, 2);
         assert!((figures.rps - (75.0 + 20.0)).abs() < 1e-9, "{figures:?}");
         assert!((figures.errors - 7.5).abs() < 1e-9, "{figures:?}");
-        assert_eq!(figures.in_flight, 4.0);
-        assert!((figures.latency.expect("latency") - 4.0 / 95.0).abs() < 1e-9);
+        // Means over the windows' snapshots: (2 + 4 + 3) / 3 and (2 + 1 + 1) / 3.
+        let in_flight = 3.0 + 4.0 / 3.0;
+        assert!((figures.in_flight - in_flight).abs() < 1e-9, "{figures:?}");
+        assert!((figures.latency.expect("latency") - in_flight / 95.0).abs() < 1e-9);
         // Served but never reported: zero, not missing.
         assert_eq!(
             figures_of(&reports, t2, "10.0.0.2"),
