@@ -78,6 +78,20 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((user + system) / CLOCK_TICKS_PER_SECOND)
 }
 
+/// CPU seconds the whole machine has been busy (every process, every core) since boot, from the
+/// first line of `/proc/stat`: what other work on a shared machine took shows beside the stack's.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0.0);
+    Some((ticks.iter().take(8).sum::<f64>() - idle) / CLOCK_TICKS_PER_SECOND)
+}
+
 /// Sends one request with a 2 s timeout and returns the status and body.
 pub async fn http(method: hyper::Method, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
     let client: Client<HttpConnector, Full<Bytes>> =

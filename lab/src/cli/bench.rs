@@ -5,7 +5,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use lab::bench::loadgen::{drive, LoadPlan};
 use lab::bench::plot::{series_from_report, write_plots, PlotSeries};
-use lab::bench::process::{cpu_seconds, free_port, get_ok, http, wait_for, Process};
+use lab::bench::process::{
+    cpu_seconds, free_port, get_ok, http, machine_busy_seconds, wait_for, Process,
+};
 use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
 use lab::bench::setup::{
     counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, EnvoyReports,
@@ -598,7 +600,7 @@ async fn fleet_counters(ports: &[u16]) -> anyhow::Result<Counters> {
 }
 
 /// CPU seconds of each process, in `ProcessCpu` field order.
-fn process_seconds(stack: &Stack) -> [f64; 5] {
+fn process_seconds(stack: &Stack) -> [f64; 6] {
     let of = |pid: u32| cpu_seconds(&pid.to_string()).unwrap_or(0.0);
     [
         of(stack.envoy.pid()),
@@ -609,6 +611,7 @@ fn process_seconds(stack: &Stack) -> [f64; 5] {
             .as_ref()
             .map_or(0.0, |victoria| of(victoria.pid())),
         stack.server.as_ref().map_or(0.0, |server| of(server.pid())),
+        machine_busy_seconds().unwrap_or(0.0),
     ]
 }
 
@@ -689,6 +692,7 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
             emulator: cores[2],
             victoria: cores[3],
             server: cores[4],
+            machine: cores[5],
         },
         event: context
             .scenario
