@@ -516,3 +516,159 @@ mod slow_server_tests {
         server.abort();
     }
 }
+
+#[cfg(test)]
+mod batched_pull_tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// What the stand-in store does with each query.
+    #[derive(Clone, Copy)]
+    enum Store {
+        /// Answers with one series per cluster (and one of a namespace nobody asked for).
+        Answers,
+        /// HTTP 503.
+        Down,
+        /// Never answers in time.
+        Slow,
+    }
+
+    /// A stand-in PromQL endpoint on loopback that records each raw query string (a real store
+    /// cannot be made to fail or stall on demand; the e2e test covers a real one).
+    async fn store(
+        behaviour: Store,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<Mutex<Vec<String>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&seen);
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                let recorded = Arc::clone(&recorded);
+                async move {
+                    if let Ok(mut seen) = recorded.lock() {
+                        seen.push(query.unwrap_or_default());
+                    }
+                    match behaviour {
+                        Store::Answers => (
+                            axum::http::StatusCode::OK,
+                            r#"{"status":"success","data":{"resultType":"vector","result":[
+                                {"metric":{"pod":"a","namespace":"shop","container":"web"},"value":[1700000000,"0.5"]},
+                                {"metric":{"pod":"b","namespace":"pay","container":"web"},"value":[1700000000,"0.25"]},
+                                {"metric":{"pod":"a","namespace":"other","container":"web"},"value":[1700000000,"9"]}]}}"#,
+                        ),
+                        Store::Down => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down"),
+                        Store::Slow => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            (axum::http::StatusCode::OK, "late")
+                        }
+                    }
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (address, seen, task)
+    }
+
+    fn config(address: std::net::SocketAddr) -> crate::config::ValidConfig {
+        let endpoints =
+            "[{ address: 10.0.0.1, port: 80, pod: a }, { address: 10.0.0.2, port: 80, pod: b }]";
+        crate::config::parse(&format!(
+            "metrics: {{ prometheus: {{ url: \"http://{address}\", timeout: 300ms }} }}\nclusters:\n  - {{ name: shop, namespace: shop, container: web, endpoints: {endpoints} }}\n  - {{ name: pay, namespace: pay, container: web, endpoints: {endpoints} }}\n"
+        ))
+        .expect("valid config")
+    }
+
+    /// Pulls both clusters once; returns the table, the metrics and how long it took.
+    async fn pull_once(
+        valid: &crate::config::ValidConfig,
+    ) -> (SampleTable, Metrics, std::time::Duration) {
+        let settings = valid.adaptive.prometheus.clone().expect("pull settings");
+        let plans = TemplatePlans::new(valid.adaptive.query_templates.as_ref(), "pod");
+        let client = PromQlClient::new(settings).expect("client");
+        let due: Vec<(&str, &ClusterSettings)> = valid
+            .adaptive
+            .clusters
+            .iter()
+            .map(|(name, settings)| (name.as_str(), settings))
+            .collect();
+        let (table, (metrics, _registry)) = (SampleTable::default(), Metrics::registered());
+        let started = std::time::Instant::now();
+        client.pull(&due, &plans, &table, &metrics).await;
+        (table, metrics, started.elapsed())
+    }
+
+    fn counted(metrics: &Metrics, cluster: &str, result: &str) -> u64 {
+        metrics
+            .metric_queries
+            .get_or_create(&QueryLabels {
+                cluster: cluster.into(),
+                signal: "cpu".into(),
+                result: result.into(),
+            })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn one_query_serves_both_clusters_each_with_its_own_series() {
+        let (address, seen, task) = store(Store::Answers).await;
+        let valid = config(address);
+        let (table, metrics, _) = pull_once(&valid).await;
+        let seen = seen.lock().expect("seen").clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].contains("shop") && seen[0].contains("pay"),
+            "{seen:?}"
+        );
+        let cpu = |cluster: &str| -> Vec<Option<f64>> {
+            table
+                .loads(
+                    cluster,
+                    &valid.clusters[cluster],
+                    std::time::SystemTime::now(),
+                )
+                .iter()
+                .map(|load| load.cpu.map(|reading| reading.value))
+                .collect()
+        };
+        // Pod `b` of shop and pod `a` of pay have no series in their own namespace.
+        assert_eq!(cpu("shop"), vec![Some(0.5), None]);
+        assert_eq!(cpu("pay"), vec![None, Some(0.25)]);
+        for cluster in ["shop", "pay"] {
+            assert_eq!(counted(&metrics, cluster, "ok"), 1);
+        }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_late_batch_counts_an_error_for_each_of_its_clusters() {
+        for behaviour in [Store::Down, Store::Slow] {
+            let (address, seen, task) = store(behaviour).await;
+            let (table, metrics, took) = pull_once(&config(address)).await;
+            assert_eq!(seen.lock().expect("seen").len(), 1);
+            assert!(took < Duration::from_secs(3), "took {took:?}");
+            for cluster in ["shop", "pay"] {
+                assert_eq!(counted(&metrics, cluster, "error"), 1, "{cluster}");
+                assert_eq!(counted(&metrics, cluster, "ok"), 0, "{cluster}");
+            }
+            assert!(table
+                .loads(
+                    "shop",
+                    &config(address).clusters["shop"],
+                    std::time::SystemTime::now()
+                )
+                .iter()
+                .all(|load| load.cpu.is_none()));
+            task.abort();
+        }
+    }
+}
