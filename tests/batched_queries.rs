@@ -354,6 +354,57 @@ async fn converged(batched: &Server, separate: &Server, services: usize) -> (Vie
     }
 }
 
+/// A batched query's regex, as VictoriaMetrics reads it: `team.00` escaped matches only itself,
+/// not `team-00` (which an unescaped `.` would), and values with regex characters sit beside
+/// plain ones in one alternation.
+async fn escaping_holds_in_victoria_metrics(victoria: &Victoria) {
+    use adaptive_eds::config::adaptive::{JoinBy, PullSettings, TlsConfig, DEFAULT_CPU_QUERY};
+    use adaptive_eds::config::promql;
+    let client = adaptive_eds::metrics::prometheus::PromQlClient::new(PullSettings {
+        url: victoria.url(),
+        timeout: Duration::from_secs(10),
+        headers: BTreeMap::new(),
+        tls: TlsConfig::default(),
+        join_label: "pod".into(),
+        join_by: JoinBy::Pod,
+        batch: true,
+    })
+    .expect("PromQL client");
+    let template = promql::analyze(DEFAULT_CPU_QUERY, "pod").expect("batchable");
+    let query = |namespaces: &[&'static str]| {
+        template.render(&[
+            namespaces.iter().copied().collect(),
+            ["svc-000", "svc-001"].into_iter().collect(),
+        ])
+    };
+    let pods = |series: Vec<adaptive_eds::metrics::prometheus::Series>| -> Vec<String> {
+        let mut pods: Vec<String> = series
+            .into_iter()
+            .filter_map(|one| one.labels.get("pod").cloned())
+            .collect();
+        pods.sort();
+        pods
+    };
+    let plain = wait_for(
+        Duration::from_secs(30),
+        "CPU rates in VictoriaMetrics",
+        || async {
+            let series = client.query(&query(&["team-00"])).await.ok()?;
+            (series.len() == 4).then_some(series)
+        },
+    )
+    .await;
+    assert_eq!(
+        pods(plain),
+        ["svc-000-a", "svc-000-b", "svc-001-a", "svc-001-b"]
+    );
+    let dotted = client
+        .query(&query(&["team.00", "t(e)a|m+"]))
+        .await
+        .expect("VictoriaMetrics accepts the escaped regex");
+    assert!(dotted.is_empty(), "team.00 matched {:?}", pods(dotted));
+}
+
 /// The whole check for `services` discovered Services; returns the queries per tick batched
 /// and per cluster.
 async fn run(services: usize, tick: Duration, ticks: u64) -> (f64, f64) {
@@ -365,6 +416,8 @@ async fn run(services: usize, tick: Duration, ticks: u64) -> (f64, f64) {
     let separate_directory = directory.path().join("separate");
     std::fs::create_dir_all(&batched_directory).expect("mkdir");
     std::fs::create_dir_all(&separate_directory).expect("mkdir");
+
+    escaping_holds_in_victoria_metrics(&victoria).await;
 
     let batched = server(&batched_api, &batched_directory, &victoria, tick, true).await;
     wait_for(
