@@ -49,6 +49,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
+    // Every task started here ends with `serve`, on success or error: an in-process server
+    // that returns must not keep querying metrics stores or watching files.
+    let mut tasks = Tasks::default();
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("{}: cannot read the config file", config_path.display()))?;
     let config = config::load(&config_path)?;
@@ -80,23 +83,23 @@ pub async fn serve(
     engine.apply(source.initial_updates());
     engine.publish();
     let (updates_sender, updates) = mpsc::channel(16);
-    tokio::spawn(prometheus::run(
+    tasks.spawn(prometheus::run(
         settings.clone(),
         table.clone(),
         metrics.clone(),
     ));
     if let Some(series) = &series {
-        tokio::spawn(remote_write::aggregate(
+        tasks.spawn(remote_write::aggregate(
             settings.clone(),
             series.clone(),
             table.clone(),
         ));
     }
-    tokio::spawn(engine.run(updates, settings.clone()));
+    tasks.spawn(engine.run(updates, settings.clone()));
     if let Some(kubernetes) = kubernetes {
-        tokio::spawn(kubernetes.run(updates_sender.clone()));
+        tasks.spawn(kubernetes.run(updates_sender.clone()));
     }
-    tokio::spawn(source.run(updates_sender));
+    tasks.spawn(source.run(updates_sender));
 
     let xds_listener = TcpListener::bind(config.xds_listen)
         .await
@@ -136,7 +139,7 @@ pub async fn serve(
     let tls = match &config.xds_tls {
         Some(settings) => {
             let reloader = TlsReloader::new(settings.clone())?;
-            tokio::spawn(reloader.clone().watch());
+            tasks.spawn(reloader.clone().watch());
             Some(reloader)
         }
         None => None,
@@ -157,14 +160,14 @@ pub async fn serve(
         )
     });
     if let Some(reports) = &load_reports {
-        tokio::spawn(reports.clone().run());
+        tasks.spawn(reports.clone().run());
     }
     let lrs = LrsService::new(context.clone(), load_reports);
     let grpc = grpc_router(context, clients, lrs, xds_config)?;
     let drain_period = xds_config.drain_period();
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         shutdown.await;
         let _ = stop_sender.send(true);
     });
@@ -199,6 +202,28 @@ pub async fn serve(
     }
     tracing::info!("adaptive-eds stopped");
     Ok(())
+}
+
+/// Tasks that are aborted when dropped (when `serve` returns).
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Tasks {
+    fn spawn<F>(&mut self, future: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.push(tokio::spawn(future).abort_handle());
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Follows the file's settings and the discovered clusters, publishing the file's settings with
