@@ -11,6 +11,7 @@ const ENVOY_REFLECTION_PROTOS: &[&str] = &[
     "envoy/service/discovery/v3/ads.proto",
     "envoy/service/endpoint/v3/eds.proto",
     "envoy/config/endpoint/v3/endpoint.proto",
+    "envoy/service/load_stats/v3/lrs.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

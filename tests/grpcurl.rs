@@ -57,6 +57,7 @@ async fn grpcurl_lists_describes_and_inspects_what_envoy_sees() {
             "adaptive_eds.inspect.v1.Inspect",
             "envoy.service.discovery.v3.AggregatedDiscoveryService",
             "envoy.service.endpoint.v3.EndpointDiscoveryService",
+            "envoy.service.load_stats.v3.LoadReportingService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
