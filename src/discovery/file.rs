@@ -150,9 +150,10 @@ impl FileSource {
         if next.raw.xds != self.current.raw.xds
             || next.raw.admin != self.current.raw.admin
             || remote_write(next) != remote_write(&self.current)
+            || next.adaptive.load_reports != self.current.adaptive.load_reports
             || next.raw.kubernetes != self.current.raw.kubernetes
         {
-            tracing::warn!(file = %self.path.display(), "xds, admin, kubernetes or metrics.remote_write.enabled changed; that takes effect only after a restart");
+            tracing::warn!(file = %self.path.display(), "xds, admin, kubernetes, metrics.remote_write.enabled or metrics.load_reports changed; that takes effect only after a restart");
         }
     }
 }
