@@ -43,18 +43,27 @@ struct Args {
     /// Longest wait for all clients to get one version.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Extra `xds:` keys for the server, as `KEY: VALUE` (repeatable), e.g.
+    /// `--xds "http2_stream_window_bytes: 65535"`, to compare transport settings.
+    #[arg(long = "xds")]
+    xds_options: Vec<String>,
 }
 
 fn config_text(
     xds_port: u16,
     admin_port: u16,
+    xds_options: &[String],
     clusters: usize,
     endpoints: usize,
     generation: usize,
     changed: usize,
 ) -> String {
+    let extra: String = xds_options
+        .iter()
+        .map(|option| format!(", {option}"))
+        .collect();
     let mut text = format!(
-        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\nclusters:\n"
+        "xds: {{ listen: \"127.0.0.1:{xds_port}\"{extra} }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\nclusters:\n"
     );
     for cluster in 0..clusters {
         let bump = if cluster < changed { generation } else { 0 };
@@ -163,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
         config_text(
             xds_port,
             admin_port,
+            &args.xds_options,
             args.clusters,
             args.endpoints,
             0,
@@ -215,11 +225,13 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .into_inner()
             .snapshot_version;
+        let (cpu_before_change, _, _) = process_usage(pid)?;
         std::fs::write(
             &config,
             config_text(
                 xds_port,
                 admin_port,
+                &args.xds_options,
                 args.clusters,
                 args.endpoints,
                 change,
@@ -263,11 +275,22 @@ async fn main() -> anyhow::Result<()> {
         latencies.sort_by(|a, b| a.total_cmp(b));
         let bytes =
             arrivals.iter().map(|arrival| arrival.bytes).sum::<usize>() / arrivals.len().max(1);
-        rows.push((change, arrivals.len(), latencies, bytes));
+        // The second after the last arrival takes in the ACKs the clients send back, so the CPU
+        // of an update is encoding, fan-out and the ACKs (plus the config reload that made it).
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let (cpu_after_change, _, _) = process_usage(pid)?;
+        rows.push((
+            change,
+            arrivals.len(),
+            latencies,
+            bytes,
+            cpu_after_change - cpu_before_change,
+        ));
     }
     let encodes_after = metric(admin_port, "adaptive_eds_encodes_total").await;
-    let (cpu_end, _, peak) = process_usage(pid)?;
+    // Idle again after the pushes: what each stream keeps once its largest response is sent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu_end, rss_after_changes, peak) = process_usage(pid)?;
     drop(fleet);
 
     println!(
@@ -278,16 +301,17 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(0)
     );
     println!(
-        "command: cargo run --release -p lab --bin xds_bench -- --clients {} --per-connection {} --clusters {} --endpoints {} --changed {} --changes {} --mode {:?}\n",
-        args.clients, args.per_connection, args.clusters, args.endpoints, args.changed, args.changes, args.mode
+        "command: cargo run --release -p lab --bin xds_bench -- --clients {} --per-connection {} --clusters {} --endpoints {} --changed {} --changes {} --mode {:?}{}\n",
+        args.clients, args.per_connection, args.clusters, args.endpoints, args.changed, args.changes, args.mode,
+        args.xds_options.iter().map(|option| format!(" --xds \"{option}\"")).collect::<String>()
     );
     println!(
-        "| change | clients reached | first ms | p50 ms | p99 ms | max ms | bytes per client |"
+        "| change | clients reached | first ms | p50 ms | p99 ms | max ms | bytes per client | server CPU s |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (change, reached, latencies, bytes) in &rows {
+    println!("|---|---|---|---|---|---|---|---|");
+    for (change, reached, latencies, bytes, cpu) in &rows {
         println!(
-            "| {change} | {reached}/{} | {:.0} | {:.0} | {:.0} | {:.0} | {bytes} |",
+            "| {change} | {reached}/{} | {:.0} | {:.0} | {:.0} | {:.0} | {bytes} | {cpu:.2} |",
             args.clients,
             percentile(latencies, 0.0),
             percentile(latencies, 0.5),
@@ -295,14 +319,37 @@ async fn main() -> anyhow::Result<()> {
             percentile(latencies, 1.0)
         );
     }
-    let per_client = (rss_connected.saturating_sub(rss_idle)) as f64 / args.clients as f64;
+    let per_client = |rss: u64| rss.saturating_sub(rss_idle) as f64 / args.clients as f64;
+    let cpu_per_update = rows.iter().map(|row| row.4).sum::<f64>() / rows.len().max(1) as f64;
+    let worst_p99 = rows
+        .iter()
+        .map(|row| percentile(&row.2, 0.99))
+        .fold(f64::NAN, f64::max);
     println!();
     println!(
         "connect + initial version to all clients: {:.1} s",
         connect_time.as_secs_f64()
     );
-    println!("server RSS idle {rss_idle} KiB, with clients {rss_connected} KiB: {per_client:.1} KiB per connected client; peak {peak} KiB");
-    println!("server CPU during the run: {:.2} s", cpu_end - cpu_start);
+    println!(
+        "server RSS idle {rss_idle} KiB; with clients {rss_connected} KiB ({:.1} KiB per client); after the changes {rss_after_changes} KiB ({:.1} KiB per client); peak {peak} KiB",
+        per_client(rss_connected),
+        per_client(rss_after_changes)
+    );
+    println!(
+        "server CPU during the run: {:.2} s; per update (mean of {} changes, to 1 s after the last arrival): {cpu_per_update:.3} s",
+        cpu_end - cpu_start,
+        rows.len()
+    );
+    println!(
+        "summary: mode={:?} clients={} per_connection={} endpoints={} clusters={} kib_per_client={:.1} kib_per_client_after={:.1} cpu_per_update_s={cpu_per_update:.3} worst_p99_ms={worst_p99:.0}",
+        args.mode,
+        args.clients,
+        args.per_connection,
+        args.endpoints,
+        args.clusters,
+        per_client(rss_connected),
+        per_client(rss_after_changes)
+    );
     println!(
         "encodes during {} changes of {} cluster(s): {} (one per changed cluster version is {})",
         args.changes,
