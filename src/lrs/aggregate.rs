@@ -508,6 +508,8 @@ impl StreamReports {
             );
             recorded.clusters.push(outcome);
         }
+        let present: HashSet<&str> = cluster_stats.iter().map(resource_name).collect();
+        record_idle(&mut windows, &served, &present, now, unix_millis(wall));
         drop(windows);
         self.reports.count(&recorded);
         recorded
@@ -722,6 +724,20 @@ fn record_cluster(
     let Some(window) = windows.clusters.get_mut(name) else {
         return Outcome::First;
     };
+    advance(window, endpoints, seconds, entries, now, now_ms);
+    Outcome::Accepted
+}
+
+/// Adds one interval of `seconds` to `window`, with `entries` for the endpoints that had
+/// activity in it (the others had none).
+fn advance(
+    window: &mut ClusterWindow,
+    endpoints: &HashSet<SocketAddr>,
+    seconds: f64,
+    entries: HashMap<SocketAddr, Entry>,
+    now: Instant,
+    now_ms: i64,
+) {
     window.seconds.push_back(seconds);
     while window.seconds.len() > WINDOW_REPORTS {
         window.seconds.pop_front();
@@ -755,7 +771,40 @@ fn record_cluster(
             && (endpoint.snapshots.iter().any(|&value| value > 0)
                 || endpoint.counts.iter().any(|counts| !counts.is_zero()))
     });
-    Outcome::Accepted
+}
+
+/// A report without a cluster the stream reported before: with `send_all_clusters` (or the
+/// cluster named) Envoy leaves out only clusters without activity, so the cluster had none since
+/// its last report, an interval our clock measures.
+fn record_idle(
+    windows: &mut StreamWindows,
+    served: &ServedIndex,
+    present: &HashSet<&str>,
+    now: Instant,
+    now_ms: i64,
+) {
+    for (name, window) in windows.clusters.iter_mut() {
+        if present.contains(name.as_str())
+            || window.seconds.is_empty() && window.endpoints.is_empty()
+        {
+            continue;
+        }
+        let Some(endpoints) = served.clusters.get(name) else {
+            continue;
+        };
+        let elapsed = now.saturating_duration_since(window.last_report);
+        if elapsed < MIN_INTERVAL {
+            continue;
+        }
+        advance(
+            window,
+            endpoints,
+            elapsed.min(MAX_INTERVAL).as_secs_f64(),
+            HashMap::new(),
+            now,
+            now_ms,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -954,6 +1003,29 @@ mod tests {
         assert!((figures_of(&reports, start, "10.0.0.2").rps - 5.0).abs() < 1e-9);
         stream.record(&[stats("checkout", 1, &[])], start, wall);
         assert_eq!(figures_of(&reports, start, "10.0.0.1").rps, 0.0);
+    }
+
+    #[test]
+    fn a_cluster_missing_from_a_report_had_no_requests() {
+        let reports = reports();
+        let start = Instant::now();
+        let wall = SystemTime::now();
+        let stream = reports.open_stream(1);
+        let busy = stats("checkout", 1, &[("10.0.0.1", 10, 0, 10, 0)]);
+        stream.record(std::slice::from_ref(&busy), start, wall);
+        stream.record(
+            std::slice::from_ref(&busy),
+            start + Duration::from_secs(1),
+            wall,
+        );
+        assert!((figures_of(&reports, start, "10.0.0.1").rps - 10.0).abs() < 1e-9);
+        // The next report has no `checkout`: a second without requests.
+        stream.record(&[], start + Duration::from_secs(2), wall);
+        let figures = figures_of(&reports, start + Duration::from_secs(2), "10.0.0.1");
+        assert!((figures.rps - 5.0).abs() < 1e-9, "{figures:?}");
+        stream.record(&[], start + Duration::from_secs(3), wall);
+        let figures = figures_of(&reports, start + Duration::from_secs(3), "10.0.0.1");
+        assert_eq!(figures.rps, 0.0, "{figures:?}");
     }
 
     #[test]

@@ -154,8 +154,9 @@ impl Driver {
     /// Handles one report; the response to send, if any (only after the first message).
     fn on_report(&mut self, report: LoadReport) -> Option<LoadStatsResponse> {
         self.count_report("ok");
+        let first = self.send_all.is_none();
         let mut response = None;
-        if self.send_all.is_none() {
+        if first {
             let node = report.node.unwrap_or_default();
             let send_all = node
                 .client_features
@@ -182,7 +183,9 @@ impl Driver {
         }
         match &self.reports {
             Some(reports) => {
-                if !report.cluster_stats.is_empty() {
+                // The first message carries only the node; every later one is a report, even
+                // without clusters (none had activity).
+                if !first || !report.cluster_stats.is_empty() {
                     reports.record(
                         &report.cluster_stats,
                         Instant::now(),
