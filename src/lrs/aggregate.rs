@@ -773,9 +773,10 @@ fn advance(
     });
 }
 
-/// A report without a cluster the stream reported before: with `send_all_clusters` (or the
-/// cluster named) Envoy leaves out only clusters without activity, so the cluster had none since
-/// its last report, an interval our clock measures.
+/// A report without a cluster the stream reported before: Envoy reports every cluster it has,
+/// idle or not (measured with 1.40), so one left out is gone from that Envoy or no longer asked
+/// for; it had no requests since its last report, an interval our clock measures. Its window runs
+/// down to zero within 2 reports, then is dropped as stale.
 fn record_idle(
     windows: &mut StreamWindows,
     served: &ServedIndex,
