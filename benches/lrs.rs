@@ -129,6 +129,34 @@ fn decode_generated_message(bencher: divan::Bencher) {
     bencher.bench(|| LoadStatsRequest::decode(divan::black_box(bytes.as_slice())));
 }
 
+/// A sidecar's report with `send_all_clusters`: our cluster and 300 idle ones we do not serve
+/// (every cluster istiod gave it), decoded every second.
+fn sidecar_report() -> Vec<u8> {
+    let idle = (0..300).map(|index| ClusterStats {
+        cluster_name: format!("outbound|8080||service-{index}.namespace.svc.cluster.local"),
+        load_report_interval: Some(protobuf::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        upstream_locality_stats: vec![UpstreamLocalityStats::default()],
+        ..Default::default()
+    });
+    LoadStatsRequest {
+        node: Some(node()),
+        cluster_stats: std::iter::once(cluster_stats()).chain(idle).collect(),
+    }
+    .encode_to_vec()
+}
+
+/// A later report of a sidecar with 300 idle clusters.
+#[divan::bench]
+fn decode_later_sidecar_report(bencher: divan::Bencher) {
+    let bytes = sidecar_report();
+    bencher
+        .counter(divan::counter::BytesCount::new(bytes.len()))
+        .bench(|| decode_report(divan::black_box(bytes.as_slice()), false));
+}
+
 /// Recording one decoded report into a stream's window.
 #[divan::bench]
 fn record_report(bencher: divan::Bencher) {
