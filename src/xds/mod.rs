@@ -2,6 +2,7 @@
 //!
 //! Serving only reads snapshots; it never calls a source.
 
+pub mod body;
 pub mod connections;
 pub mod delta;
 pub mod registry;

@@ -7,6 +7,7 @@ use super::{
     ads_server::aggregated_discovery_service_server::{
         AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
     },
+    body::ChunkedStreams,
     delta::DeltaState,
     eds_server::endpoint_discovery_service_server::{
         EndpointDiscoveryService, EndpointDiscoveryServiceServer,
@@ -30,16 +31,32 @@ impl XdsService {
         Self { context }
     }
 
-    /// The ADS gRPC service, refusing requests over `max_message_bytes`.
-    pub fn ads(&self, max_message_bytes: usize) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(max_message_bytes)
+    /// The ADS gRPC service, refusing requests over `max_message_bytes`; its streams write
+    /// shared response bytes without a per-stream encode buffer ([`ChunkedStreams`]).
+    pub fn ads(
+        &self,
+        max_message_bytes: usize,
+    ) -> ChunkedStreams<AggregatedDiscoveryServiceServer<Self>> {
+        ChunkedStreams::new(
+            AggregatedDiscoveryServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes),
+            self.context.clone(),
+            max_message_bytes,
+        )
     }
 
-    /// The EDS gRPC service, refusing requests over `max_message_bytes`.
-    pub fn eds(&self, max_message_bytes: usize) -> EndpointDiscoveryServiceServer<Self> {
-        EndpointDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(max_message_bytes)
+    /// The EDS gRPC service, refusing requests over `max_message_bytes` (streams as for ADS;
+    /// `FetchEndpoints` by the generated service).
+    pub fn eds(
+        &self,
+        max_message_bytes: usize,
+    ) -> ChunkedStreams<EndpointDiscoveryServiceServer<Self>> {
+        ChunkedStreams::new(
+            EndpointDiscoveryServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes),
+            self.context.clone(),
+            max_message_bytes,
+        )
     }
 
     fn fetch(&self, request: &DiscoveryRequest) -> Result<SotwResponse, Status> {

@@ -227,9 +227,15 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(
-            CODEC_BUFFER_BYTES,
-            CODEC_YIELD_BYTES,
-        ))
+        request_decoder()
     }
+}
+
+/// The request decoder of our streams (also used where `body.rs` decodes requests itself).
+pub fn request_decoder<U: prost::Message + Default + Send + 'static>(
+) -> tonic_prost::ProstDecoder<U> {
+    tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(
+        CODEC_BUFFER_BYTES,
+        CODEC_YIELD_BYTES,
+    ))
 }
