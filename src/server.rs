@@ -152,9 +152,17 @@ pub async fn serve(
     );
     // LRS settings are read once: Envoys are told the interval when their stream opens.
     let load_reports = config.adaptive.load_reports.as_ref().map(|settings| {
+        // Shared through the metrics store, a replica's own (partial) aggregates must not reach
+        // its weights: they would win over the pulled sums, being newer. They still reach the
+        // `adaptive_eds_lrs_endpoint_*` gauges, which the store scrapes and sums.
+        let samples = if settings.shared_via_store {
+            SampleTable::default()
+        } else {
+            table.clone()
+        };
         LoadReports::new(
             store.clone(),
-            table.clone(),
+            samples,
             context.metrics.clone(),
             settings.interval,
         )

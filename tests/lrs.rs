@@ -8,13 +8,14 @@ mod support;
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
 };
 
 use adaptive_eds::inspect::pb::{inspect_client::InspectClient, GetClusterRequest};
+use support::traffic::{SwitchableBackends, Traffic};
 use support::{http_get, spawn_server, wait_for, wait_ready, Envoy, Server};
 
 /// Test backends on loopback: each answers `/` after `delay`; a failing one answers every
@@ -83,47 +84,6 @@ impl Drop for Backends {
         for task in &self.tasks {
             task.abort();
         }
-    }
-}
-
-/// Closed-loop traffic: `workers` clients each sending one request at a time to `port`, until
-/// `stop` is set or `limit` passes.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<u64>>,
-}
-
-impl Traffic {
-    fn start(port: u16, workers: usize, limit: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let deadline = Instant::now() + limit;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("client");
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, client) = (Arc::clone(&stop), client.clone());
-                tokio::spawn(async move {
-                    let mut sent = 0;
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        let _ = client.get(format!("http://127.0.0.1:{port}/")).send().await;
-                        sent += 1;
-                    }
-                    sent
-                })
-            })
-            .collect();
-        Self { stop, tasks }
-    }
-
-    async fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut sent = 0;
-        for task in self.tasks {
-            sent += task.await.unwrap_or(0);
-        }
-        sent
     }
 }
 
@@ -883,57 +843,6 @@ async fn stalled_flooding_or_broken_reporters_never_hold_up_eds() {
     flood.abort();
     let _ = flood.await;
     server.stop().await;
-}
-
-/// Backends whose failure can be switched on and off: while failing, one answers at once with
-/// 503 (a fast failure, the case CPU-per-request signals read as the cheapest pod).
-struct SwitchableBackends {
-    ports: Vec<u16>,
-    failing: Vec<Arc<AtomicBool>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl SwitchableBackends {
-    async fn start(count: usize, delay: Duration) -> Self {
-        let (mut ports, mut failing, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..count {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind backend");
-            ports.push(listener.local_addr().expect("backend address").port());
-            let switch = Arc::new(AtomicBool::new(false));
-            failing.push(Arc::clone(&switch));
-            let app = axum::Router::new().route(
-                "/",
-                axum::routing::get(move || {
-                    let switch = Arc::clone(&switch);
-                    async move {
-                        if switch.load(Ordering::Relaxed) {
-                            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "failing");
-                        }
-                        tokio::time::sleep(delay).await;
-                        (axum::http::StatusCode::OK, "ok")
-                    }
-                }),
-            );
-            tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            }));
-        }
-        Self {
-            ports,
-            failing,
-            tasks,
-        }
-    }
-}
-
-impl Drop for SwitchableBackends {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

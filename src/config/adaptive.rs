@@ -31,6 +31,10 @@ pub struct LoadReportsConfig {
     pub enabled: bool,
     /// How often Envoys report (`load_reporting_interval`).
     pub interval: Option<ConfigDuration>,
+    /// With several replicas: this replica's aggregates are only exported on `/metrics`, for the
+    /// metrics store to sum over every replica; the weights use what `metrics.prometheus` pulls.
+    #[serde(default)]
+    pub shared_via_store: bool,
 }
 
 /// Default `metrics.load_reports.interval`.
@@ -46,6 +50,8 @@ const MAX_LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(300);
 pub struct LoadReportSettings {
     /// `load_reporting_interval` sent to Envoy.
     pub interval: Duration,
+    /// Aggregates go only to `/metrics` (replicas share them through the metrics store).
+    pub shared_via_store: bool,
 }
 
 /// How a series is matched to an endpoint.
@@ -512,6 +518,19 @@ pub fn validate(
         .as_ref()
         .filter(|config| config.enabled)
         .map(|config| validate_load_reports(config, problems));
+    if load_reports
+        .as_ref()
+        .is_some_and(|settings| settings.shared_via_store)
+        && metrics
+            .prometheus
+            .as_ref()
+            .is_none_or(|config| config.rps_query.is_none())
+    {
+        problems.push(problem(
+            "metrics.load_reports.shared_via_store",
+            "needs metrics.prometheus with an rps_query that sums adaptive_eds_lrs_endpoint_requests_per_second over the replicas (see the README's Replicas section): otherwise no weight would see the reports",
+        ));
+    }
     let has_source = prometheus.is_some() || remote_write.is_some() || load_reports.is_some();
     let base = params_from(
         Params {
@@ -790,7 +809,10 @@ fn validate_load_reports(
             ),
         ));
     }
-    LoadReportSettings { interval }
+    LoadReportSettings {
+        interval,
+        shared_via_store: config.shared_via_store,
+    }
 }
 
 fn validate_remote_write(
@@ -1230,6 +1252,27 @@ clusters:
     }
 
     #[test]
+    fn reports_shared_through_the_store_need_a_pull_of_the_sums() {
+        let found =
+            problems("metrics: { load_reports: { enabled: true, shared_via_store: true } }\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "metrics.load_reports.shared_via_store: needs metrics.prometheus with an rps_query"
+            ),
+            "{found:?}"
+        );
+        let config = parse(
+            "metrics: { load_reports: { enabled: true, shared_via_store: true }, prometheus: { url: \"http://127.0.0.1:1\", cpu_query: x, rps_query: y } }\nclusters: [{ name: a }]\n",
+        )
+        .expect("valid");
+        assert!(config
+            .adaptive
+            .load_reports
+            .is_some_and(|settings| settings.shared_via_store));
+    }
+
+    #[test]
     fn load_reports_alone_make_clusters_adaptive() {
         let config = parse(
             "metrics: { load_reports: { enabled: true, interval: 2s } }\nclusters: [{ name: a }]\n",
@@ -1238,7 +1281,8 @@ clusters:
         assert_eq!(
             config.adaptive.load_reports,
             Some(super::LoadReportSettings {
-                interval: Duration::from_secs(2)
+                interval: Duration::from_secs(2),
+                shared_via_store: false,
             })
         );
         assert_eq!(

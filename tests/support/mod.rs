@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube_api;
+pub mod traffic;
 
 use std::{
     future::Future,
