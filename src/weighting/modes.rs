@@ -224,11 +224,18 @@ pub(crate) fn held_weights(
             ),
         })
         .collect();
-    Tick {
-        weights,
-        costs: remembered_costs(observations),
-        cost_basis: None,
-        failing: remembered_failing(observations),
+    Tick::remembered(weights, observations)
+}
+
+impl Tick {
+    /// These weights, with the costs and holds remembered so far, unchanged.
+    fn remembered(weights: Vec<Weight>, observations: &[Observation]) -> Self {
+        Self {
+            weights,
+            costs: remembered_costs(observations),
+            cost_basis: None,
+            failing: remembered_failing(observations),
+        }
     }
 }
 
@@ -256,12 +263,7 @@ pub(crate) fn equal_weights(
         .iter()
         .map(|observation| explained(observation, weight, source, reason.clone()))
         .collect();
-    Tick {
-        weights,
-        costs: remembered_costs(observations),
-        cost_basis: None,
-        failing: remembered_failing(observations),
-    }
+    Tick::remembered(weights, observations)
 }
 
 /// The failing holds remembered so far, unchanged.
