@@ -245,3 +245,47 @@ fn without_an_error_signal_latency_is_no_worse_than_least_request() {
         report.error_rate()
     );
 }
+
+/// CSWRR weighs by rps over ORCA utilization, and the failing pod reports low utilization on
+/// every answer: it draws far more than its share and the errors are several times
+/// LEAST_REQUEST's. When the pods also report `eps`, Envoy's `error_utilization_penalty` (1.0)
+/// adds the error ratio to the utilization and the failing pod loses most of its traffic.
+///
+/// Measured 2026-12-01 (seed 11, ten clients, 60 s, 5 s cut): without `eps` the failing pod
+/// gets 37% of the requests and 35.9% fail (5.8x LEAST_REQUEST's 6.19%); with `eps` 1.7% and
+/// 1.07% (0.17x).
+#[test]
+fn cswrr_is_fooled_by_the_failing_pod_unless_it_reports_eps() {
+    let mut fleet = failing_fleet();
+    let baseline = least_request(&fleet, &steady(), 60).error_rate();
+    let run = |fleet: &Fleet| {
+        simulate(
+            fleet,
+            &steady(),
+            &config(Policy::Cswrr, 60),
+            &mut EqualWeights,
+            "none",
+        )
+        .unwrap()
+    };
+    let blind = run(&fleet);
+    fleet.orca_eps = true;
+    let told = run(&fleet);
+    eprintln!(
+        "cswrr: errors {:.4} (failing pod share {:.4}) without eps, {:.4} ({:.4}) with eps; least_request {baseline:.4}",
+        blind.error_rate(),
+        share_of(&blind, FAILING_POD),
+        told.error_rate(),
+        share_of(&told, FAILING_POD)
+    );
+    assert!(
+        blind.error_rate() > 2.0 * baseline,
+        "cswrr without eps: {:.4} vs least_request {baseline:.4}",
+        blind.error_rate()
+    );
+    assert!(
+        told.error_rate() * 2.0 < baseline,
+        "cswrr with eps: {:.4} vs least_request {baseline:.4}",
+        told.error_rate()
+    );
+}

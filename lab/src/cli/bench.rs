@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Window of the counter rates adaptive-eds reads (whole seconds, at least 2: scrapes are 1 s apart).
     #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
     rate_window: Duration,
+    /// The pods' ORCA header also carries `eps` (errors per second), which CSWRR turns into a
+    /// penalty; off, as in the fleet file, the header has CPU and request rate only.
+    #[arg(long)]
+    orca_eps: bool,
     /// Only redraw the PNG plots of an existing results folder from its `report.md`.
     #[arg(long)]
     replot: bool,
@@ -141,6 +145,9 @@ fn results_folder(args: &BenchArgs) -> PathBuf {
     if args.error_signal == Switch::Off {
         name.push_str("-no-error-signal");
     }
+    if args.orca_eps {
+        name.push_str("-orca-eps");
+    }
     Path::new("lab/results").join(name)
 }
 
@@ -155,7 +162,8 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
     };
     let results = results_folder(args);
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
-    let scaled = scaled(&fleet, args.time_scale);
+    let mut scaled = scaled(&fleet, args.time_scale);
+    scaled.orca_eps |= args.orca_eps;
     let fleet_file = results.join("fleet-scaled.yaml");
     let text = serde_norway::to_string(&scaled).context("writing the scaled fleet")?;
     std::fs::write(&fleet_file, text)
@@ -322,7 +330,12 @@ fn metrics_description(args: &BenchArgs) -> String {
         (Switch::On, false) => "error signal on (5xx rate of the request counter)",
         (Switch::Off, false) => "no error signal (CPU and request rates only)",
     };
-    format!("{}; {errors}", parts.join(" + "))
+    let eps = if args.orca_eps {
+        "; the pods' ORCA headers carry eps (errors per second)"
+    } else {
+        ""
+    };
+    format!("{}; {errors}{eps}", parts.join(" + "))
 }
 
 /// The processes of one run; dropping it stops them all.

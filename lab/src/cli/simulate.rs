@@ -83,6 +83,10 @@ pub struct SimulateArgs {
     /// load reports give it) or CPU and request rates only.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     error_signal: Switch,
+    /// The endpoints' ORCA reports also carry `eps` (errors per second), which CSWRR turns
+    /// into a penalty (`error_utilization_penalty` 1.0, Envoy's default).
+    #[arg(long)]
+    orca_eps: bool,
 }
 
 fn provider(
@@ -146,7 +150,8 @@ fn config(args: &SimulateArgs, policy: Policy) -> SimConfig {
 
 /// Runs every policy and weight-provider combination asked for and prints the tables.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
-    let fleet = load_fleet(&args.fleet).context("loading the fleet")?;
+    let mut fleet = load_fleet(&args.fleet).context("loading the fleet")?;
+    fleet.orca_eps |= args.orca_eps;
     let scenario = match &args.scenario {
         Some(path) => load_scenario(path, &fleet).context("loading the scenario")?,
         None => Scenario {

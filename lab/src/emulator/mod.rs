@@ -89,13 +89,12 @@ pub async fn start_fleet(fleet: &Fleet, base_port: u16) -> Result<RunningFleet, 
     let mut servers = JoinSet::new();
     let mut nodes = Vec::with_capacity(pods.len());
     for (index, pod) in pods.iter().enumerate() {
-        let node =
-            Node::new(pod, &fleet.namespace, fleet.orca, timer.clone()).map_err(|source| {
-                EmulatorError::Pod {
-                    pod: pod.name.clone(),
-                    source,
-                }
-            })?;
+        let node = Node::new(pod, &fleet.namespace, fleet.orca, timer.clone())
+            .map_err(|source| EmulatorError::Pod {
+                pod: pod.name.clone(),
+                source,
+            })?
+            .with_orca_eps(fleet.orca_eps);
         let node = Arc::new(node);
         let port = node_port(base_port, index, pods.len())?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))

@@ -34,6 +34,7 @@ pub struct Node {
     recent: RecentLoad,
     timer: PreciseTimer,
     orca: bool,
+    orca_eps: bool,
 }
 
 /// What the HTTP layer needs to answer one request.
@@ -49,6 +50,7 @@ pub struct Answer {
 struct BusyGuard<'a> {
     node: &'a Node,
     slot_start: Instant,
+    failed: bool,
 }
 
 impl Drop for BusyGuard<'_> {
@@ -56,7 +58,7 @@ impl Drop for BusyGuard<'_> {
         let now = Instant::now();
         let busy = now.saturating_duration_since(self.slot_start);
         self.node.metrics.add_busy(busy);
-        self.node.recent.record(now, busy);
+        self.node.recent.record(now, busy, self.failed);
     }
 }
 
@@ -84,7 +86,14 @@ impl Node {
             recent: RecentLoad::new(ORCA_WINDOW),
             timer,
             orca,
+            orca_eps: false,
         })
+    }
+
+    /// With `true` (and ORCA on), the header also reports errors per second (`eps`).
+    pub fn with_orca_eps(mut self, orca_eps: bool) -> Self {
+        self.orca_eps = orca_eps;
+        self
     }
 
     /// Pod name.
@@ -164,14 +173,18 @@ impl Node {
         let guard = BusyGuard {
             node: self,
             slot_start: Instant::now(),
+            failed,
         };
         self.timer.sleep_until(guard.slot_start + service).await;
         drop(guard);
         drop(permit);
         self.metrics.record_request(arrival.elapsed(), failed);
         // A real backend's ORCA middleware reports on every answer, errors included, and what
-        // it reports is CPU and request rate: a failing pod reads as an idle, fast one.
-        let orca_header = self.orca.then(|| self.recent_load().orca_header_value());
+        // it usually reports is CPU and request rate: a failing pod reads as an idle, fast one
+        // unless the fleet asks for `eps` too.
+        let orca_header = self
+            .orca
+            .then(|| self.recent_load().orca_header_value(self.orca_eps));
         Ok(Answer {
             orca_header,
             failed,

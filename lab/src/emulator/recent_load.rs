@@ -19,6 +19,7 @@ struct Bucket {
     index: u64,
     busy_seconds: f64,
     requests: u64,
+    errors: u64,
 }
 
 /// Load seen over the recent window.
@@ -26,8 +27,10 @@ struct Bucket {
 pub struct LoadReport {
     /// Busy slot-seconds per second divided by cores (0..=1).
     pub utilization: f64,
-    /// Requests completed per second.
+    /// Requests completed per second (errors included).
     pub requests_per_second: f64,
+    /// Of those, requests answered with an error, per second.
+    pub errors_per_second: f64,
 }
 
 impl RecentLoad {
@@ -46,8 +49,8 @@ impl RecentLoad {
         u64::try_from(elapsed / self.bucket_width.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Records one completed request that held a slot for `busy`.
-    pub fn record(&self, now: Instant, busy: Duration) {
+    /// Records one completed request that held a slot for `busy` (`failed`: answered an error).
+    pub fn record(&self, now: Instant, busy: Duration, failed: bool) {
         let index = self.bucket_index(now);
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let bucket = &mut buckets[(index % BUCKETS as u64) as usize];
@@ -59,19 +62,24 @@ impl RecentLoad {
         }
         bucket.busy_seconds += busy.as_secs_f64();
         bucket.requests += 1;
+        bucket.errors += u64::from(failed);
     }
 
     /// Load over the buckets still inside the window at `now`, for a node of `cores`.
     pub fn report(&self, now: Instant, cores: u32) -> LoadReport {
         let current = self.bucket_index(now);
         let oldest = current.saturating_sub(BUCKETS as u64 - 1);
-        let (busy_seconds, requests) = {
+        let (busy_seconds, requests, errors) = {
             let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
             buckets
                 .iter()
                 .filter(|bucket| (oldest..=current).contains(&bucket.index))
-                .fold((0.0, 0), |(busy, count), bucket| {
-                    (busy + bucket.busy_seconds, count + bucket.requests)
+                .fold((0.0, 0, 0), |(busy, count, errors), bucket| {
+                    (
+                        busy + bucket.busy_seconds,
+                        count + bucket.requests,
+                        errors + bucket.errors,
+                    )
                 })
         };
         let since_origin = now.saturating_duration_since(self.origin);
@@ -85,17 +93,23 @@ impl RecentLoad {
         LoadReport {
             utilization: (busy_seconds / (window * f64::from(cores.max(1)))).min(1.0),
             requests_per_second: requests as f64 / window,
+            errors_per_second: errors as f64 / window,
         }
     }
 }
 
 impl LoadReport {
-    /// Formats the report as Envoy's native ORCA header value (`endpoint-load-metrics`).
-    pub fn orca_header_value(&self) -> String {
-        format!(
+    /// Formats the report as Envoy's native ORCA header value (`endpoint-load-metrics`);
+    /// with `eps`, the errors per second too.
+    pub fn orca_header_value(&self, eps: bool) -> String {
+        let mut text = format!(
             "TEXT cpu_utilization:{:.4},rps_fractional:{:.2}",
             self.utilization, self.requests_per_second
-        )
+        );
+        if eps {
+            text.push_str(&format!(",eps:{:.2}", self.errors_per_second));
+        }
+        text
     }
 }
 
@@ -111,6 +125,7 @@ mod tests {
             load.record(
                 start + Duration::from_millis(u64::from(step) * 10),
                 Duration::from_millis(20),
+                step % 4 == 0,
             );
         }
         let report = load.report(start + Duration::from_millis(999), 4);
@@ -122,10 +137,16 @@ mod tests {
         assert!((report.utilization - 0.5).abs() < 0.01, "{report:?}");
         let later = load.report(start + Duration::from_secs(5), 4);
         assert_eq!(later.requests_per_second, 0.0);
+        assert!((report.errors_per_second - 25.0).abs() < 1.0, "{report:?}");
         assert_eq!(
-            report.orca_header_value().split(',').count(),
+            report.orca_header_value(false).split(',').count(),
             2,
             "two fields in the header"
+        );
+        assert!(
+            report.orca_header_value(true).ends_with(",eps:25.03"),
+            "{}",
+            report.orca_header_value(true)
         );
     }
 }

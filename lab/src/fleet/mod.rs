@@ -22,6 +22,11 @@ pub struct Fleet {
     /// When true, every emulated response carries the ORCA `endpoint-load-metrics` header.
     #[serde(default)]
     pub orca: bool,
+    /// When true (and `orca`), the header also carries `eps`, errors per second, which Envoy's
+    /// CSWRR turns into a penalty (`error_utilization_penalty`, default 1.0). Off by default:
+    /// most ORCA middlewares report CPU and request rate only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orca_eps: bool,
     /// Groups of identical pods.
     pub groups: Vec<Group>,
 }

@@ -11,6 +11,9 @@ pub struct CswrrSettings {
     pub blackout_period: Duration,
     /// A weight is dropped when no report came for this long (Envoy default 3 min).
     pub weight_expiration_period: Duration,
+    /// Utilization added per error ratio: weight = qps / (utilization + eps / qps * penalty)
+    /// (Envoy default 1.0). Only matters when endpoints report `eps`.
+    pub error_utilization_penalty: f64,
 }
 
 impl Default for CswrrSettings {
@@ -19,6 +22,7 @@ impl Default for CswrrSettings {
             weight_update_period: Duration::from_secs(1),
             blackout_period: Duration::from_secs(10),
             weight_expiration_period: Duration::from_secs(180),
+            error_utilization_penalty: 1.0,
         }
     }
 }
@@ -28,8 +32,10 @@ impl Default for CswrrSettings {
 pub struct OrcaReport {
     /// `cpu_utilization`: busy fraction of the endpoint's cores.
     pub utilization: f64,
-    /// `rps_fractional`: requests per second served by the endpoint.
+    /// `rps_fractional`: requests per second served by the endpoint (errors included).
     pub requests_per_second: f64,
+    /// `eps`: errors per second, 0 when the endpoint does not report it.
+    pub errors_per_second: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,12 +59,14 @@ impl OrcaWeights {
         }
     }
 
-    /// Takes one report from `endpoint` at `now_ns`: weight = rps / utilization
-    /// (`error_utilization_penalty` is ignored, as there are no errors here).
-    pub fn on_report(&mut self, endpoint: usize, report: OrcaReport, now_ns: u64) {
+    /// Takes one report from `endpoint` at `now_ns`: weight = rps / (utilization + eps / rps x
+    /// `penalty`), as Envoy computes it.
+    pub fn on_report(&mut self, endpoint: usize, report: OrcaReport, now_ns: u64, penalty: f64) {
         let host = &mut self.hosts[endpoint];
         if report.utilization > 0.0 && report.requests_per_second > 0.0 {
-            host.weight = report.requests_per_second / report.utilization;
+            let utilization = report.utilization
+                + report.errors_per_second / report.requests_per_second * penalty;
+            host.weight = report.requests_per_second / utilization;
             host.non_empty_since.get_or_insert(now_ns);
             host.last_update = now_ns;
         } else {
@@ -132,20 +140,38 @@ mod tests {
             OrcaReport {
                 utilization: 0.5,
                 requests_per_second: 100.0,
+                errors_per_second: 0.0,
             },
             0,
+            1.0,
         );
         weights.on_report(
             1,
             OrcaReport {
                 utilization: 0.25,
                 requests_per_second: 100.0,
+                errors_per_second: 0.0,
             },
             0,
+            1.0,
         );
         assert_eq!(weights.scheduler_weights(5 * second, &settings), [1, 1, 1]);
         let after_blackout = weights.scheduler_weights(10 * second, &settings);
         // Endpoint 2 never reported: it gets the median of 200 and 400.
         assert_eq!(after_blackout, [200, 400, 300]);
+    }
+
+    #[test]
+    fn reported_errors_are_a_utilization_penalty() {
+        let mut weights = OrcaWeights::new(1);
+        // 90 of 100 rps fail: utilization 0.01 + 0.9 x 1.0, weight 100 / 0.91.
+        let report = OrcaReport {
+            utilization: 0.01,
+            requests_per_second: 100.0,
+            errors_per_second: 90.0,
+        };
+        weights.on_report(0, report, 0, 1.0);
+        let settings = CswrrSettings::default();
+        assert_eq!(weights.scheduler_weights(10_000_000_000, &settings), [110]);
     }
 }

@@ -59,6 +59,7 @@ pub struct Endpoint {
     errors: u64,
     orca: OrcaReport,
     orca_mark: Mark,
+    report_eps: bool,
 }
 
 impl Endpoint {
@@ -80,6 +81,7 @@ impl Endpoint {
             errors: 0,
             orca: OrcaReport::default(),
             orca_mark: Mark::default(),
+            report_eps: false,
         })
     }
 
@@ -164,6 +166,11 @@ impl Endpoint {
         self.slowdown = factor;
     }
 
+    /// With `true`, the ORCA report also carries errors per second (`eps`).
+    pub fn set_report_eps(&mut self, report_eps: bool) {
+        self.report_eps = report_eps;
+    }
+
     /// Changes the share of requests failed fast, and the time a failure holds a server, for
     /// services that start from now on (ratio 0 recovers).
     pub fn set_failing(&mut self, ratio: f64, after_ms: f64) {
@@ -184,6 +191,11 @@ impl Endpoint {
         self.orca = OrcaReport {
             utilization: (busy_seconds / seconds / f64::from(self.cores)).min(1.0),
             requests_per_second: (mark.completed - self.orca_mark.completed) as f64 / seconds,
+            errors_per_second: if self.report_eps {
+                (mark.errors - self.orca_mark.errors) as f64 / seconds
+            } else {
+                0.0
+            },
         };
         self.orca_mark = mark;
     }

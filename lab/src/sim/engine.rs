@@ -168,7 +168,7 @@ impl<'a> Engine<'a> {
         config: &'a SimConfig,
         provider: &'a mut dyn WeightProvider,
     ) -> Result<Self, SimError> {
-        let endpoints = fleet
+        let mut endpoints = fleet
             .pods()
             .iter()
             .map(|pod| {
@@ -178,6 +178,9 @@ impl<'a> Engine<'a> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for endpoint in &mut endpoints {
+            endpoint.set_report_eps(fleet.orca_eps);
+        }
         if u32::try_from(endpoints.len()).is_err() {
             return Err(SimError::TooLarge);
         }
@@ -333,7 +336,12 @@ impl<'a> Engine<'a> {
         let client = &mut self.clients[done.client as usize];
         client.active[endpoint_index] = client.active[endpoint_index].saturating_sub(1);
         if let Some(orca) = client.orca.as_mut() {
-            orca.on_report(endpoint_index, report, done.time);
+            orca.on_report(
+                endpoint_index,
+                report,
+                done.time,
+                self.config.cswrr.error_utilization_penalty,
+            );
         }
     }
 
