@@ -266,7 +266,7 @@ impl Metrics {
         );
         registry.register(
             "lrs_cluster_stats",
-            "LRS per-cluster stats, by result (accepted, first_report, unknown_cluster, bad_interval, impossible_counters, disabled)",
+            "LRS per-cluster stats, by result (accepted, first_report, unknown_cluster, bad_interval, impossible_counters, malformed, disabled)",
             metrics.lrs_cluster_stats.clone(),
         );
         registry.register(

@@ -211,7 +211,10 @@ mod load_reports {
     use std::time::{Duration, Instant, SystemTime};
 
     use adaptive_eds::{
-        lrs::{aggregate::LoadReports, wire::decode_report},
+        lrs::{
+            aggregate::LoadReports,
+            wire::{decode_report, EncodedClusterStats},
+        },
         metrics::SampleTable,
         snapshot::SnapshotStore,
         telemetry::Metrics,
@@ -311,15 +314,33 @@ mod load_reports {
             };
             let mut bytes = request.encode_to_vec();
             let decoded = decode_report(bytes.as_slice(), false).expect("valid bytes decode");
-            prop_assert_eq!(decoded.cluster_stats, stats);
+            let decoded: Vec<ClusterStats> = decoded
+                .cluster_stats
+                .iter()
+                .map(|encoded| encoded.decode().expect("valid stats decode"))
+                .collect();
+            prop_assert_eq!(decoded, stats);
             for (index, value) in flips {
                 if !bytes.is_empty() {
                     let at = index.index(bytes.len());
                     bytes[at] ^= value;
                 }
             }
-            let _ = decode_report(bytes.as_slice(), true);
-            let _ = decode_report(bytes.as_slice(), false);
+            for first in [true, false] {
+                if let Ok(report) = decode_report(bytes.as_slice(), first) {
+                    for encoded in &report.cluster_stats {
+                        // The names read without decoding are the ones a full decode reads.
+                        if let Ok(stats) = encoded.decode() {
+                            let name = if stats.cluster_service_name.is_empty() {
+                                &stats.cluster_name
+                            } else {
+                                &stats.cluster_service_name
+                            };
+                            prop_assert_eq!(encoded.name(), name.as_str());
+                        }
+                    }
+                }
+            }
         }
 
         #[test]
@@ -336,7 +357,12 @@ mod load_reports {
             for (stream, advance_ms, stats) in reports {
                 now += Duration::from_millis(advance_ms);
                 if let Some(handle) = &streams[usize::from(stream)] {
-                    handle.record(&stats, now, SystemTime::now());
+                    if advance_ms % 2 == 0 {
+                        handle.record(&stats, now, SystemTime::now());
+                    } else {
+                        let encoded: Vec<_> = stats.iter().map(EncodedClusterStats::encode).collect();
+                        handle.record_encoded(&encoded, now, SystemTime::now());
+                    }
                 }
                 if advance_ms > 3000 {
                     // Now and then a stream goes away.

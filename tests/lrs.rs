@@ -529,8 +529,10 @@ async fn istio_like_sidecar_reports_under_istio_names() {
         .await;
     let traffic = Traffic::start(envoy.listener_port, 2, Duration::from_secs(40));
     wait_reporting(&server, name, &endpoints).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let measured = measure(&server, &[&envoy], name, Duration::from_secs(4)).await;
+    // As long a measurement as the two-Envoy test's: a shorter one is at the mercy of the
+    // load's wobble when the machine is busy.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let measured = measure(&server, &[&envoy], name, Duration::from_secs(6)).await;
     traffic.stop().await;
     for endpoint in &endpoints {
         let (rps, completed) = (measured.ours.rps[endpoint], measured.completed[endpoint]);
@@ -873,23 +875,35 @@ async fn a_pod_turning_to_fast_503s_loses_its_traffic_and_wins_it_back() {
     wait_reporting(&server, "checkout", &endpoints).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
 
-    let failing = &endpoints[1];
-    let share = |before: &HashMap<String, HashMap<String, u64>>,
+    let share = |host: &str,
+                 before: &HashMap<String, HashMap<String, u64>>,
                  after: &HashMap<String, HashMap<String, u64>>| {
         let delta = |host: &str| stat(after, host, "rq_total") - stat(before, host, "rq_total");
         let total: u64 = endpoints.iter().map(|host| delta(host)).sum();
-        delta(failing) as f64 / total.max(1) as f64
+        delta(host) as f64 / total.max(1) as f64
     };
     let before = host_stats(&envoy, "checkout").await.expect("stats");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = host_stats(&envoy, "checkout").await.expect("stats");
-    let healthy_share = share(&before, &after);
+    // The pod with the largest share fails: it has the most to lose (LRS-only weights on
+    // identical pods are not even, so a fixed pod may start with little).
+    let index = (0..endpoints.len())
+        .max_by(|a, b| {
+            share(&endpoints[*a], &before, &after).total_cmp(&share(
+                &endpoints[*b],
+                &before,
+                &after,
+            ))
+        })
+        .expect("endpoints");
+    let failing = &endpoints[index];
+    let healthy_share = share(failing, &before, &after);
     eprintln!(
-        "healthy: weights {:?}, share {healthy_share:.3}",
+        "healthy: weights {:?}, share of {failing} {healthy_share:.3}",
         envoy.hosts("checkout").await
     );
-    assert!(healthy_share > 0.1, "{healthy_share}");
-    backends.failing[1].store(true, Ordering::Relaxed);
+    assert!(healthy_share > 0.3, "{healthy_share}");
+    backends.failing[index].store(true, Ordering::Relaxed);
     let switched = Instant::now();
     // Its weight falls once two reports show the errors and a tick has run.
     let weights = wait_for(
@@ -903,7 +917,11 @@ async fn a_pod_turning_to_fast_503s_loses_its_traffic_and_wins_it_back() {
                     .find(|(name, _)| name == host)
                     .map(|(_, weight)| *weight)
             };
-            let others = weight(&endpoints[0])?.min(weight(&endpoints[2])?);
+            let others = endpoints
+                .iter()
+                .filter(|host| *host != failing)
+                .map(|host| weight(host))
+                .min()??;
             (weight(failing)? * 20 <= others).then_some(hosts)
         },
     )
@@ -912,7 +930,7 @@ async fn a_pod_turning_to_fast_503s_loses_its_traffic_and_wins_it_back() {
     let before = host_stats(&envoy, "checkout").await.expect("stats");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = host_stats(&envoy, "checkout").await.expect("stats");
-    let held_share = share(&before, &after);
+    let held_share = share(failing, &before, &after);
     eprintln!(
         "weights {weights:?} {fell_after:?} after the switch; its share then {held_share:.4}"
     );
@@ -922,7 +940,7 @@ async fn a_pod_turning_to_fast_503s_loses_its_traffic_and_wins_it_back() {
     );
 
     // Recovered, it is seen through its probe and climbs back.
-    backends.failing[1].store(false, Ordering::Relaxed);
+    backends.failing[index].store(false, Ordering::Relaxed);
     let recovered = Instant::now();
     wait_for(
         Duration::from_secs(60),
@@ -935,7 +953,11 @@ async fn a_pod_turning_to_fast_503s_loses_its_traffic_and_wins_it_back() {
                     .find(|(name, _)| name == host)
                     .map(|(_, weight)| *weight)
             };
-            let others = weight(&endpoints[0])?.min(weight(&endpoints[2])?);
+            let others = endpoints
+                .iter()
+                .filter(|host| *host != failing)
+                .map(|host| weight(host))
+                .min()??;
             (weight(failing)? * 2 >= others).then_some(())
         },
     )

@@ -33,6 +33,7 @@ use envoy_types::pb::{
     google::protobuf,
 };
 
+use super::wire::EncodedClusterStats;
 use crate::config::adaptive::JoinBy;
 use crate::metrics::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -76,6 +77,8 @@ pub enum Outcome {
     ImpossibleCounters,
     /// LRS is not enabled (`metrics.load_reports.enabled`): the report is ignored.
     Disabled,
+    /// A served cluster's stats that do not decode.
+    Malformed,
 }
 
 impl Outcome {
@@ -88,6 +91,7 @@ impl Outcome {
             Self::BadInterval => "bad_interval",
             Self::ImpossibleCounters => "impossible_counters",
             Self::Disabled => "disabled",
+            Self::Malformed => "malformed",
         }
     }
 }
@@ -486,6 +490,44 @@ impl LoadReports {
 
 impl StreamReports {
     /// Records one report's `cluster_stats`, received at `now`.
+    /// Records one report's still-encoded `cluster_stats` (as the stream decoder gives them),
+    /// received at `now`: only the clusters we serve are decoded in full.
+    pub fn record_encoded(
+        &self,
+        encoded: &[EncodedClusterStats],
+        now: Instant,
+        wall: SystemTime,
+    ) -> Recorded {
+        let served = self.reports.served();
+        let mut recorded = Recorded::default();
+        let Ok(mut windows) = self.windows.lock() else {
+            return recorded;
+        };
+        let now_ms = unix_millis(wall);
+        for item in encoded {
+            let outcome = if !served.clusters.contains_key(item.name()) {
+                Outcome::UnknownCluster
+            } else {
+                match item.decode() {
+                    Ok(stats) => {
+                        record_cluster(&mut windows, &served, &stats, now, now_ms, &mut recorded)
+                    }
+                    Err(_) => {
+                        windows.clusters.remove(item.name());
+                        Outcome::Malformed
+                    }
+                }
+            };
+            recorded.clusters.push(outcome);
+        }
+        let present: HashSet<&str> = encoded.iter().map(EncodedClusterStats::name).collect();
+        record_idle(&mut windows, &served, &present, now, now_ms);
+        drop(windows);
+        self.reports.count(&recorded);
+        recorded
+    }
+
+    /// Records one report's decoded `cluster_stats`, received at `now`.
     pub fn record(
         &self,
         cluster_stats: &[ClusterStats],
@@ -1004,6 +1046,37 @@ mod tests {
         assert!((figures_of(&reports, start, "10.0.0.2").rps - 5.0).abs() < 1e-9);
         stream.record(&[stats("checkout", 1, &[])], start, wall);
         assert_eq!(figures_of(&reports, start, "10.0.0.1").rps, 0.0);
+    }
+
+    #[test]
+    fn encoded_reports_decode_only_what_we_serve() {
+        let reports = reports();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let stream = reports.open_stream(1);
+        let ours =
+            EncodedClusterStats::encode(&stats("checkout", 1, &[("10.0.0.1", 10, 0, 10, 0)]));
+        let theirs = EncodedClusterStats::encode(&stats("other", 1, &[]));
+        // Named `checkout`, then a locality entry whose content is truncated.
+        let broken = EncodedClusterStats::new(bytes::Bytes::from_static(&[
+            0x0a, 0x08, b'c', b'h', b'e', b'c', b'k', b'o', b'u', b't', 0x12, 0x02, 0x0a, 0x05,
+        ]))
+        .expect("the names read");
+        let recorded = stream.record_encoded(&[ours.clone(), theirs.clone()], now, wall);
+        assert_eq!(
+            recorded.clusters,
+            vec![Outcome::First, Outcome::UnknownCluster]
+        );
+        let recorded =
+            stream.record_encoded(&[ours, theirs, broken], now + Duration::from_secs(1), wall);
+        assert_eq!(
+            recorded.clusters,
+            vec![
+                Outcome::Accepted,
+                Outcome::UnknownCluster,
+                Outcome::Malformed
+            ]
+        );
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl Driver {
                 // The first message carries only the node; every later one is a report, even
                 // without clusters (none had activity).
                 if !first || !report.cluster_stats.is_empty() {
-                    reports.record(
+                    reports.record_encoded(
                         &report.cluster_stats,
                         Instant::now(),
                         std::time::SystemTime::now(),

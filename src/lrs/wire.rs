@@ -6,7 +6,13 @@
 //! per report, a second; the stream's decoder ([`LrsDecoder`]) keeps one bit of state, and after
 //! the first message decodes a message type that does not declare field 1, which prost skips in
 //! one step (a length-delimited field is skipped by advancing past its length).
+//!
+//! With `send_all_clusters` a report also carries every other cluster the Envoy has (a sidecar:
+//! every cluster istiod gave it, idle or not). So each `ClusterStats` is kept encoded (a slice of
+//! the received buffer, not a copy) with only its names read ([`EncodedClusterStats`]); the
+//! aggregation decodes in full only the clusters we serve.
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::{
     config::endpoint::v3::ClusterStats, service::load_stats::v3::LoadStatsResponse,
 };
@@ -34,15 +40,105 @@ pub struct NodeIdentity {
 struct FirstRequest {
     #[prost(message, optional, tag = "1")]
     node: Option<NodeIdentity>,
-    #[prost(message, repeated, tag = "2")]
-    cluster_stats: Vec<ClusterStats>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    cluster_stats: Vec<Bytes>,
 }
 
 /// Every later `LoadStatsRequest`: field 1 (the node) is not declared, so it is skipped.
 #[derive(Clone, PartialEq, prost::Message)]
 struct LaterRequest {
-    #[prost(message, repeated, tag = "2")]
-    cluster_stats: Vec<ClusterStats>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    cluster_stats: Vec<Bytes>,
+}
+
+/// The names of a `ClusterStats`; its other fields are skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterNames {
+    #[prost(string, tag = "1")]
+    cluster_name: String,
+    #[prost(string, tag = "6")]
+    cluster_service_name: String,
+}
+
+/// One `ClusterStats` of a report, still encoded, and where in it is the EDS resource name it
+/// is about (read without allocating: a sidecar reports hundreds of clusters we do not serve).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncodedClusterStats {
+    bytes: Bytes,
+    name: std::ops::Range<usize>,
+}
+
+impl EncodedClusterStats {
+    /// Finds the names of an encoded `ClusterStats`.
+    pub fn new(bytes: Bytes) -> Result<Self, prost::DecodeError> {
+        match Self::find_name(&bytes) {
+            Some(name) => Ok(Self { bytes, name }),
+            None => {
+                // Not well formed: prost says why. Should it read the bytes after all, the
+                // cluster has no name we could serve.
+                use prost::Message;
+                ClusterNames::decode(bytes.clone())?;
+                Ok(Self { bytes, name: 0..0 })
+            }
+        }
+    }
+
+    /// The byte range of `cluster_service_name` (field 6) when set, else of `cluster_name`
+    /// (field 1), each the last one written, as protobuf reads repeated scalars; `None` when the
+    /// bytes are not a well-formed message or a name is not UTF-8.
+    fn find_name(bytes: &Bytes) -> Option<std::ops::Range<usize>> {
+        use bytes::Buf;
+        use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+        let total = bytes.len();
+        let mut buf: &[u8] = bytes;
+        let (mut cluster_name, mut service_name) = (0..0, 0..0);
+        while buf.has_remaining() {
+            let (tag, wire_type) = decode_key(&mut buf).ok()?;
+            if wire_type == WireType::LengthDelimited && (tag == 1 || tag == 6) {
+                let length = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                if length > buf.len() {
+                    return None;
+                }
+                let start = total - buf.len();
+                std::str::from_utf8(&buf[..length]).ok()?;
+                if tag == 1 {
+                    cluster_name = start..start + length;
+                } else {
+                    service_name = start..start + length;
+                }
+                buf.advance(length);
+            } else {
+                skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?;
+            }
+        }
+        Some(if service_name.is_empty() {
+            cluster_name
+        } else {
+            service_name
+        })
+    }
+
+    /// The cluster's EDS `service_name` when set (Istio's clusters set it), else its name.
+    pub fn name(&self) -> &str {
+        self.bytes
+            .get(self.name.clone())
+            .and_then(|name| std::str::from_utf8(name).ok())
+            .unwrap_or_default()
+    }
+
+    /// Encodes `stats` (for tests and benchmarks).
+    pub fn encode(stats: &ClusterStats) -> Self {
+        use prost::Message;
+        let bytes = Bytes::from(stats.encode_to_vec());
+        let name = Self::find_name(&bytes).unwrap_or_default();
+        Self { bytes, name }
+    }
+
+    /// The whole message.
+    pub fn decode(&self) -> Result<ClusterStats, prost::DecodeError> {
+        use prost::Message;
+        ClusterStats::decode(self.bytes.clone())
+    }
 }
 
 /// One decoded `envoy.service.load_stats.v3.LoadStatsRequest`.
@@ -50,8 +146,8 @@ struct LaterRequest {
 pub struct LoadReport {
     /// The node's identity: only on the stream's first message.
     pub node: Option<NodeIdentity>,
-    /// `cluster_stats` (field 2).
-    pub cluster_stats: Vec<ClusterStats>,
+    /// `cluster_stats` (field 2), still encoded.
+    pub cluster_stats: Vec<EncodedClusterStats>,
 }
 
 /// Decodes `bytes` as a `LoadStatsRequest`; `first` says whether the node is read.
@@ -63,19 +159,19 @@ pub fn decode_report(
     first: bool,
 ) -> Result<LoadReport, prost::DecodeError> {
     use prost::Message;
-    if first {
+    let (node, encoded) = if first {
         let request = FirstRequest::decode(bytes)?;
-        Ok(LoadReport {
-            node: request.node,
-            cluster_stats: request.cluster_stats,
-        })
+        (request.node, request.cluster_stats)
     } else {
-        let request = LaterRequest::decode(bytes)?;
-        Ok(LoadReport {
-            node: None,
-            cluster_stats: request.cluster_stats,
-        })
-    }
+        (None, LaterRequest::decode(bytes)?.cluster_stats)
+    };
+    Ok(LoadReport {
+        node,
+        cluster_stats: encoded
+            .into_iter()
+            .map(EncodedClusterStats::new)
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 /// The codec of the LRS service: our stateful decoder, prost encoding of the response.
@@ -161,17 +257,25 @@ mod tests {
     fn first_message_keeps_the_identity_later_ones_skip_the_node() {
         let bytes = request().encode_to_vec();
         let first = decode_report(bytes.as_slice(), true).expect("decodes");
-        let node = first.node.expect("node on the first message");
+        let node = first.node.clone().expect("node on the first message");
         assert_eq!(node.id, "envoy-1");
         assert_eq!(node.cluster, "demo");
         assert_eq!(
             node.client_features,
             vec!["envoy.lrs.supports_send_all_clusters"]
         );
-        assert_eq!(first.cluster_stats, request().cluster_stats);
+        let decoded = |report: &LoadReport| -> Vec<ClusterStats> {
+            report
+                .cluster_stats
+                .iter()
+                .map(|encoded| encoded.decode().expect("decodes"))
+                .collect()
+        };
+        assert_eq!(decoded(&first), request().cluster_stats);
+        assert_eq!(first.cluster_stats[0].name(), "checkout");
         let later = decode_report(bytes.as_slice(), false).expect("decodes");
         assert_eq!(later.node, None);
-        assert_eq!(later.cluster_stats, request().cluster_stats);
+        assert_eq!(decoded(&later), request().cluster_stats);
     }
 
     #[test]
