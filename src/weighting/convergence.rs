@@ -355,3 +355,17 @@ fn past_the_ceiling_the_plan_settles_and_loads_fast_pods_harder() {
         }
     }
 }
+
+#[test]
+fn load_reports_alone_balance_equal_pods_evenly() {
+    let mut model = Model::fleet(&[(5.0, 3)], 4.0, 600.0, true);
+    model.report_cpu = false;
+    let (_, history) = model.run(&params(Objective::Balance), 20);
+    let last = &history[19];
+    let largest = last.iter().copied().max().unwrap_or(1);
+    let smallest = last.iter().copied().min().unwrap_or(1);
+    assert!(
+        f64::from(largest) <= 1.1 * f64::from(smallest),
+        "{history:?}"
+    );
+}

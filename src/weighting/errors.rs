@@ -126,6 +126,7 @@ mod tests {
             cost: None,
             ramping: false,
             failing,
+            load_is_in_flight: false,
         }
     }
 

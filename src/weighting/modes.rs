@@ -52,6 +52,7 @@ pub(crate) fn fresh_weights(
                 .remembered
                 .as_ref()
                 .is_some_and(|memory| memory.failing),
+            load_is_in_flight: observation.cpu_is_in_flight,
         })
         .collect();
     let verdicts = errors::judge(&fresh);

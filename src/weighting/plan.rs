@@ -47,6 +47,8 @@ pub(crate) struct FreshEndpoint {
     pub ramping: bool,
     /// Held as failing after the last tick (see `errors::judge`).
     pub failing: bool,
+    /// `cpu` holds requests in flight (the cluster has no CPU signal).
+    pub load_is_in_flight: bool,
 }
 
 /// An algorithm's answer for one fresh endpoint.

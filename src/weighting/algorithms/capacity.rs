@@ -17,6 +17,12 @@ const RPS_EPSILON: f64 = 1e-6;
 /// evidence keeps one lucky tick from making a slow endpoint look cheapest.
 const FULL_EVIDENCE_RPS: f64 = 20.0;
 
+/// Requests in flight (a window's mean, summed over the reporting Envoys) at which an estimate
+/// made from them counts fully. They stand in for CPU when there is none, and at low
+/// concurrency they are a handful of snapshots of 0, 1 or 2 requests: a pod read at 0 would look
+/// free and, averaged in fully, win the traffic. Below this the estimate counts in proportion.
+const FULL_EVIDENCE_IN_FLIGHT: f64 = 4.0;
+
 /// A cost is never taken below this fraction of the median cost, so one endpoint reporting
 /// almost no CPU cannot claim an unbounded capacity.
 const COST_FLOOR_FRACTION: f64 = 1e-3;
@@ -170,7 +176,8 @@ fn smoothed_costs(
                 .rps
                 .map(|rps| rps - endpoint.errors.unwrap_or(0.0).clamp(0.0, rps))
                 .filter(|served| *served > RPS_EPSILON)
-                .map(|served| (endpoint.cpu / served, (served / FULL_EVIDENCE_RPS).min(1.0))),
+                .map(|served| (endpoint.cpu / served, evidence(endpoint, served)))
+                .filter(|(_, evidence)| *evidence > 0.0),
             CostBasis::Relative if total_cpu > 0.0 => Some((endpoint.cpu / share / total_cpu, 1.0)),
             CostBasis::Relative => Some((1.0, 1.0)),
         })
@@ -241,6 +248,17 @@ fn planning_costs(smoothed: &[Smoothed]) -> Vec<f64> {
         .iter()
         .map(|smoothed| smoothed.cost.map_or(typical, |cost| cost.value))
         .collect()
+}
+
+/// How much one tick's per-request estimate counts (1.0: fully): in proportion to the successful
+/// requests behind it, and with requests in flight for load, to how many were seen in flight.
+fn evidence(endpoint: &FreshEndpoint, served: f64) -> f64 {
+    let requests = (served / FULL_EVIDENCE_RPS).min(1.0);
+    if endpoint.load_is_in_flight {
+        requests * (endpoint.cpu / FULL_EVIDENCE_IN_FLIGHT).min(1.0)
+    } else {
+        requests
+    }
 }
 
 /// The factor that brings remembered relative costs to this tick's normalisation.
@@ -455,6 +473,7 @@ mod tests {
             ramping: false,
             errors: Some(0.0),
             failing: false,
+            load_is_in_flight: false,
         }
     }
 
@@ -705,5 +724,40 @@ mod tests {
         let weights = weights(&fresh, Objective::Balance);
         assert_eq!(weights[0], 10000);
         assert!(weights[1] >= 1);
+    }
+
+    #[test]
+    fn a_few_requests_in_flight_are_little_evidence() {
+        // Load from requests in flight: a pod read at 0 in flight keeps its remembered cost
+        // instead of looking free; one read at 1 counts a quarter of the usual weight.
+        let remembered = Some(Cost {
+            value: 0.005,
+            is_floor: false,
+        });
+        let mut fresh = [
+            endpoint(0.0, Some(200.0), Some(10000)),
+            endpoint(1.0, Some(100.0), Some(10000)),
+        ];
+        for endpoint in &mut fresh {
+            endpoint.load_is_in_flight = true;
+            endpoint.cost = remembered;
+            endpoint.limit = 4.0;
+        }
+        let planned = plan(
+            &fresh,
+            0.0,
+            Some(CostBasis::PerRequest),
+            &params(Objective::Balance),
+        )
+        .0;
+        let cost = |index: usize| {
+            planned[index]
+                .cost
+                .map(|cost| cost.value)
+                .unwrap_or_default()
+        };
+        assert!((cost(0) - 0.005).abs() < 1e-12, "{}", cost(0));
+        // 1 in flight / 100 rps = 10 ms, counted at 0.25 * smoothing 0.5: 5 + 0.125 * 5 ms.
+        assert!((cost(1) - 0.005625).abs() < 1e-12, "{}", cost(1));
     }
 }

@@ -81,6 +81,7 @@ mod tests {
             ramping: false,
             errors: None,
             failing: false,
+            load_is_in_flight: false,
         }
     }
 
