@@ -85,12 +85,14 @@ pub(crate) fn observe(
 /// as CPU in use is its busy cores: in flight / rate is then the time a request holds a worker
 /// as the clients see it (Little's law), and the limit (`default_cpu_limit` unless a source
 /// gives one) reads as the number of requests the pod serves at once. Never mixed with CPU in
-/// one cluster: the two units would be compared as one.
+/// one cluster: the two units would be compared as one. With CPU readings in the cluster, the
+/// idle endpoints without one are read as 0 cores instead (see [`idle_without_cpu`]).
 pub(crate) fn in_flight_for_cpu(observations: &mut [Observation], params: &Params) {
     if observations
         .iter()
         .any(|observation| observation.cpu.is_some())
     {
+        idle_without_cpu(observations, params);
         return;
     }
     for observation in observations {
@@ -98,6 +100,31 @@ pub(crate) fn in_flight_for_cpu(observations: &mut [Observation], params: &Param
             observation.cpu = Some(in_flight);
             observation.fresh = in_flight.age <= params.stale_after;
             observation.cpu_is_in_flight = true;
+        }
+    }
+}
+
+/// In a cluster with CPU readings, an endpoint without one whose fresh request rate is zero is
+/// known to be idle: it uses no CPU for requests, and is read as 0 cores.
+///
+/// Envoy's load reports carry ORCA CPU only on answers, so a pod kept at a probe has no CPU
+/// reading in most windows. Left without one it would be filled in like a new pod, at the
+/// median of the planned weights, which with the `latency` objective is often the full weight:
+/// every idle slow pod flooded for a tick, then probed again, the plan swinging every few seconds.
+fn idle_without_cpu(observations: &mut [Observation], params: &Params) {
+    for observation in observations {
+        if observation.cpu.is_some() {
+            continue;
+        }
+        if let Some(rps) = observation
+            .rps
+            .filter(|reading| reading.value <= 0.0 && reading.age <= params.stale_after)
+        {
+            observation.cpu = Some(Reading {
+                value: 0.0,
+                age: rps.age,
+            });
+            observation.fresh = true;
         }
     }
 }

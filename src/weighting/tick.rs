@@ -536,4 +536,38 @@ mod tests {
         let again = run(&endpoints(2), &loads, &output.memory, &params, 10);
         assert_eq!(again.weights[0].previous, Some(first.weight));
     }
+
+    #[test]
+    fn an_idle_pod_without_a_cpu_reading_is_planned_not_filled_in() {
+        // Load reports carry CPU (ORCA) only on answers: the idle pods have a request rate of 0
+        // and no CPU. They are planned (probes for `latency`), not given the fill-in weight.
+        let fleet = endpoints(4);
+        let busy = |cpu: f64| EndpointLoad {
+            cpu: reading(cpu, 1),
+            rps: reading(300.0, 1),
+            cpu_limit: reading(1.0, 1),
+            ..EndpointLoad::default()
+        };
+        let idle = EndpointLoad {
+            rps: reading(0.0, 1),
+            ..EndpointLoad::default()
+        };
+        // Measured first: the last two cost three times as much per request.
+        let measured = vec![busy(0.3), busy(0.3), busy(0.9), busy(0.9)];
+        let params = Params::default();
+        let mut output = run(&fleet, &measured, &ClusterMemory::default(), &params, 0);
+        let mut memory = output.memory.clone();
+        let loads = vec![busy(0.3), busy(0.3), idle.clone(), idle];
+        for tick in 1..4 {
+            output = run(&fleet, &loads, &memory, &params, tick * 10);
+            memory = output.memory.clone();
+        }
+        for weight in &output.weights[2..] {
+            assert_eq!(weight.source, WeightSource::Fresh, "{weight:?}");
+            assert!(weight.weight < 100, "{:?}", values(&output));
+        }
+        assert!(output.weights[..2]
+            .iter()
+            .all(|weight| weight.weight == 10_000));
+    }
 }
