@@ -17,18 +17,17 @@ use bytes::Bytes;
 use envoy_types::pb::{
     envoy::{
         config::{
-            core::v3::{
-                address, socket_address::PortSpecifier, Address, BuildVersion, Extension, Node,
-                SocketAddress,
-            },
-            endpoint::v3::{ClusterStats, UpstreamEndpointStats, UpstreamLocalityStats},
+            core::v3::Node,
+            endpoint::v3::{ClusterStats, UpstreamLocalityStats},
         },
-        r#type::v3::SemanticVersion,
         service::load_stats::v3::LoadStatsRequest,
     },
     google::protobuf,
 };
 use prost::Message;
+
+#[path = "../tests/support/envoy_lrs.rs"]
+mod envoy_lrs;
 
 /// Endpoints per reported cluster.
 const ENDPOINTS: usize = 10;
@@ -37,66 +36,15 @@ fn main() {
     divan::main();
 }
 
-/// A Node like Envoy 1.40's: id, features and 415 extensions (61 KB encoded, as measured).
+/// The ids of the Node every benchmark report carries.
+const NODE_ID: &str = "sidecar~10.0.0.9~frontend-6c4b9d7f8-x2x7q.shop~shop.svc.cluster.local";
+
 fn node() -> Node {
-    Node {
-        id: "sidecar~10.0.0.9~frontend-6c4b9d7f8-x2x7q.shop~shop.svc.cluster.local".into(),
-        cluster: "frontend.shop".into(),
-        user_agent_name: "envoy".into(),
-        client_features: vec![
-            "envoy.lb.does_not_support_overprovisioning".into(),
-            "envoy.lrs.supports_send_all_clusters".into(),
-        ],
-        extensions: (0..415)
-            .map(|index| Extension {
-                name: format!("envoy.filters.http.extension_number_{index}"),
-                category: "envoy.filters.http".into(),
-                type_urls: vec![format!(
-                    "type.googleapis.com/envoy.extensions.filters.http.extension_{index}.v3.Config"
-                )],
-                version: Some(BuildVersion {
-                    version: Some(SemanticVersion {
-                        major_number: 1,
-                        minor_number: 40,
-                        patch: 0,
-                    }),
-                    metadata: None,
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
+    envoy_lrs::envoy_node(NODE_ID, "frontend.shop")
 }
 
 fn cluster_stats() -> ClusterStats {
-    ClusterStats {
-        cluster_name: "checkout".into(),
-        load_report_interval: Some(protobuf::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-        upstream_locality_stats: vec![UpstreamLocalityStats {
-            upstream_endpoint_stats: (0..ENDPOINTS)
-                .map(|index| UpstreamEndpointStats {
-                    address: Some(Address {
-                        address: Some(address::Address::SocketAddress(SocketAddress {
-                            address: format!("10.0.0.{}", index + 1),
-                            port_specifier: Some(PortSpecifier::PortValue(8080)),
-                            ..Default::default()
-                        })),
-                    }),
-                    total_successful_requests: 95,
-                    total_error_requests: 5,
-                    total_issued_requests: 100,
-                    total_requests_in_progress: 3,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    envoy_lrs::cluster_stats("checkout", ENDPOINTS, 95, 5, 3)
 }
 
 fn report() -> Vec<u8> {

@@ -8,18 +8,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
-use envoy_types::pb::envoy::{
-    config::{
-        core::v3::{
-            address, socket_address::PortSpecifier, Address, BuildVersion, Extension, Node,
-            SocketAddress,
-        },
-        endpoint::v3::{ClusterStats, UpstreamEndpointStats, UpstreamLocalityStats},
-    },
-    r#type::v3::SemanticVersion,
-    service::load_stats::v3::LoadStatsRequest,
-};
+use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
 use prost::Message;
+
+#[path = "../tests/support/envoy_lrs.rs"]
+mod envoy_lrs;
 
 #[derive(Clone, Default)]
 struct Raw;
@@ -60,65 +53,18 @@ impl tonic::codec::Decoder for Raw {
 }
 
 fn report(id: usize, endpoints: usize) -> Bytes {
-    let node = Node {
-        id: format!(
+    let node = envoy_lrs::envoy_node(
+        &format!(
             "sidecar~10.0.{}.{}~pod-{id}.shop~shop.svc.cluster.local",
             id / 256,
             id % 256
         ),
-        cluster: "frontend.shop".into(),
-        client_features: vec!["envoy.lrs.supports_send_all_clusters".into()],
-        extensions: (0..415)
-            .map(|index| Extension {
-                name: format!("envoy.filters.http.extension_number_{index}"),
-                category: "envoy.filters.http".into(),
-                type_urls: vec![format!(
-                    "type.googleapis.com/envoy.extensions.filters.http.extension_{index}.v3.Config"
-                )],
-                version: Some(BuildVersion {
-                    version: Some(SemanticVersion {
-                        major_number: 1,
-                        minor_number: 40,
-                        patch: 0,
-                    }),
-                    metadata: None,
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let stats = ClusterStats {
-        cluster_name: "checkout".into(),
-        load_report_interval: Some(envoy_types::pb::google::protobuf::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-        upstream_locality_stats: vec![UpstreamLocalityStats {
-            upstream_endpoint_stats: (0..endpoints)
-                .map(|index| UpstreamEndpointStats {
-                    address: Some(Address {
-                        address: Some(address::Address::SocketAddress(SocketAddress {
-                            address: format!("10.0.0.{}", index + 1),
-                            port_specifier: Some(PortSpecifier::PortValue(8080)),
-                            ..Default::default()
-                        })),
-                    }),
-                    total_successful_requests: 10,
-                    total_error_requests: 0,
-                    total_issued_requests: 10,
-                    total_requests_in_progress: 1,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+        "frontend.shop",
+    );
     Bytes::from(
         LoadStatsRequest {
             node: Some(node),
-            cluster_stats: vec![stats],
+            cluster_stats: vec![envoy_lrs::cluster_stats("checkout", endpoints, 10, 0, 1)],
         }
         .encode_to_vec(),
     )

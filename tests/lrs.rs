@@ -635,38 +635,9 @@ async fn orca_cpu_from_the_backends_reaches_the_weighting() {
     }
 }
 
-/// A Node like Envoy 1.40's: its id, features and 415 extensions, 61 KB encoded.
+/// A Node like Envoy 1.40's (61 KB encoded).
 fn big_node(id: &str) -> envoy_types::pb::envoy::config::core::v3::Node {
-    use envoy_types::pb::envoy::config::core::v3::{BuildVersion, Extension, Node};
-    use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
-    Node {
-        id: id.into(),
-        cluster: "demo".into(),
-        user_agent_name: "envoy".into(),
-        client_features: vec![
-            "envoy.lb.does_not_support_overprovisioning".into(),
-            "envoy.lrs.supports_send_all_clusters".into(),
-        ],
-        extensions: (0..415)
-            .map(|index| Extension {
-                name: format!("envoy.filters.http.extension_number_{index}"),
-                category: "envoy.filters.http".into(),
-                type_urls: vec![format!(
-                    "type.googleapis.com/envoy.extensions.filters.http.extension_{index}.v3.Config"
-                )],
-                version: Some(BuildVersion {
-                    version: Some(SemanticVersion {
-                        major_number: 1,
-                        minor_number: 40,
-                        patch: 0,
-                    }),
-                    metadata: None,
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
+    support::envoy_lrs::envoy_node(id, "demo")
 }
 
 /// Sends raw bytes as gRPC messages and reads raw replies (to send what no client would).

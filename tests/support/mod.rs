@@ -2,6 +2,7 @@
 //! readiness within a deadline, and always stops what it started (on drop).
 #![allow(dead_code)]
 
+pub mod envoy_lrs;
 pub mod fake_kube_api;
 pub mod traffic;
 
