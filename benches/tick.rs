@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use adaptive_eds::{
-    config::{self, adaptive::JoinBy},
+    config::{self, metrics::JoinBy},
     discovery::file::diff,
     engine::Engine,
     metrics::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind},

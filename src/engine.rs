@@ -364,7 +364,7 @@ mod tests {
 
     /// A sample table with fresh CPU samples of cluster `a`, by pod.
     fn cpu_table(samples: impl IntoIterator<Item = (String, f64)>) -> SampleTable {
-        use crate::config::adaptive::JoinBy;
+        use crate::config::metrics::JoinBy;
         use crate::metrics::{Sample, SampleSet, Signal, SourceKind};
         let now_ms = crate::metrics::unix_millis(SystemTime::now());
         let samples = samples

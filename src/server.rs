@@ -11,11 +11,8 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::admin::{self, AdminState};
 use crate::config::adaptive::AdaptiveConfig;
-use crate::config::{self, XdsConfig};
-use crate::discovery::{
-    file::FileSource,
-    kubernetes::{DiscoveredClusters, KubernetesSource},
-};
+use crate::config::{self, kubernetes::DiscoveredClusters, XdsConfig};
+use crate::discovery::{file::FileSource, kubernetes::KubernetesSource};
 use crate::engine::Engine;
 use crate::inspect::{self, InspectService};
 use crate::lrs::{LoadReports, LrsService};

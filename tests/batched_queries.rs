@@ -358,7 +358,7 @@ async fn converged(batched: &Server, separate: &Server, services: usize) -> (Vie
 /// not `team-00` (which an unescaped `.` would), and values with regex characters sit beside
 /// plain ones in one alternation.
 async fn escaping_holds_in_victoria_metrics(victoria: &Victoria) {
-    use adaptive_eds::config::adaptive::{JoinBy, PullSettings, TlsConfig, DEFAULT_CPU_QUERY};
+    use adaptive_eds::config::metrics::{JoinBy, PullSettings, TlsConfig, DEFAULT_CPU_QUERY};
     use adaptive_eds::config::promql;
     let client = adaptive_eds::metrics::prometheus::PromQlClient::new(PullSettings {
         url: victoria.url(),

@@ -4,6 +4,8 @@ use std::{fmt, time::Duration};
 
 use serde::{de, Deserialize, Deserializer};
 
+use super::{problem, Problem};
+
 /// A duration parsed from text such as `10s`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
@@ -27,6 +29,13 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             }
         }
         deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// Names `field` when `value` is zero (a tick, timeout or window must pass some time).
+pub(super) fn check_positive(field: &str, value: Duration, problems: &mut Vec<Problem>) {
+    if value.is_zero() {
+        problems.push(problem(field, "expected a duration above zero"));
     }
 }
 

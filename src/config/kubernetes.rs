@@ -1,8 +1,18 @@
-//! The `kubernetes:` section: which Services become EDS clusters and how those are named.
+//! The `kubernetes:` section: which Services become EDS clusters and how those are named, and
+//! the settings a discovered cluster gets (the defaults, with the query templates rendered for
+//! its labels).
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{problem, Problem};
+use super::{
+    adaptive::{AdaptiveConfig, ClusterSettings},
+    problem,
+    templates::render_queries,
+    Problem,
+};
+use crate::weighting::params::Algorithm;
 
 /// `kubernetes:` keys, as written.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -153,6 +163,83 @@ fn is_dns_label(text: &str) -> bool {
         && !text.ends_with('-')
 }
 
+/// Discovered cluster name -> its labels for query templates (`cluster`, `namespace`,
+/// `service`, `container`).
+pub type DiscoveredClusters = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The labels a discovered cluster offers to query templates: every placeholder has a value.
+pub fn discovered_labels(
+    cluster: &str,
+    namespace: &str,
+    service: &str,
+    container: &str,
+) -> BTreeMap<String, String> {
+    [
+        ("cluster", cluster),
+        ("namespace", namespace),
+        ("service", service),
+        ("container", container),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value.to_string()))
+    .collect()
+}
+
+/// Checks that the query templates render for discovered clusters (which have every label);
+/// catches an unknown placeholder even when the file names no cluster.
+pub fn validate_discovered_templates(config: &AdaptiveConfig, problems: &mut Vec<Problem>) {
+    if config.defaults.params.algorithm == Algorithm::Static {
+        return;
+    }
+    if let Some(templates) = &config.query_templates {
+        let labels = discovered_labels("c", "n", "s", "c");
+        let mut found = Vec::new();
+        render_queries(templates, &labels, "kubernetes", &mut found);
+        for problem in found {
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+    }
+}
+
+impl AdaptiveConfig {
+    /// This config plus settings for clusters discovered at run time (Kubernetes), given each
+    /// one's labels (`discovered_labels`). A cluster the file names keeps its own settings; the
+    /// others get the defaults, with the query templates rendered for their labels.
+    pub fn with_discovered(&self, discovered: &DiscoveredClusters) -> Self {
+        let mut merged = self.clone();
+        for (name, labels) in discovered {
+            if merged.clusters.contains_key(name) {
+                continue;
+            }
+            let queries = match (&self.query_templates, self.defaults.params.algorithm) {
+                (Some(templates), algorithm) if algorithm != Algorithm::Static => {
+                    let mut problems = Vec::new();
+                    let queries = render_queries(templates, labels, name, &mut problems);
+                    if !problems.is_empty() {
+                        tracing::error!(cluster = %name, ?problems, "cannot render the metrics queries for a discovered cluster; it keeps equal weights");
+                        None
+                    } else {
+                        Some(queries)
+                    }
+                }
+                _ => None,
+            };
+            merged.clusters.insert(
+                name.clone(),
+                ClusterSettings {
+                    params: self.defaults.params.clone(),
+                    tick: self.defaults.tick,
+                    queries,
+                    labels: labels.clone(),
+                },
+            );
+        }
+        merged
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::parse;
@@ -208,7 +295,7 @@ mod tests {
             "metrics:\n  prometheus: { url: \"http://127.0.0.1:8428\" }\nkubernetes: { enabled: true, services: [{ namespace: shop, name: checkout }] }\n",
         )
         .expect("valid");
-        let labels = crate::config::adaptive::discovered_labels(
+        let labels = super::discovered_labels(
             "outbound|8080||checkout.shop.svc.cluster.local",
             "shop",
             "checkout",

@@ -10,13 +10,16 @@ use std::{
 use serde::Deserialize;
 
 use crate::model::{Endpoint, HealthStatus, Locality};
-use crate::weighting;
 
 pub mod adaptive;
 pub mod duration;
 pub mod kubernetes;
+pub mod metrics;
 pub mod promql;
+pub mod templates;
 pub mod tls;
+pub mod warnings;
+pub mod weighting;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -32,10 +35,10 @@ pub struct Config {
     pub tick: Option<duration::ConfigDuration>,
     /// Where load samples come from.
     #[serde(default)]
-    pub metrics: adaptive::MetricsConfig,
+    pub metrics: metrics::MetricsConfig,
     /// Weighting algorithm and knobs for every cluster.
     #[serde(default)]
-    pub weighting: adaptive::WeightingConfig,
+    pub weighting: weighting::WeightingConfig,
     /// Static clusters: each is one EDS resource.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
@@ -125,7 +128,7 @@ pub struct ClusterConfig {
     /// This cluster's tick (default: the global `tick`).
     pub tick: Option<duration::ConfigDuration>,
     /// Overrides of the global `weighting:` keys for this cluster.
-    pub weighting: Option<adaptive::WeightingConfig>,
+    pub weighting: Option<weighting::WeightingConfig>,
     /// The cluster's endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
@@ -257,50 +260,6 @@ pub struct ValidConfig {
     pub kubernetes: Option<kubernetes::KubernetesSettings>,
 }
 
-/// What `check` and `serve` warn about in a valid configuration.
-const NO_ERROR_SIGNAL: &str = "algorithm capacity without an error signal: a pod that fails fast (e.g. 503 in 0.2 ms) reads as the cheapest pod and is only capped at an equal share, not held at a probe; configure one: metrics.load_reports, metrics.prometheus.error_query, or metrics.remote_write.error_metric or error_labels";
-
-impl ValidConfig {
-    /// Settings that are valid but probably not what the user wants, as `FIELD: reason`.
-    pub fn warnings(&self) -> Vec<Problem> {
-        use crate::weighting::params::Algorithm;
-        let mut warnings: Vec<Problem> = self
-            .raw
-            .clusters
-            .iter()
-            .enumerate()
-            .filter(|(_, cluster)| {
-                self.adaptive.settings(&cluster.name).params.algorithm == Algorithm::Capacity
-                    && !adaptive::has_error_signal(&self.adaptive, &cluster.name)
-            })
-            .map(|(index, _)| problem(format!("clusters[{index}]"), NO_ERROR_SIGNAL))
-            .collect();
-        // Discovered clusters get the defaults.
-        if self.kubernetes.is_some()
-            && self.adaptive.defaults.params.algorithm == Algorithm::Capacity
-            && !adaptive::discovered_have_error_signal(&self.adaptive)
-        {
-            warnings.push(problem("kubernetes", NO_ERROR_SIGNAL));
-        }
-        // A template that cannot be batched costs one query per cluster per tick.
-        if let (Some(pull), Some(templates)) =
-            (&self.adaptive.prometheus, &self.adaptive.query_templates)
-        {
-            if pull.batch {
-                for (key, template) in templates.templates() {
-                    if let Err(reason) = promql::analyze(template, &pull.join_label) {
-                        warnings.push(problem(
-                            format!("metrics.prometheus.{key}"),
-                            format!("not batched, so it runs once per cluster every tick: {reason} (only LABEL=\"${{...}}\" matchers, aggregations with by (...) and per-series functions can be batched safely)"),
-                        ));
-                    }
-                }
-            }
-        }
-        warnings
-    }
-}
-
 /// One thing wrong with a configuration, at a field path such as `clusters[2].endpoints[0].port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -428,7 +387,7 @@ pub fn validate(raw: Config) -> Result<ValidConfig, Vec<Problem>> {
     );
     let kubernetes = kubernetes::validate(&raw.kubernetes, &mut problems);
     if kubernetes.is_some() {
-        adaptive::validate_discovered_templates(&adaptive, &mut problems);
+        kubernetes::validate_discovered_templates(&adaptive, &mut problems);
     }
     match (xds_listen, admin_listen, problems.is_empty()) {
         (Some(xds_listen), Some(admin_listen), true) => Ok(ValidConfig {
@@ -607,7 +566,7 @@ fn validate_endpoint(
 }
 
 fn check_locality_totals(cluster_field: &str, endpoints: &[Endpoint], problems: &mut Vec<Problem>) {
-    let weights = weighting::static_weights(endpoints);
+    let weights = crate::weighting::static_weights(endpoints);
     let mut totals: BTreeMap<&Locality, u64> = BTreeMap::new();
     for (endpoint, weight) in endpoints.iter().zip(&weights) {
         *totals.entry(&endpoint.locality).or_default() += u64::from(weight.weight);

@@ -690,7 +690,7 @@ mod tests {
 
     #[test]
     fn the_default_cpu_query_is_widened_and_grouped_by_its_placeholder_labels() {
-        let plan = analyze(super::super::adaptive::DEFAULT_CPU_QUERY, "pod").expect("batchable");
+        let plan = analyze(super::super::metrics::DEFAULT_CPU_QUERY, "pod").expect("batchable");
         assert_eq!(
             plan.keys(),
             &[

@@ -18,9 +18,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::{mpsc, watch};
 
 use super::{file::diff, ClusterUpdate, Endpoint, HealthStatus, Locality};
-use crate::config::{
-    adaptive::discovered_labels,
-    kubernetes::{KubernetesSettings, Naming},
+use crate::config::kubernetes::{
+    discovered_labels, DiscoveredClusters, KubernetesSettings, Naming,
 };
 
 /// The label Kubernetes puts on every EndpointSlice to name its Service.
@@ -32,10 +31,6 @@ pub const CONTAINER_ANNOTATION: &str = "adaptive-eds.io/container";
 
 /// `(namespace, name)` of an object.
 pub type ObjectKey = (String, String);
-
-/// Discovered cluster name -> its labels for query templates (`cluster`, `namespace`,
-/// `service`, `container`).
-pub type DiscoveredClusters = BTreeMap<String, BTreeMap<String, String>>;
 
 /// What the source keeps of a Service.
 #[derive(Clone, Debug, PartialEq)]

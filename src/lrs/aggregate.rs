@@ -34,7 +34,7 @@ use envoy_types::pb::{
 };
 
 use super::wire::EncodedClusterStats;
-use crate::config::adaptive::JoinBy;
+use crate::config::metrics::JoinBy;
 use crate::metrics::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::telemetry::{EndpointLabels, Metrics};

@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::prometheus::Series;
 use super::Signal;
-use crate::config::adaptive::{ClusterQueries, ClusterSettings, PrometheusConfig};
 use crate::config::promql::{self, BatchTemplate, SEPARATOR_ENCODED_LEN};
+use crate::config::{
+    adaptive::ClusterSettings, metrics::PrometheusConfig, templates::ClusterQueries,
+};
 
 /// Longest query URL we send (scheme to the end of the query string), 8 KiB: reverse proxies and
 /// gateways in front of a metrics store commonly refuse longer request lines (nginx's default
@@ -275,7 +277,7 @@ fn chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::adaptive::DEFAULT_CPU_QUERY;
+    use crate::config::metrics::DEFAULT_CPU_QUERY;
     use crate::metrics::Sample;
     use std::collections::HashMap;
 

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::config::adaptive::JoinBy;
+use crate::config::metrics::JoinBy;
 use crate::model::Endpoint;
 use crate::weighting::{EndpointLoad, Reading};
 

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 
 use super::batch::{self, TemplatePlans};
 use super::{Sample, SampleSet, SampleTable, Signal, SourceKind};
-use crate::config::adaptive::{redact_url, AdaptiveConfig, ClusterSettings, PullSettings};
+use crate::config::adaptive::{AdaptiveConfig, ClusterSettings};
+use crate::config::metrics::{redact_url, PullSettings};
 use crate::telemetry::{Metrics, QueryLabels};
 
 /// One series of an instant-vector result.
@@ -473,7 +474,7 @@ mod tests {
 #[cfg(test)]
 mod slow_server_tests {
     use super::*;
-    use crate::config::adaptive::{JoinBy, TlsConfig};
+    use crate::config::metrics::{JoinBy, TlsConfig};
     use std::collections::BTreeMap;
 
     /// A stand-in metrics server on loopback that never answers in time (a real store cannot be

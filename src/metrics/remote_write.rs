@@ -10,7 +10,8 @@ use prost::Message;
 use tokio::sync::watch;
 
 use super::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
-use crate::config::adaptive::{AdaptiveConfig, ErrorSource, LabelPatterns, RemoteWriteSettings};
+use crate::config::adaptive::AdaptiveConfig;
+use crate::config::metrics::{ErrorSource, LabelPatterns, RemoteWriteSettings};
 use crate::telemetry::{Metrics, ResultLabels};
 use crate::weighting::params::Algorithm;
 
