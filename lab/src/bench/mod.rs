@@ -1,5 +1,6 @@
 //! `lab bench` pieces: open-loop load, process control, configuration texts and reports.
 
+pub mod capacity;
 pub mod loadgen;
 pub mod plot;
 pub mod process;

@@ -3,6 +3,7 @@
 use super::Switch;
 use anyhow::{bail, Context};
 use clap::Args;
+use lab::bench::capacity::{OfferedLoad, MACHINE_RPS};
 use lab::bench::loadgen::{drive, LoadPlan};
 use lab::bench::plot::{series_from_report, write_plots, PlotSeries};
 use lab::bench::process::{
@@ -31,12 +32,18 @@ pub struct BenchArgs {
     /// Policies to compare, comma separated (default: all six).
     #[arg(long, value_delimiter = ',')]
     policy: Vec<BenchPolicy>,
-    /// Base offered load through Envoy, requests per second.
-    #[arg(long, default_value_t = 1000.0)]
-    rate: f64,
-    /// Multiplies every service time, so a lower rate keeps the fleet's utilization pattern.
-    #[arg(long, default_value_t = 1.0)]
-    time_scale: f64,
+    /// Base offered load through Envoy, requests per second (default 1000; not with --load).
+    #[arg(long, conflicts_with = "load")]
+    rate: Option<f64>,
+    /// Base offered load as a fraction of the fleet's capacity (sum over pods of cores / mean
+    /// service time, after --time-scale), e.g. 0.7; replaces --rate.
+    #[arg(long)]
+    load: Option<f64>,
+    /// Multiplies every service time, so a lower rate keeps the fleet's utilization pattern
+    /// (default 1; with --load, the smallest of 1, 2, 5, 10, 20, ... at which the whole
+    /// capacity is within the ~1,500 rps this machine drives through Envoy).
+    #[arg(long)]
+    time_scale: Option<f64>,
     /// Warm-up excluded from the figures (weights converge).
     #[arg(long, default_value = "25s", value_parser = super::parse_duration)]
     warmup: Duration,
@@ -98,6 +105,7 @@ struct RunContext {
     metrics: MetricsPath,
     rate_window: u64,
     time_scale: f64,
+    offered: OfferedLoad,
     error_signal: bool,
     orca: bool,
 }
@@ -138,6 +146,9 @@ fn results_folder(args: &BenchArgs) -> PathBuf {
         name.push('-');
         name.push_str(&stem(scenario));
     }
+    if let Some(load) = args.load {
+        name.push_str(&format!("-load{:.0}", load * 100.0));
+    }
     if args.metrics != MetricsPath::Pull {
         name.push('-');
         name.push_str(&args.metrics.name().replace('+', "-"));
@@ -160,9 +171,23 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
             events: Vec::new(),
         },
     };
+    let offered = OfferedLoad::resolve(
+        &fleet,
+        args.rate,
+        args.load,
+        args.time_scale,
+        scenario.peak_load_factor(),
+    )?;
+    if offered.beyond_machine() {
+        tracing::warn!(
+            peak_rps = offered.peak_rate(),
+            machine_rps = MACHINE_RPS,
+            "the offered rate is more than this machine drives through Envoy: raise --time-scale"
+        );
+    }
     let results = results_folder(args);
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
-    let mut scaled = scaled(&fleet, args.time_scale);
+    let mut scaled = scaled(&fleet, offered.time_scale);
     scaled.orca_eps |= args.orca_eps;
     let fleet_file = results.join("fleet-scaled.yaml");
     let text = serde_norway::to_string(&scaled).context("writing the scaled fleet")?;
@@ -199,7 +224,7 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         fleet_file,
         scenario,
         plan: LoadPlan {
-            rate: args.rate,
+            rate: offered.rate,
             warmup: args.warmup,
             measure: args.measure,
             window: args.window,
@@ -212,7 +237,8 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         probe_share: args.probe_share,
         metrics: args.metrics,
         rate_window: args.rate_window.as_secs(),
-        time_scale: args.time_scale,
+        time_scale: offered.time_scale,
+        offered,
         error_signal: args.error_signal == Switch::On,
         orca: fleet.orca,
     })
@@ -233,6 +259,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         return replot(&args);
     }
     let context = context(&args)?;
+    println!("{}", context.offered.describe());
     let policies = if args.policy.is_empty() {
         BenchPolicy::ALL.to_vec()
     } else {
@@ -285,12 +312,11 @@ fn write_report(
 ) -> anyhow::Result<()> {
     let command: Vec<String> = std::env::args().collect();
     let header = format!(
-        "# lab bench: {} / {}\n\nCommand: `{}`\n\nRate {} rps base, service times x{}, warm-up {:?}, measured {:?} per policy, seed {}, probe_share {}, metrics {}. One Envoy (`--concurrency 1`), all on 127.0.0.1.\n\n",
+        "# lab bench: {} / {}\n\nCommand: `{}`\n\n{}\n\nWarm-up {:?}, measured {:?} per policy, seed {}, probe_share {}, metrics {}. One Envoy (`--concurrency 1`), all on 127.0.0.1.\n\n",
         args.fleet.display(),
         context.scenario.name,
         command.join(" "),
-        args.rate,
-        args.time_scale,
+        context.offered.describe(),
         args.warmup,
         args.measure,
         args.seed,

@@ -69,6 +69,17 @@ impl Scenario {
             .unwrap_or(1.0)
     }
 
+    /// Highest load multiplier of the run (1.0 without load events or when they only lower it).
+    pub fn peak_load_factor(&self) -> f64 {
+        self.events
+            .iter()
+            .filter_map(|event| match event.action {
+                Action::SetLoadFactor { factor } => Some(factor),
+                Action::SetSlowdown { .. } | Action::SetFailing { .. } => None,
+            })
+            .fold(1.0, f64::max)
+    }
+
     /// Times at which the offered load changes, in order.
     pub fn load_change_times(&self) -> Vec<Duration> {
         self.events
