@@ -2,6 +2,7 @@
 
 pub mod capacity;
 pub mod loadgen;
+pub mod pipeline;
 pub mod plot;
 pub mod process;
 pub mod report;

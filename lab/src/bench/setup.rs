@@ -236,6 +236,8 @@ pub struct ServerSettings<'a> {
     pub probe_share: Option<f64>,
     /// Window of the counter rates (PromQL `rate(...[N])` or remote-write `rate_window`), seconds.
     pub rate_window: u64,
+    /// The server's `tick`, seconds.
+    pub tick_seconds: u64,
     /// Give the pulled or streamed source an error signal (`error_query`, `error_labels`);
     /// load reports always carry errors.
     pub error_signal: bool,
@@ -253,6 +255,7 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         metrics,
         probe_share,
         rate_window,
+        tick_seconds,
         error_signal,
     } = *settings;
     let (algorithm, objective) = policy.weighting().unwrap_or(("static", "latency"));
@@ -283,7 +286,7 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         source.push_str("  load_reports: { enabled: true, interval: 1s }\n");
     }
     let mut text = format!(
-        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: 1s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
+        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: {tick_seconds}s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
         probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
     );
     for (pod, port) in pods.iter().zip(ports) {
@@ -295,14 +298,14 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
     text
 }
 
-/// VictoriaMetrics scrape config: every pod's `/metrics` each second.
-pub fn scrape_config(ports: &[u16]) -> String {
+/// VictoriaMetrics or vmagent scrape config: every pod's `/metrics` every `interval` seconds.
+pub fn scrape_config(ports: &[u16], interval: u64) -> String {
     let targets: Vec<String> = ports
         .iter()
         .map(|port| format!("\"127.0.0.1:{port}\""))
         .collect();
     format!(
-        "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: fleet\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
+        "global: {{ scrape_interval: {interval}s }}\nscrape_configs:\n  - job_name: fleet\n    scrape_interval: {interval}s\n    static_configs:\n      - targets: [{}]\n",
         targets.join(", ")
     )
 }
@@ -377,6 +380,7 @@ mod tests {
             metrics,
             probe_share: None,
             rate_window: 5,
+            tick_seconds: 1,
             error_signal: errors,
         }
     }
@@ -426,5 +430,15 @@ mod tests {
         }
         let pulled = server_config(&settings(&pods, sources[0], true));
         assert!(pulled.contains("code=~\"5..\""), "{pulled}");
+        let prod = server_config(&ServerSettings {
+            rate_window: 60,
+            tick_seconds: 10,
+            ..settings(&pods, sources[0], true)
+        });
+        assert!(adaptive_eds::config::parse(&prod).is_ok(), "{prod}");
+        assert!(
+            prod.contains("tick: 10s") && prod.contains("[60s]"),
+            "{prod}"
+        );
     }
 }

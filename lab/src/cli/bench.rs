@@ -5,6 +5,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use lab::bench::capacity::{OfferedLoad, MACHINE_RPS};
 use lab::bench::loadgen::{drive, LoadPlan};
+use lab::bench::pipeline::{Pipeline, PipelinePreset};
 use lab::bench::plot::{series_from_report, write_plots, PlotSeries};
 use lab::bench::process::{
     cpu_seconds, free_port, get_ok, http, machine_busy_seconds, wait_for, Process,
@@ -68,16 +69,24 @@ pub struct BenchArgs {
     /// How pod metrics reach adaptive-eds: `pull` (VictoriaMetrics + PromQL), `stream`
     /// (vmagent remote-write, CPU limits from the pods' limit gauge), `lrs` (Envoy's load
     /// reports every second, ORCA CPU riding along; no metrics store), `pull+lrs`, `stream+lrs`.
-    #[arg(long, value_enum, default_value_t = MetricsPath::Pull)]
-    metrics: MetricsPath,
+    /// Default `pull`; not with --pipeline.
+    #[arg(long, value_enum)]
+    metrics: Option<MetricsPath>,
+    /// A named metric pipeline: `fast` (VictoriaMetrics scraping every 1 s, PromQL over 5 s,
+    /// tick 1 s: the default), `prod` (scrapes every 15 s, PromQL `rate[1m]`, tick 10 s),
+    /// `stream-prod` (vmagent scraping every 15 s and remote-writing, rates over 1 m, tick
+    /// 10 s), `lrs` (Envoy load reports every 1 s, tick 1 s). Not with --metrics or --rate-window.
+    #[arg(long, value_enum, conflicts_with_all = ["metrics", "rate_window"])]
+    pipeline: Option<PipelinePreset>,
     /// Give the pulled or streamed metrics an error signal (`error_query` on the request
     /// counter's 5xx codes, or remote-write `error_labels`); `off` measures CPU and request
     /// rates only. Load reports always carry errors, so `off` needs `pull` or `stream`.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     error_signal: Switch,
-    /// Window of the counter rates adaptive-eds reads (whole seconds, at least 2: scrapes are 1 s apart).
-    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
-    rate_window: Duration,
+    /// Window of the counter rates adaptive-eds reads (whole seconds, at least 2: scrapes are
+    /// 1 s apart; default 5s). Not with --pipeline.
+    #[arg(long, value_parser = super::parse_duration)]
+    rate_window: Option<Duration>,
     /// The pods' ORCA header also carries `eps` (errors per second), which CSWRR turns into a
     /// penalty; off, as in the fleet file, the header has CPU and request rate only.
     #[arg(long)]
@@ -102,8 +111,7 @@ struct RunContext {
     lab: PathBuf,
     results: PathBuf,
     probe_share: Option<f64>,
-    metrics: MetricsPath,
-    rate_window: u64,
+    pipeline: Pipeline,
     time_scale: f64,
     offered: OfferedLoad,
     error_signal: bool,
@@ -149,9 +157,13 @@ fn results_folder(args: &BenchArgs) -> PathBuf {
     if let Some(load) = args.load {
         name.push_str(&format!("-load{:.0}", load * 100.0));
     }
-    if args.metrics != MetricsPath::Pull {
+    if let Some(preset) = args.pipeline {
         name.push('-');
-        name.push_str(&args.metrics.name().replace('+', "-"));
+        name.push_str(preset.name());
+    }
+    if let Some(metrics) = args.metrics.filter(|metrics| *metrics != MetricsPath::Pull) {
+        name.push('-');
+        name.push_str(&metrics.name().replace('+', "-"));
     }
     if args.error_signal == Switch::Off {
         name.push_str("-no-error-signal");
@@ -204,15 +216,10 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
             server.display()
         );
     }
-    if args.error_signal == Switch::Off && args.metrics.load_reports() {
+    let pipeline = pipeline(args)?;
+    if args.error_signal == Switch::Off && pipeline.metrics.load_reports() {
         bail!(
             "--error-signal off needs --metrics pull or stream: load reports always carry errors"
-        );
-    }
-    if args.rate_window.as_secs() < 2 || args.rate_window.subsec_nanos() != 0 {
-        bail!(
-            "--rate-window must be whole seconds, at least 2s (scrapes are 1 s apart), not {:?}",
-            args.rate_window
         );
     }
     let pods = scaled.pods();
@@ -235,13 +242,28 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         lab,
         results,
         probe_share: args.probe_share,
-        metrics: args.metrics,
-        rate_window: args.rate_window.as_secs(),
+        pipeline,
         time_scale: offered.time_scale,
         offered,
         error_signal: args.error_signal == Switch::On,
         orca: fleet.orca,
     })
+}
+
+/// The run's metric pipeline: the preset, or the fast one with `--metrics` and `--rate-window`.
+fn pipeline(args: &BenchArgs) -> anyhow::Result<Pipeline> {
+    let pipeline = match args.pipeline {
+        Some(preset) => preset.pipeline(),
+        None => {
+            let window = args.rate_window.unwrap_or(Duration::from_secs(5));
+            if window.subsec_nanos() != 0 {
+                bail!("--rate-window must be whole seconds, not {window:?}");
+            }
+            Pipeline::custom(args.metrics.unwrap_or_default(), window.as_secs())
+        }
+    };
+    pipeline.validate().context("--rate-window")?;
+    Ok(pipeline)
 }
 
 fn replot(args: &BenchArgs) -> anyhow::Result<()> {
@@ -322,34 +344,16 @@ fn write_report(
         args.seed,
         args.probe_share
             .map_or("default".to_owned(), |share| share.to_string()),
-        metrics_description(args),
+        metrics_description(args, &context.pipeline),
     );
     let path = context.results.join("report.md");
     std::fs::write(&path, header + &render_markdown(outcomes))
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// How the report's header names the metrics path and its error signal.
-fn metrics_description(args: &BenchArgs) -> String {
-    let window = args.rate_window.as_secs();
-    let mut parts = Vec::new();
-    if args.metrics.pulls() {
-        parts.push(format!(
-            "pulled (VictoriaMetrics scrapes every 1 s, PromQL rate over {window}s)"
-        ));
-    }
-    if args.metrics.streams() {
-        parts.push(format!(
-            "streamed (vmagent scrapes every 1 s and remote-writes; rates over {window}s in the server)"
-        ));
-    }
-    if args.metrics.load_reports() {
-        parts.push(
-            "Envoy load reports (LRS every 1 s, ORCA cpu_utilization per endpoint when the fleet sends ORCA)"
-                .to_owned(),
-        );
-    }
-    let errors = match (args.error_signal, args.metrics.load_reports()) {
+/// How the report's header names the metrics pipeline and its error signal.
+fn metrics_description(args: &BenchArgs, pipeline: &Pipeline) -> String {
+    let errors = match (args.error_signal, pipeline.metrics.load_reports()) {
         (_, true) => {
             "errors from the load reports (and the error query / labels of the other source)"
         }
@@ -361,7 +365,7 @@ fn metrics_description(args: &BenchArgs) -> String {
     } else {
         ""
     };
-    format!("{}; {errors}{eps}", parts.join(" + "))
+    format!("{}; {errors}{eps}", pipeline.describe())
 }
 
 /// The processes of one run; dropping it stops them all.
@@ -402,11 +406,11 @@ async fn start_stack(
     // no metrics), vmagent started once the server it writes to is up (stream), or none when
     // Envoy's load reports are the only source.
     let ours = policy.weighting().is_some();
-    let (victoria, server) = if ours && context.metrics.streams() {
+    let (victoria, server) = if ours && context.pipeline.metrics.streams() {
         let server = start_server(context, policy, directory, None).await?;
         let vmagent = start_vmagent(context, directory, server.2).await?;
         (Some(vmagent), Some(server))
-    } else if context.metrics == MetricsPath::Lrs {
+    } else if context.pipeline.metrics == MetricsPath::Lrs {
         let server = if ours {
             Some(start_server(context, policy, directory, None).await?)
         } else {
@@ -423,7 +427,7 @@ async fn start_stack(
         };
         (Some(victoria.0), server)
     };
-    let reports = if context.metrics.load_reports() {
+    let reports = if context.pipeline.metrics.load_reports() {
         EnvoyReports::LoadReports { orca: context.orca }
     } else {
         EnvoyReports::None
@@ -479,8 +483,11 @@ async fn start_stack(
 async fn start_victoria(context: &RunContext, directory: &Path) -> anyhow::Result<(Process, u16)> {
     let port = free_port()?;
     let scrape = directory.join("scrape.yaml");
-    std::fs::write(&scrape, scrape_config(&context.ports))
-        .with_context(|| format!("writing {}", scrape.display()))?;
+    std::fs::write(
+        &scrape,
+        scrape_config(&context.ports, context.pipeline.scrape_seconds),
+    )
+    .with_context(|| format!("writing {}", scrape.display()))?;
     let process = Process::spawn(
         "victoria-metrics",
         Command::new("victoria-metrics")
@@ -512,8 +519,11 @@ async fn start_vmagent(
     admin_port: u16,
 ) -> anyhow::Result<Process> {
     let scrape = directory.join("scrape.yaml");
-    std::fs::write(&scrape, scrape_config(&context.ports))
-        .with_context(|| format!("writing {}", scrape.display()))?;
+    std::fs::write(
+        &scrape,
+        scrape_config(&context.ports, context.pipeline.scrape_seconds),
+    )
+    .with_context(|| format!("writing {}", scrape.display()))?;
     let port = free_port()?;
     let process = Process::spawn(
         "vmagent",
@@ -548,8 +558,8 @@ async fn start_server(
     let victoria_url = victoria_port.map(|port| format!("http://127.0.0.1:{port}"));
     let metrics = MetricsSource {
         pull: victoria_url.as_deref(),
-        stream: context.metrics.streams(),
-        load_reports: context.metrics.load_reports(),
+        stream: context.pipeline.metrics.streams(),
+        load_reports: context.pipeline.metrics.load_reports(),
     };
     let config = server_config(&ServerSettings {
         policy,
@@ -560,7 +570,8 @@ async fn start_server(
         admin_port,
         metrics,
         probe_share: context.probe_share,
-        rate_window: context.rate_window,
+        rate_window: context.pipeline.rate_window,
+        tick_seconds: context.pipeline.tick_seconds,
         error_signal: context.error_signal,
     });
     let path = directory.join("adaptive-eds.yaml");
