@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp};
 use std::sync::{Arc, Mutex};
@@ -186,9 +186,13 @@ async fn send(client: &HttpClient, uri: hyper::Uri, timeout: Duration) -> Exchan
     }
 }
 
-/// Arrival offsets (from the start) of a Poisson process following the scenario's load factors.
-fn arrivals(plan: &LoadPlan, scenario: &Scenario) -> Vec<Duration> {
+/// Arrival offsets (from the start) of a Poisson process following the scenario's load
+/// factors, each with the listener (of `listeners`) it goes to: drawn at random, so each
+/// listener's share is a Poisson process of `1 / listeners` of the rate.
+fn arrivals(plan: &LoadPlan, scenario: &Scenario, listeners: usize) -> Vec<(Duration, usize)> {
     let mut random = ChaCha8Rng::seed_from_u64(plan.seed);
+    // A second stream, so the arrival times are the same whatever the number of listeners.
+    let mut spread = ChaCha8Rng::seed_from_u64(plan.seed.wrapping_add(0x5eed));
     let total = plan.warmup + plan.measure;
     let mut offsets = Vec::new();
     let mut offset = Duration::ZERO;
@@ -201,35 +205,41 @@ fn arrivals(plan: &LoadPlan, scenario: &Scenario) -> Vec<Duration> {
         if offset >= total {
             return offsets;
         }
-        offsets.push(offset);
+        let listener = if listeners > 1 {
+            spread.random_range(0..listeners)
+        } else {
+            0
+        };
+        offsets.push((offset, listener));
     }
 }
 
 /// Sends each arrival's offset at its time from an OS thread: `thread::sleep` wakes within
 /// tens of microseconds, where tokio's timer wheel rounds up to the next millisecond.
 fn pace(
-    offsets: Vec<Duration>,
+    offsets: Vec<(Duration, usize)>,
     start: std::time::Instant,
-    sender: tokio::sync::mpsc::UnboundedSender<Duration>,
+    sender: tokio::sync::mpsc::UnboundedSender<(Duration, usize)>,
 ) {
-    for offset in offsets {
+    for (offset, listener) in offsets {
         let intended = start + offset;
         let now = std::time::Instant::now();
         if intended > now {
             std::thread::sleep(intended - now);
         }
-        if sender.send(offset).is_err() {
+        if sender.send((offset, listener)).is_err() {
             return;
         }
     }
 }
 
-/// Offers Poisson load to `uri` following `plan` and the scenario's load factors.
+/// Offers Poisson load spread at random over `uris` (one per Envoy listener; none given, no
+/// load) following `plan` and the scenario's load factors, into one set of histograms.
 ///
 /// Arrivals are scheduled on absolute times from the start; the next request never waits for
 /// an answer, and latency is measured from the intended send time, so a stalled sender shows
 /// as latency instead of hiding it (no coordinated omission).
-pub async fn drive(uri: hyper::Uri, plan: &LoadPlan, scenario: &Scenario) -> LoadOutcome {
+pub async fn drive(uris: &[hyper::Uri], plan: &LoadPlan, scenario: &Scenario) -> LoadOutcome {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
@@ -237,17 +247,23 @@ pub async fn drive(uri: hyper::Uri, plan: &LoadPlan, scenario: &Scenario) -> Loa
         .pool_max_idle_per_host(512)
         .build(connector);
     let recorder = Arc::new(Mutex::new(Recorder::new(plan)));
-    let offsets = arrivals(plan, scenario);
+    let offsets = if uris.is_empty() {
+        Vec::new()
+    } else {
+        arrivals(plan, scenario, uris.len())
+    };
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
     let start = Instant::now();
     let start_std = start.into_std();
     let pacer = std::thread::spawn(move || pace(offsets, start_std, sender));
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some(offset) = receiver.recv().await {
+    while let Some((offset, listener)) = receiver.recv().await {
         let intended = start + offset;
         let lateness = Instant::now().saturating_duration_since(intended);
-        let (client, uri, recorder, plan) =
-            (client.clone(), uri.clone(), recorder.clone(), plan.clone());
+        let Some(uri) = uris.get(listener).cloned() else {
+            continue;
+        };
+        let (client, recorder, plan) = (client.clone(), recorder.clone(), plan.clone());
         tasks.spawn(async move {
             let result = send(&client, uri, plan.timeout).await;
             let latency = Instant::now().saturating_duration_since(intended);
@@ -291,11 +307,35 @@ mod tests {
                 action: crate::fleet::Action::SetLoadFactor { factor: 3.0 },
             }],
         };
-        let offsets = arrivals(&plan, &scenario);
-        let before = offsets.iter().filter(|offset| offset.as_secs() < 5).count();
+        let offsets = arrivals(&plan, &scenario, 1);
+        let before = offsets
+            .iter()
+            .filter(|(offset, _)| offset.as_secs() < 5)
+            .count();
         let after = offsets.len() - before;
         assert!((4700..5300).contains(&before), "{before}");
         assert!((14_000..16_000).contains(&after), "{after}");
-        assert!(offsets.windows(2).all(|pair| pair[0] <= pair[1]));
+        assert!(offsets.windows(2).all(|pair| pair[0].0 <= pair[1].0));
+        assert!(offsets.iter().all(|(_, listener)| *listener == 0));
+    }
+
+    #[test]
+    fn arrivals_spread_evenly_over_listeners_at_the_same_times() {
+        let plan = LoadPlan {
+            rate: 1000.0,
+            warmup: Duration::ZERO,
+            measure: Duration::from_secs(20),
+            window: Duration::from_secs(5),
+            seed: 3,
+            timeout: Duration::from_secs(1),
+        };
+        let one = arrivals(&plan, &Scenario::default(), 1);
+        let four = arrivals(&plan, &Scenario::default(), 4);
+        assert_eq!(one.len(), four.len());
+        assert!(one.iter().zip(&four).all(|(a, b)| a.0 == b.0));
+        for listener in 0..4 {
+            let count = four.iter().filter(|(_, to)| *to == listener).count();
+            assert!((4700..5300).contains(&count), "{listener}: {count}");
+        }
     }
 }

@@ -102,11 +102,13 @@ pub enum EnvoyReports {
     },
 }
 
-/// Envoy bootstrap: one listener on `listener_port` routing to the fleet cluster, with STATIC
-/// endpoints for the Envoy-only policies or EDS over ADS from `xds_port` for ours, and load
-/// reports to the same server when asked for.
+/// Bootstrap of Envoy number `envoy` (node id `lab-bench-<envoy>`): one listener on
+/// `listener_port` routing to the fleet cluster, with STATIC endpoints for the Envoy-only
+/// policies or EDS over ADS from `xds_port` for ours, and load reports to the same server when
+/// asked for.
 pub fn envoy_bootstrap(
     policy: BenchPolicy,
+    envoy: usize,
     admin_port: u16,
     listener_port: u16,
     xds_port: Option<u16>,
@@ -114,7 +116,7 @@ pub fn envoy_bootstrap(
     reports: EnvoyReports,
 ) -> String {
     let mut text = format!(
-        "node: {{ id: lab-bench, cluster: lab }}\n\
+        "node: {{ id: lab-bench-{envoy}, cluster: lab }}\n\
 admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}\n"
     );
     let load_reports = xds_port.is_some() && matches!(reports, EnvoyReports::LoadReports { .. });
@@ -350,18 +352,21 @@ mod tests {
     #[test]
     fn bootstraps_name_the_policy() {
         let none = EnvoyReports::None;
-        let text = envoy_bootstrap(BenchPolicy::Cswrr, 1, 2, None, &[3, 4], none);
+        let text = envoy_bootstrap(BenchPolicy::Cswrr, 0, 1, 2, None, &[3, 4], none);
         assert!(text.contains("client_side_weighted_round_robin"));
         assert!(text.contains("port_value: 4"));
-        let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 1, 2, Some(5), &[3], none);
+        assert!(text.contains("id: lab-bench-0,"));
+        let second = envoy_bootstrap(BenchPolicy::Cswrr, 1, 1, 2, None, &[3, 4], none);
+        assert!(second.contains("id: lab-bench-1,"));
+        let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 0, 1, 2, Some(5), &[3], none);
         assert!(text.contains("type: EDS") && text.contains("LEAST_REQUEST"));
         assert!(!text.contains("load_stats_config"));
         let lrs = EnvoyReports::LoadReports { orca: true };
-        let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 1, 2, Some(5), &[3], lrs);
+        let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 0, 1, 2, Some(5), &[3], lrs);
         assert!(text.contains("load_stats_config"), "{text}");
         assert!(text.contains("lrs_report_endpoint_metrics: [cpu_utilization]"));
         // Without our server there is no one to report to.
-        let text = envoy_bootstrap(BenchPolicy::LeastRequest, 1, 2, None, &[3], lrs);
+        let text = envoy_bootstrap(BenchPolicy::LeastRequest, 0, 1, 2, None, &[3], lrs);
         assert!(!text.contains("load_stats_config"));
     }
 

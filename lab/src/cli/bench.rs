@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// Port of the first pod.
     #[arg(long, default_value_t = 21001)]
     base_port: u16,
+    /// Envoy processes (`--concurrency 1` each), all fed by the same adaptive-eds, each with its
+    /// own listener getting a random 1/K of the arrivals (a Poisson process of rate/K); the
+    /// latency figures are those of all of them together.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    envoys: u16,
     /// Seed of the arrival process.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -112,6 +117,7 @@ struct RunContext {
     results: PathBuf,
     probe_share: Option<f64>,
     pipeline: Pipeline,
+    envoys: usize,
     time_scale: f64,
     offered: OfferedLoad,
     error_signal: bool,
@@ -170,6 +176,9 @@ fn results_folder(args: &BenchArgs) -> PathBuf {
     }
     if args.orca_eps {
         name.push_str("-orca-eps");
+    }
+    if args.envoys > 1 {
+        name.push_str(&format!("-envoys{}", args.envoys));
     }
     Path::new("lab/results").join(name)
 }
@@ -243,6 +252,7 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         results,
         probe_share: args.probe_share,
         pipeline,
+        envoys: usize::from(args.envoys),
         time_scale: offered.time_scale,
         offered,
         error_signal: args.error_signal == Switch::On,
@@ -334,7 +344,7 @@ fn write_report(
 ) -> anyhow::Result<()> {
     let command: Vec<String> = std::env::args().collect();
     let header = format!(
-        "# lab bench: {} / {}\n\nCommand: `{}`\n\n{}\n\nWarm-up {:?}, measured {:?} per policy, seed {}, probe_share {}, metrics {}. One Envoy (`--concurrency 1`), all on 127.0.0.1.\n\n",
+        "# lab bench: {} / {}\n\nCommand: `{}`\n\n{}\n\nWarm-up {:?}, measured {:?} per policy, seed {}, probe_share {}, metrics {}. {}, all on 127.0.0.1.\n\n",
         args.fleet.display(),
         context.scenario.name,
         command.join(" "),
@@ -345,10 +355,20 @@ fn write_report(
         args.probe_share
             .map_or("default".to_owned(), |share| share.to_string()),
         metrics_description(args, &context.pipeline),
+        envoys_description(context.envoys),
     );
     let path = context.results.join("report.md");
     std::fs::write(&path, header + &render_markdown(outcomes))
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// How the report's header names the Envoys.
+fn envoys_description(envoys: usize) -> String {
+    if envoys == 1 {
+        "One Envoy (`--concurrency 1`)".to_owned()
+    } else {
+        format!("{envoys} Envoys (`--concurrency 1` each, one listener each, a random 1/{envoys} of the arrivals each; latency over all of them)")
+    }
 }
 
 /// How the report's header names the metrics pipeline and its error signal.
@@ -375,8 +395,14 @@ struct Stack {
     victoria: Option<Process>,
     server: Option<Process>,
     server_xds_port: Option<u16>,
-    envoy: Process,
-    envoy_admin: u16,
+    /// The Envoys, each with its admin port and listener port.
+    envoys: Vec<Envoy>,
+}
+
+/// One Envoy of a run.
+struct Envoy {
+    process: Process,
+    admin: u16,
     listener: u16,
 }
 
@@ -432,51 +458,61 @@ async fn start_stack(
     } else {
         EnvoyReports::None
     };
-    let (envoy_admin, listener) = (free_port()?, free_port()?);
-    let bootstrap = envoy_bootstrap(
-        policy,
-        envoy_admin,
-        listener,
-        server.as_ref().map(|server| server.1),
-        &context.ports,
-        reports,
-    );
-    let path = directory.join("envoy.yaml");
-    std::fs::write(&path, bootstrap).with_context(|| format!("writing {}", path.display()))?;
-    let mut envoy = Process::spawn(
-        "envoy",
-        Command::new("envoy")
-            .arg("-c")
-            .arg(&path)
-            .args([
-                "--concurrency",
-                "1",
-                "--use-dynamic-base-id",
-                "--disable-hot-restart",
-            ])
-            .args(["--log-level", "warn"]),
-        &directory.join("envoy.log"),
-    )?;
+    let mut envoys = Vec::with_capacity(context.envoys);
+    for index in 0..context.envoys {
+        let (admin, listener) = (free_port()?, free_port()?);
+        let bootstrap = envoy_bootstrap(
+            policy,
+            index,
+            admin,
+            listener,
+            server.as_ref().map(|server| server.1),
+            &context.ports,
+            reports,
+        );
+        let path = directory.join(format!("envoy-{index}.yaml"));
+        std::fs::write(&path, bootstrap).with_context(|| format!("writing {}", path.display()))?;
+        let process = Process::spawn(
+            &format!("envoy {index}"),
+            Command::new("envoy")
+                .arg("-c")
+                .arg(&path)
+                .args([
+                    "--concurrency",
+                    "1",
+                    "--use-dynamic-base-id",
+                    "--disable-hot-restart",
+                ])
+                .args(["--log-level", "warn"]),
+            &directory.join(format!("envoy-{index}.log")),
+        )?;
+        envoys.push(Envoy {
+            process,
+            admin,
+            listener,
+        });
+    }
     let count = context.ports.len();
-    wait_for(
-        Duration::from_secs(30),
-        "Envoy to know every pod",
-        || async {
-            envoy_weights(envoy_admin)
-                .await
-                .filter(|weights| weights.len() == count)
-        },
-    )
-    .await?;
-    envoy.check_running()?;
+    for envoy in &mut envoys {
+        let admin = envoy.admin;
+        wait_for(
+            Duration::from_secs(30),
+            "every Envoy to know every pod",
+            || async {
+                envoy_weights(admin)
+                    .await
+                    .filter(|weights| weights.len() == count)
+            },
+        )
+        .await?;
+        envoy.process.check_running()?;
+    }
     Ok(Stack {
         emulator,
         victoria,
         server_xds_port: server.as_ref().map(|server| server.1),
         server: server.map(|server| server.0),
-        envoy,
-        envoy_admin,
-        listener,
+        envoys,
     })
 }
 
@@ -653,7 +689,11 @@ async fn fleet_counters(ports: &[u16]) -> anyhow::Result<Counters> {
 fn process_seconds(stack: &Stack) -> [f64; 6] {
     let of = |pid: u32| cpu_seconds(&pid.to_string()).unwrap_or(0.0);
     [
-        of(stack.envoy.pid()),
+        stack
+            .envoys
+            .iter()
+            .map(|envoy| of(envoy.process.pid()))
+            .sum(),
         cpu_seconds("self").unwrap_or(0.0),
         of(stack.emulator.pid()),
         stack
@@ -702,11 +742,17 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
     std::fs::create_dir_all(&directory)
         .with_context(|| format!("creating {}", directory.display()))?;
     let mut stack = start_stack(context, policy, &directory).await?;
-    let uri: hyper::Uri = format!("http://127.0.0.1:{}/", stack.listener)
-        .parse()
-        .context("building the listener URI")?;
+    let uris: Vec<hyper::Uri> = stack
+        .envoys
+        .iter()
+        .map(|envoy| {
+            format!("http://127.0.0.1:{}/", envoy.listener)
+                .parse()
+                .context("building a listener URI")
+        })
+        .collect::<anyhow::Result<_>>()?;
     let start = tokio::time::Instant::now();
-    let load = drive(uri, &context.plan, &context.scenario);
+    let load = drive(&uris, &context.plan, &context.scenario);
     let measure_start = async {
         tokio::time::sleep_until(start + context.plan.warmup).await;
         (
@@ -722,9 +768,12 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
     let after = fleet_counters(&context.ports).await?;
     let cpu_after = process_seconds(&stack);
     let before = before?;
-    let weights = envoy_weights(stack.envoy_admin).await.unwrap_or_default();
+    let first_admin = stack.envoys.first().map_or(0, |envoy| envoy.admin);
+    let weights = envoy_weights(first_admin).await.unwrap_or_default();
     save_server_view(&stack, &directory).await;
-    stack.envoy.check_running()?;
+    for envoy in &mut stack.envoys {
+        envoy.process.check_running()?;
+    }
     let cores: Vec<f64> = cpu_after
         .iter()
         .zip(cpu_before)
@@ -788,9 +837,11 @@ fn pod_outcomes(
 /// Keeps Envoy's final cluster view and, when our server is in the loop, its `Inspect`
 /// explanation of the weights (through grpcurl, if installed) next to the run's logs.
 async fn save_server_view(stack: &Stack, directory: &Path) {
-    let url = format!("http://127.0.0.1:{}/clusters", stack.envoy_admin);
-    if let Some(body) = get_ok(&url).await {
-        let _ = std::fs::write(directory.join("envoy-clusters.txt"), body);
+    for (index, envoy) in stack.envoys.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{}/clusters", envoy.admin);
+        if let Some(body) = get_ok(&url).await {
+            let _ = std::fs::write(directory.join(format!("envoy-{index}-clusters.txt")), body);
+        }
     }
     let Some(port) = stack.server_xds_port else {
         return;
