@@ -3,15 +3,11 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, watch},
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::admin::{self, AdminState};
-use crate::config::adaptive::AdaptiveConfig;
-use crate::config::{self, kubernetes::DiscoveredClusters, XdsConfig};
+use crate::config::{reload::ConfigWatch, XdsConfig};
 use crate::discovery::{file::FileSource, kubernetes::KubernetesSource};
 use crate::engine::Engine;
 use crate::inspect::{self, InspectService};
@@ -49,10 +45,9 @@ pub async fn serve(
     // Every task started here ends with `serve`, on success or error: an in-process server
     // that returns must not keep querying metrics stores or watching files.
     let mut tasks = Tasks::default();
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("{}: cannot read the config file", config_path.display()))?;
-    let config = config::load(&config_path)?;
     let (metrics, registry) = Metrics::registered();
+    let mut config_watch = ConfigWatch::open(config_path.clone(), metrics.clone())?;
+    let config = config_watch.config().clone();
     let store = SnapshotStore::new();
     let clients = Arc::new(ClientRegistry::default());
     let table = SampleTable::default();
@@ -62,15 +57,15 @@ pub async fn serve(
         .as_ref()
         .map(|_| SeriesStore::default());
 
-    let source = FileSource::new(config_path.clone(), config.clone(), &text, metrics.clone());
+    let source = FileSource::new(config_watch.clusters());
     let kubernetes = match config.kubernetes.clone() {
         Some(kubernetes) => Some(KubernetesSource::connect(kubernetes).await?),
         None => None,
     };
-    let settings = match &kubernetes {
-        Some(kubernetes) => merge_discovered(source.settings(), kubernetes.discovered()),
-        None => source.settings(),
-    };
+    if let Some(kubernetes) = &kubernetes {
+        config_watch.follow_discovered(kubernetes.discovered());
+    }
+    let settings = config_watch.settings();
     let mut engine = Engine::new(
         settings.borrow().clone(),
         table.clone(),
@@ -97,6 +92,7 @@ pub async fn serve(
         tasks.spawn(kubernetes.run(updates_sender.clone()));
     }
     tasks.spawn(source.run(updates_sender));
+    tasks.spawn(config_watch.run());
 
     let xds_listener = TcpListener::bind(config.xds_listen)
         .await
@@ -229,42 +225,6 @@ impl Drop for Tasks {
             task.abort();
         }
     }
-}
-
-/// Follows the file's settings and the discovered clusters, publishing the file's settings with
-/// the discovered clusters added (`AdaptiveConfig::with_discovered`), so the engine and the
-/// metrics sources treat a discovered cluster like one the file names.
-fn merge_discovered(
-    mut file: watch::Receiver<Arc<AdaptiveConfig>>,
-    mut discovered: watch::Receiver<DiscoveredClusters>,
-) -> watch::Receiver<Arc<AdaptiveConfig>> {
-    // `borrow_and_update` marks both as seen, so `changed()` waits for the next change.
-    let merge = |file: &mut watch::Receiver<Arc<AdaptiveConfig>>,
-                 discovered: &mut watch::Receiver<DiscoveredClusters>| {
-        let file = file.borrow_and_update().clone();
-        Arc::new(file.with_discovered(&discovered.borrow_and_update()))
-    };
-    let (sender, receiver) = watch::channel(merge(&mut file, &mut discovered));
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                changed = file.changed() => if changed.is_err() { return },
-                changed = discovered.changed() => if changed.is_err() { return },
-            }
-            let next = merge(&mut file, &mut discovered);
-            sender.send_if_modified(|current| {
-                let changed = **current != *next;
-                if changed {
-                    *current = next;
-                }
-                changed
-            });
-            if sender.is_closed() {
-                return;
-            }
-        }
-    });
-    receiver
 }
 
 fn grpc_router(

@@ -8,6 +8,7 @@ use std::{
 };
 
 use serde::Deserialize;
+use sha2::Digest;
 
 use crate::model::{Endpoint, HealthStatus, Locality};
 
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod kubernetes;
 pub mod metrics;
 pub mod promql;
+pub mod reload;
 pub mod templates;
 pub mod tls;
 pub mod warnings;
@@ -295,8 +297,23 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Reads, parses and validates the configuration file at `path`.
+/// Reads, parses and validates the configuration file at `path` (what `check` does; `serve`
+/// starts from [`reload::ConfigWatch::open`], which also keeps the digest).
 pub fn load(path: &Path) -> Result<ValidConfig, ConfigError> {
+    parse_file(path, &read(path)?.text)
+}
+
+/// The text of the configuration file, and the digest of its bytes that tells a change.
+#[derive(Clone, Debug)]
+pub struct FileText {
+    /// The file's content.
+    pub text: String,
+    /// SHA-256 of the content.
+    pub digest: [u8; 32],
+}
+
+/// Reads the configuration file: the one place it is read, at start and on every reload.
+pub fn read(path: &Path) -> Result<FileText, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
         file: path.to_path_buf(),
         problems: vec![Problem {
@@ -304,7 +321,13 @@ pub fn load(path: &Path) -> Result<ValidConfig, ConfigError> {
             message: format!("cannot read the file: {error}"),
         }],
     })?;
-    parse(&text).map_err(|problems| ConfigError {
+    let digest = sha2::Sha256::digest(text.as_bytes()).into();
+    Ok(FileText { text, digest })
+}
+
+/// Parses and validates text read from `path`; the error names the file with every problem.
+pub fn parse_file(path: &Path, text: &str) -> Result<ValidConfig, ConfigError> {
+    parse(text).map_err(|problems| ConfigError {
         file: path.to_path_buf(),
         problems,
     })
