@@ -195,6 +195,32 @@ fn snapshot_imports_no_source_and_no_one_imports_the_wiring() {
 }
 
 #[test]
+fn config_imports_no_source_and_only_its_reload_publishes_settings() {
+    let (edges, _) = graph();
+    for source in SOURCES.iter().chain(&["lrs", "xds", "snapshot", "engine"]) {
+        assert!(
+            !edges["config"].contains_key(*source),
+            "config imports {source} ({})",
+            edges["config"][*source]
+        );
+    }
+    // The settings channel has one sender, beside the one reader of the file: an endpoint
+    // source that published settings would tie reloads to one source of endpoints.
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&source, &mut files);
+    let publisher = source.join("config").join("reload.rs");
+    let mut senders = Vec::new();
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap_or_else(|error| panic!("{file:?}: {error}"));
+        if code(&text).contains("Sender<Arc<AdaptiveConfig>>") {
+            senders.push(file);
+        }
+    }
+    assert_eq!(senders, [publisher], "settings senders");
+}
+
+#[test]
 fn no_import_circle_between_rooms() {
     let (edges, _) = graph();
     // Depth-first search for a back edge, reporting the circle.
