@@ -7,7 +7,7 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::admin::{self, AdminState};
-use crate::config::{reload::ConfigWatch, XdsConfig};
+use crate::config::{reload::ConfigWatch, xds::XdsConfig};
 use crate::discovery::{file::FileSource, kubernetes::KubernetesSource};
 use crate::engine::Engine;
 use crate::inspect::{self, InspectService};

@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
+    clusters::ClusterConfig,
     duration::{check_positive, ConfigDuration},
     metrics::{
         self, LoadReportSettings, MetricsConfig, PrometheusConfig, PullSettings,
@@ -13,7 +14,7 @@ use super::{
     problem,
     templates::{cluster_labels, render_queries, ClusterQueries},
     weighting::{params_from, WeightingConfig},
-    ClusterConfig, Problem,
+    Problem,
 };
 use crate::weighting::params::{Algorithm, Params};
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{metrics::PrometheusConfig, problem, ClusterConfig, Problem};
+use super::{clusters::ClusterConfig, metrics::PrometheusConfig, problem, Problem};
 
 /// The PromQL of one cluster, placeholders filled in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
