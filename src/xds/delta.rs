@@ -1,34 +1,33 @@
 //! Incremental (delta) protocol state for one resource type on one stream (no transport here).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use envoy_types::pb::envoy::{
+    config::core::v3::Node, service::discovery::v3::DeltaDiscoveryRequest,
+};
 
-use super::{sotw::WILDCARD, Nonces, RequestEvent};
+use super::{
+    stream::{Protocol, XdsRequest},
+    type_state::TypeState,
+    Nonces, RequestEvent,
+};
 use crate::snapshot::Snapshot;
 use crate::xds::wire::DeltaResponse;
 
 /// What the client has and wants, for one type URL on one delta stream.
 #[derive(Debug, Default)]
 pub struct DeltaState {
-    type_url: String,
-    serves_resources: bool,
+    state: TypeState,
     started: bool,
-    wildcard: bool,
-    subscribed: BTreeSet<String>,
     /// Versions the client holds, by resource name.
     client_versions: HashMap<String, String>,
-    last_nonce: Option<String>,
-    last_sent_version: Option<String>,
-    acked_version: Option<String>,
 }
 
 impl DeltaState {
     /// State for the `ClusterLoadAssignment` type.
     pub fn for_assignments(type_url: &str) -> Self {
         Self {
-            type_url: type_url.into(),
-            serves_resources: true,
+            state: TypeState::new(type_url, true),
             ..Default::default()
         }
     }
@@ -36,34 +35,9 @@ impl DeltaState {
     /// State for a type we do not serve (on ADS): answered once with nothing.
     pub fn for_unserved(type_url: &str) -> Self {
         Self {
-            type_url: type_url.into(),
-            serves_resources: false,
+            state: TypeState::new(type_url, false),
             ..Default::default()
         }
-    }
-
-    /// Subscribed names, sorted (`*` when wildcard).
-    pub fn subscribed(&self) -> Vec<String> {
-        let wildcard = self.wildcard.then(|| WILDCARD.to_string());
-        wildcard
-            .into_iter()
-            .chain(self.subscribed.iter().cloned())
-            .collect()
-    }
-
-    /// Number of subscribed names (the wildcard counts as one).
-    pub fn subscribed_count(&self) -> usize {
-        self.subscribed.len() + usize::from(self.wildcard)
-    }
-
-    /// Snapshot version of the last response sent, if any.
-    pub fn last_sent_version(&self) -> Option<&str> {
-        self.last_sent_version.as_deref()
-    }
-
-    /// Snapshot version of the last response ACKed, if any.
-    pub fn acked_version(&self) -> Option<&str> {
-        self.acked_version.as_deref()
     }
 
     /// Handles one request; returns what it was and the response to send, if any.
@@ -77,26 +51,20 @@ impl DeltaState {
             self.started = true;
             self.client_versions = request.initial_resource_versions.clone();
         }
+        // Subscription changes count even in a request with a stale nonce (delta nonces only
+        // pair ACKs with responses).
         for name in &request.resource_names_subscribe {
-            if name == WILDCARD {
-                self.wildcard = true;
-            } else {
-                self.subscribed.insert(name.clone());
-            }
+            self.state.subscribe(name);
         }
         for name in &request.resource_names_unsubscribe {
-            if name == WILDCARD {
-                self.wildcard = false;
-            } else {
-                self.subscribed.remove(name);
-            }
+            self.state.unsubscribe(name);
             self.client_versions.remove(name);
         }
-        let event = self.classify(request);
-        if let RequestEvent::Ack { version } = &event {
-            self.acked_version = Some(version.clone());
-        }
-        let response = if self.serves_resources {
+        let event =
+            self.state
+                .classify(&request.response_nonce, request.error_detail.as_ref(), None);
+        self.state.record(&event);
+        let response = if self.state.serves_resources() {
             self.diff(snapshot, nonces)
         } else {
             self.unserved_response(nonces)
@@ -110,39 +78,17 @@ impl DeltaState {
         snapshot: &Snapshot,
         nonces: &mut Nonces,
     ) -> Option<DeltaResponse> {
-        if !self.serves_resources {
+        if !self.state.serves_resources() {
             return None;
         }
         self.diff(snapshot, nonces)
-    }
-
-    fn classify(&self, request: &DeltaDiscoveryRequest) -> RequestEvent {
-        if request.response_nonce.is_empty() {
-            return RequestEvent::Initial;
-        }
-        if self.last_nonce.as_deref() != Some(request.response_nonce.as_str()) {
-            // Subscription changes in it still count (delta nonces only pair ACKs with responses).
-            return RequestEvent::Stale;
-        }
-        let version = self.last_sent_version.clone().unwrap_or_default();
-        match &request.error_detail {
-            Some(status) => RequestEvent::Nack {
-                version,
-                message: status.message.clone(),
-            },
-            None => RequestEvent::Ack { version },
-        }
-    }
-
-    fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.subscribed.contains(name)
     }
 
     fn diff(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<DeltaResponse> {
         let changed: Vec<_> = snapshot
             .clusters
             .values()
-            .filter(|resource| self.wants(&resource.name))
+            .filter(|resource| self.state.wants(&resource.name))
             .filter(|resource| self.client_versions.get(&resource.name) != Some(&resource.version))
             .cloned()
             .collect();
@@ -163,32 +109,66 @@ impl DeltaState {
         for name in &removed {
             self.client_versions.remove(name);
         }
-        let nonce = nonces.issue();
-        self.last_nonce = Some(nonce.clone());
-        self.last_sent_version = Some(snapshot.version.clone());
+        let nonce = self.state.sent(nonces, Some(snapshot.version.clone()));
         Some(DeltaResponse {
             system_version_info: snapshot.version.clone(),
             resources: changed
                 .iter()
                 .map(|resource| resource.delta_resource.clone())
                 .collect(),
-            type_url: self.type_url.clone(),
+            type_url: self.state.type_url().to_string(),
             nonce,
             removed_resources: removed,
         })
     }
 
     fn unserved_response(&mut self, nonces: &mut Nonces) -> Option<DeltaResponse> {
-        if self.last_nonce.is_some() {
+        if self.state.has_sent() {
             return None;
         }
-        let nonce = nonces.issue();
-        self.last_nonce = Some(nonce.clone());
+        let nonce = self.state.sent(nonces, None);
         Some(DeltaResponse {
-            type_url: self.type_url.clone(),
+            type_url: self.state.type_url().to_string(),
             nonce,
             ..Default::default()
         })
+    }
+}
+
+impl Protocol for DeltaState {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaResponse;
+    fn new_state(type_url: &str, served: bool) -> Self {
+        Self {
+            state: TypeState::new(type_url, served),
+            ..Default::default()
+        }
+    }
+    fn on_request(
+        &mut self,
+        request: &DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+        nonces: &mut Nonces,
+    ) -> (RequestEvent, Option<DeltaResponse>) {
+        DeltaState::on_request(self, request, snapshot, nonces)
+    }
+    fn on_snapshot(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<DeltaResponse> {
+        DeltaState::on_snapshot(self, snapshot, nonces)
+    }
+    fn type_state(&self) -> &TypeState {
+        &self.state
+    }
+}
+
+impl XdsRequest for DeltaDiscoveryRequest {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+    fn name_count(&self) -> usize {
+        self.resource_names_subscribe.len() + self.initial_resource_versions.len()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod service;
 pub mod sotw;
 pub mod stream;
 pub mod tls;
+pub mod type_state;
 pub mod wire;
 
 /// Generated ADS server (our response types; see `build.rs`).

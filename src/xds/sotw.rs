@@ -1,34 +1,27 @@
 //! State-of-the-world protocol state for one resource type on one stream (no transport here).
 
-use std::collections::BTreeSet;
+use envoy_types::pb::envoy::{config::core::v3::Node, service::discovery::v3::DiscoveryRequest};
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-
-use super::{Nonces, RequestEvent};
+pub use super::type_state::WILDCARD;
+use super::{
+    stream::{Protocol, XdsRequest},
+    type_state::TypeState,
+    Nonces, RequestEvent,
+};
 use crate::snapshot::{combined_version, Snapshot};
 use crate::xds::wire::SotwResponse;
-
-/// Wildcard resource name: every cluster in the snapshot.
-pub const WILDCARD: &str = "*";
 
 /// Subscriptions, nonces and versions for one type URL on one SotW stream.
 #[derive(Debug, Default)]
 pub struct SotwState {
-    type_url: String,
-    subscribed: BTreeSet<String>,
-    last_nonce: Option<String>,
-    last_sent_version: Option<String>,
-    acked_version: Option<String>,
-    serves_resources: bool,
+    state: TypeState,
 }
 
 impl SotwState {
     /// State for the `ClusterLoadAssignment` type: responses carry snapshot resources.
     pub fn for_assignments(type_url: &str) -> Self {
         Self {
-            type_url: type_url.into(),
-            serves_resources: true,
-            ..Default::default()
+            state: TypeState::new(type_url, true),
         }
     }
 
@@ -36,30 +29,8 @@ impl SotwState {
     /// so the client finishes initialising instead of waiting for a timeout.
     pub fn for_unserved(type_url: &str) -> Self {
         Self {
-            type_url: type_url.into(),
-            serves_resources: false,
-            ..Default::default()
+            state: TypeState::new(type_url, false),
         }
-    }
-
-    /// Subscribed names, sorted.
-    pub fn subscribed(&self) -> Vec<String> {
-        self.subscribed.iter().cloned().collect()
-    }
-
-    /// Number of subscribed names.
-    pub fn subscribed_count(&self) -> usize {
-        self.subscribed.len()
-    }
-
-    /// Last version sent on this stream, if any.
-    pub fn last_sent_version(&self) -> Option<&str> {
-        self.last_sent_version.as_deref()
-    }
-
-    /// Last version the client ACKed, if any.
-    pub fn acked_version(&self) -> Option<&str> {
-        self.acked_version.as_deref()
     }
 
     /// Handles one request; returns what it was and the response to send, if any.
@@ -69,26 +40,24 @@ impl SotwState {
         snapshot: &Snapshot,
         nonces: &mut Nonces,
     ) -> (RequestEvent, Option<SotwResponse>) {
-        let event = self.classify(request);
+        let event = self.state.classify(
+            &request.response_nonce,
+            request.error_detail.as_ref(),
+            Some(&request.version_info),
+        );
         if event == RequestEvent::Stale {
             return (event, None);
         }
-        let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
-        let subscription_changed = names != self.subscribed;
-        self.subscribed = names;
-        match &event {
-            RequestEvent::Ack { version } => self.acked_version = Some(version.clone()),
-            RequestEvent::Initial if !request.version_info.is_empty() => {
-                // A reconnecting client tells us what it has; if that is what we would send,
-                // there is nothing to push.
-                self.last_sent_version = Some(request.version_info.clone());
-                self.acked_version = Some(request.version_info.clone());
-            }
-            _ => {}
+        let subscription_changed = self.state.replace_subscription(&request.resource_names);
+        self.state.record(&event);
+        if event == RequestEvent::Initial && !request.version_info.is_empty() {
+            // A reconnecting client tells us what it has; if that is what we would send,
+            // there is nothing to push.
+            self.state.resume_at(&request.version_info);
         }
         let response = match event {
             RequestEvent::Nack { .. } | RequestEvent::Ack { .. } if !subscription_changed => None,
-            _ if !self.serves_resources => self.unserved_response(&event, nonces),
+            _ if !self.state.serves_resources() => self.unserved_response(&event, nonces),
             _ => self.response(snapshot, nonces),
         };
         (event, response)
@@ -100,36 +69,18 @@ impl SotwState {
         snapshot: &Snapshot,
         nonces: &mut Nonces,
     ) -> Option<SotwResponse> {
-        if !self.serves_resources {
+        if !self.state.serves_resources() {
             return None;
         }
         self.response(snapshot, nonces)
     }
 
-    fn classify(&self, request: &DiscoveryRequest) -> RequestEvent {
-        if request.response_nonce.is_empty() {
-            return RequestEvent::Initial;
-        }
-        if self.last_nonce.as_deref() != Some(request.response_nonce.as_str()) {
-            return RequestEvent::Stale;
-        }
-        match &request.error_detail {
-            Some(status) => RequestEvent::Nack {
-                version: self.last_sent_version.clone().unwrap_or_default(),
-                message: status.message.clone(),
-            },
-            None => RequestEvent::Ack {
-                version: request.version_info.clone(),
-            },
-        }
-    }
-
     fn response(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<SotwResponse> {
-        let resources: Vec<_> = if self.subscribed.contains(WILDCARD) {
+        let resources: Vec<_> = if self.state.is_wildcard() {
             snapshot.clusters.values().collect()
         } else {
-            self.subscribed
-                .iter()
+            self.state
+                .names()
                 .filter_map(|name| snapshot.clusters.get(name))
                 .collect()
         };
@@ -138,23 +89,21 @@ impl SotwState {
                 .iter()
                 .map(|resource| (resource.name.as_str(), resource.version.as_str())),
         );
-        if self.last_sent_version.as_deref() == Some(version.as_str()) {
+        if self.state.last_sent_version() == Some(version.as_str()) {
             return None;
         }
-        if resources.is_empty() && self.last_sent_version.is_none() {
+        if resources.is_empty() && self.state.last_sent_version().is_none() {
             // Only unknown names so far: say nothing rather than invent an empty answer.
             return None;
         }
-        let nonce = nonces.issue();
-        self.last_nonce = Some(nonce.clone());
-        self.last_sent_version = Some(version.clone());
+        let nonce = self.state.sent(nonces, Some(version.clone()));
         Some(SotwResponse {
             version_info: version,
             resources: resources
                 .iter()
                 .map(|resource| resource.any.clone())
                 .collect(),
-            type_url: self.type_url.clone(),
+            type_url: self.state.type_url().to_string(),
             nonce,
         })
     }
@@ -164,19 +113,53 @@ impl SotwState {
         event: &RequestEvent,
         nonces: &mut Nonces,
     ) -> Option<SotwResponse> {
-        if !matches!(event, RequestEvent::Initial) && self.last_nonce.is_some() {
+        if !matches!(event, RequestEvent::Initial) && self.state.has_sent() {
             return None;
         }
-        let nonce = nonces.issue();
         let version = combined_version([]);
-        self.last_nonce = Some(nonce.clone());
-        self.last_sent_version = Some(version.clone());
+        let nonce = self.state.sent(nonces, Some(version.clone()));
         Some(SotwResponse {
             version_info: version,
             resources: Vec::new(),
-            type_url: self.type_url.clone(),
+            type_url: self.state.type_url().to_string(),
             nonce,
         })
+    }
+}
+
+impl Protocol for SotwState {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+    fn new_state(type_url: &str, served: bool) -> Self {
+        Self {
+            state: TypeState::new(type_url, served),
+        }
+    }
+    fn on_request(
+        &mut self,
+        request: &DiscoveryRequest,
+        snapshot: &Snapshot,
+        nonces: &mut Nonces,
+    ) -> (RequestEvent, Option<SotwResponse>) {
+        SotwState::on_request(self, request, snapshot, nonces)
+    }
+    fn on_snapshot(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<SotwResponse> {
+        SotwState::on_snapshot(self, snapshot, nonces)
+    }
+    fn type_state(&self) -> &TypeState {
+        &self.state
+    }
+}
+
+impl XdsRequest for DiscoveryRequest {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+    fn name_count(&self) -> usize {
+        self.resource_names.len()
     }
 }
 

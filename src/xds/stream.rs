@@ -2,19 +2,14 @@
 
 use std::{collections::HashMap, collections::VecDeque, pin::Pin, sync::Arc};
 
-use envoy_types::pb::envoy::{
-    config::core::v3::Node,
-    service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest},
-};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use futures::Stream;
 use tokio::sync::watch;
 use tonic::{Status, Streaming};
 
 use super::{
-    delta::DeltaState,
     registry::{ClientGuard, ClientRegistry, StreamKind},
-    sotw::SotwState,
-    wire::{DeltaResponse, SotwResponse},
+    type_state::TypeState,
     Nonces, RequestEvent,
 };
 use crate::snapshot::{Snapshot, SnapshotStore, CLUSTER_LOAD_ASSIGNMENT};
@@ -60,7 +55,8 @@ impl XdsContext {
     }
 }
 
-/// The protocol state machine of one resource type: state-of-the-world or delta.
+/// The protocol state machine of one resource type: state-of-the-world or delta. Each keeps
+/// its shared bookkeeping in a [`TypeState`], which the driver reads for the registry.
 pub trait Protocol: Send + 'static {
     /// The request message.
     type Request: XdsRequest + Send + 'static;
@@ -77,14 +73,24 @@ pub trait Protocol: Send + 'static {
     ) -> (RequestEvent, Option<Self::Response>);
     /// Handles a new snapshot.
     fn on_snapshot(&mut self, snapshot: &Snapshot, nonces: &mut Nonces) -> Option<Self::Response>;
+    /// What the client asked for and was sent, and what it acknowledged.
+    fn type_state(&self) -> &TypeState;
     /// Subscribed names.
-    fn subscribed(&self) -> Vec<String>;
+    fn subscribed(&self) -> Vec<String> {
+        self.type_state().subscribed()
+    }
     /// How many names are subscribed (without copying them).
-    fn subscribed_count(&self) -> usize;
+    fn subscribed_count(&self) -> usize {
+        self.type_state().subscribed_count()
+    }
     /// Last version sent.
-    fn last_sent_version(&self) -> Option<&str>;
+    fn last_sent_version(&self) -> Option<&str> {
+        self.type_state().last_sent_version()
+    }
     /// Last version ACKed.
-    fn acked_version(&self) -> Option<&str>;
+    fn acked_version(&self) -> Option<&str> {
+        self.type_state().acked_version()
+    }
 }
 
 /// The parts of a request the driver reads before the state machine does.
@@ -96,76 +102,6 @@ pub trait XdsRequest {
     /// How many resource names the request names.
     fn name_count(&self) -> usize;
 }
-
-impl XdsRequest for DiscoveryRequest {
-    fn type_url(&self) -> &str {
-        &self.type_url
-    }
-    fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
-    }
-    fn name_count(&self) -> usize {
-        self.resource_names.len()
-    }
-}
-
-impl XdsRequest for DeltaDiscoveryRequest {
-    fn type_url(&self) -> &str {
-        &self.type_url
-    }
-    fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
-    }
-    fn name_count(&self) -> usize {
-        self.resource_names_subscribe.len() + self.initial_resource_versions.len()
-    }
-}
-
-macro_rules! forward_protocol {
-    ($state:ty, $request:ty, $response:ty) => {
-        impl Protocol for $state {
-            type Request = $request;
-            type Response = $response;
-            fn new_state(type_url: &str, served: bool) -> Self {
-                if served {
-                    Self::for_assignments(type_url)
-                } else {
-                    Self::for_unserved(type_url)
-                }
-            }
-            fn on_request(
-                &mut self,
-                request: &Self::Request,
-                snapshot: &Snapshot,
-                nonces: &mut Nonces,
-            ) -> (RequestEvent, Option<Self::Response>) {
-                <$state>::on_request(self, request, snapshot, nonces)
-            }
-            fn on_snapshot(
-                &mut self,
-                snapshot: &Snapshot,
-                nonces: &mut Nonces,
-            ) -> Option<Self::Response> {
-                <$state>::on_snapshot(self, snapshot, nonces)
-            }
-            fn subscribed(&self) -> Vec<String> {
-                <$state>::subscribed(self)
-            }
-            fn subscribed_count(&self) -> usize {
-                <$state>::subscribed_count(self)
-            }
-            fn last_sent_version(&self) -> Option<&str> {
-                <$state>::last_sent_version(self)
-            }
-            fn acked_version(&self) -> Option<&str> {
-                <$state>::acked_version(self)
-            }
-        }
-    };
-}
-
-forward_protocol!(SotwState, DiscoveryRequest, SotwResponse);
-forward_protocol!(DeltaState, DeltaDiscoveryRequest, DeltaResponse);
 
 /// Serves one stream until the client closes it or sends something we must refuse.
 pub fn serve<P: Protocol>(
