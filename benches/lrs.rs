@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use adaptive_eds::{
     lrs::{aggregate::LoadReports, wire::decode_report},
-    metrics::SampleTable,
     model::{Endpoint, HealthStatus, Locality},
+    samples::SampleTable,
     snapshot::{ClusterResource, ServedEndpoint, Snapshot, SnapshotStore},
     telemetry::Metrics,
 };

@@ -9,7 +9,7 @@ use adaptive_eds::{
     config::{self, metrics::JoinBy},
     discovery::file::diff,
     engine::Engine,
-    metrics::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind},
+    samples::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind},
     snapshot::SnapshotStore,
     telemetry::Metrics,
 };

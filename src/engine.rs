@@ -14,8 +14,8 @@ use std::sync::atomic::AtomicU64;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::adaptive::AdaptiveConfig;
-use crate::metrics::SampleTable;
 use crate::model::{ClusterUpdate, Endpoint};
+use crate::samples::SampleTable;
 use crate::snapshot::{
     ClusterExplanation, ClusterResource, EncodedEndpoints, ServedEndpoint, Snapshot, SnapshotStore,
 };
@@ -365,8 +365,8 @@ mod tests {
     /// A sample table with fresh CPU samples of cluster `a`, by pod.
     fn cpu_table(samples: impl IntoIterator<Item = (String, f64)>) -> SampleTable {
         use crate::config::metrics::JoinBy;
-        use crate::metrics::{Sample, SampleSet, Signal, SourceKind};
-        let now_ms = crate::metrics::unix_millis(SystemTime::now());
+        use crate::samples::{Sample, SampleSet, Signal, SourceKind};
+        let now_ms = crate::samples::unix_millis(SystemTime::now());
         let samples = samples
             .into_iter()
             .map(|(pod, value)| {

@@ -16,14 +16,12 @@ use crate::metrics::{
     prometheus,
     receiver::{self, ReceiverState},
     remote_write::{self, SeriesStore},
-    SampleTable,
 };
+use crate::samples::SampleTable;
 use crate::snapshot::SnapshotStore;
 use crate::telemetry::Metrics;
-use crate::xds::{
-    self, connections, registry::ClientRegistry, service::XdsService, stream::XdsContext,
-    tls::TlsReloader,
-};
+use crate::transport::{connections, port::XdsContext, registry::ClientRegistry, tls::TlsReloader};
+use crate::xds::{self, service::XdsService};
 
 /// The addresses a running server actually bound (useful when the config says port 0).
 #[derive(Clone, Copy, Debug)]

@@ -8,9 +8,12 @@ use std::{
 };
 
 /// Sources of endpoints and load.
-const SOURCES: &[&str] = &["discovery", "metrics"];
+const SOURCES: &[&str] = &["discovery", "metrics", "lrs"];
 /// Serving: reads snapshots only.
 const SERVING: &[&str] = &["xds", "inspect", "admin"];
+/// Shared by sources and serving, so neither has to import the other: the xDS port under xDS
+/// and LRS (`transport`), and the sink every load source writes (`samples`).
+const SHARED: &[&str] = &["transport", "samples"];
 /// Wiring: nobody else may import these.
 const WIRING: &[&str] = &["server", "engine", "main"];
 
@@ -172,9 +175,25 @@ fn sources_and_serving_never_import_each_other() {
 }
 
 #[test]
+fn the_shared_rooms_import_no_source_and_no_serving() {
+    let (edges, _) = graph();
+    for shared in SHARED {
+        let imported = edges
+            .get(*shared)
+            .unwrap_or_else(|| panic!("no room {shared} under src/"));
+        for (to, file) in imported {
+            assert!(
+                !SOURCES.contains(&to.as_str()) && !SERVING.contains(&to.as_str()),
+                "{shared} imports {to} ({file})"
+            );
+        }
+    }
+}
+
+#[test]
 fn snapshot_imports_no_source_and_no_one_imports_the_wiring() {
     let (edges, _) = graph();
-    for source in SOURCES.iter().chain(&["lrs"]) {
+    for source in SOURCES {
         assert!(
             !edges["snapshot"].contains_key(*source),
             "snapshot imports {source}"

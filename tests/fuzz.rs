@@ -215,7 +215,7 @@ mod load_reports {
             aggregate::LoadReports,
             wire::{decode_report, EncodedClusterStats},
         },
-        metrics::SampleTable,
+        samples::SampleTable,
         snapshot::SnapshotStore,
         telemetry::Metrics,
     };

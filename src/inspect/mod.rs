@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::model::HealthStatus;
 use crate::snapshot::SnapshotStore;
-use crate::xds::registry::ClientRegistry;
+use crate::transport::registry::ClientRegistry;
 
 /// Generated types and server for `adaptive_eds.inspect.v1`.
 pub mod pb {

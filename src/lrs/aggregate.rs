@@ -35,7 +35,7 @@ use envoy_types::pb::{
 
 use super::wire::EncodedClusterStats;
 use crate::config::metrics::JoinBy;
-use crate::metrics::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
+use crate::samples::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::telemetry::{EndpointLabels, Metrics};
 

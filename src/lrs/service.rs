@@ -15,9 +15,9 @@ use super::{
 };
 use crate::snapshot::Snapshot;
 use crate::telemetry::{Metrics, ResultLabels};
-use crate::xds::{
+use crate::transport::{
+    port::{ResponseStream, XdsContext},
     registry::{ClientGuard, StreamKind},
-    stream::{ResponseStream, XdsContext},
 };
 
 /// The client feature with which Envoy says it honours `send_all_clusters`.

@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::prometheus::Series;
-use super::Signal;
 use crate::config::promql::{self, BatchTemplate, SEPARATOR_ENCODED_LEN};
 use crate::config::{
     adaptive::ClusterSettings, metrics::PrometheusConfig, templates::ClusterQueries,
 };
+use crate::samples::Signal;
 
 /// Longest query URL we send (scheme to the end of the query string), 8 KiB: reverse proxies and
 /// gateways in front of a metrics store commonly refuse longer request lines (nginx's default
@@ -278,7 +278,7 @@ fn chunks(
 mod tests {
     use super::*;
     use crate::config::metrics::DEFAULT_CPU_QUERY;
-    use crate::metrics::Sample;
+    use crate::samples::Sample;
     use std::collections::HashMap;
 
     fn settings(labels: &[(&str, &str)], template: &str) -> ClusterSettings {

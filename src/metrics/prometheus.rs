@@ -12,9 +12,9 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::batch::{self, TemplatePlans};
-use super::{Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::config::adaptive::{AdaptiveConfig, ClusterSettings};
 use crate::config::metrics::{redact_url, PullSettings};
+use crate::samples::{Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::telemetry::{Metrics, QueryLabels};
 
 /// One series of an instant-vector result.

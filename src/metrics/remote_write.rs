@@ -9,9 +9,9 @@ use std::{
 use prost::Message;
 use tokio::sync::watch;
 
-use super::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::config::adaptive::AdaptiveConfig;
 use crate::config::metrics::{ErrorSource, LabelPatterns, RemoteWriteSettings};
+use crate::samples::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::telemetry::{Metrics, ResultLabels};
 use crate::weighting::params::Algorithm;
 

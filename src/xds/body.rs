@@ -29,10 +29,13 @@ use tonic::{
 
 use super::{
     delta::DeltaState,
-    registry::StreamKind,
     sotw::SotwState,
-    stream::{serve, Protocol, ResponseStream, XdsContext},
+    stream::{serve, Protocol},
     wire::{request_decoder, DeltaResponse, SotwResponse},
+};
+use crate::transport::{
+    port::{ResponseStream, XdsContext},
+    registry::StreamKind,
 };
 
 /// Resources at least this long are sent by reference; shorter ones are copied next to their

@@ -3,13 +3,10 @@
 //! Serving only reads snapshots; it never calls a source.
 
 pub mod body;
-pub mod connections;
 pub mod delta;
-pub mod registry;
 pub mod service;
 pub mod sotw;
 pub mod stream;
-pub mod tls;
 pub mod type_state;
 pub mod wire;
 

@@ -12,12 +12,15 @@ use super::{
     eds_server::endpoint_discovery_service_server::{
         EndpointDiscoveryService, EndpointDiscoveryServiceServer,
     },
-    registry::StreamKind,
     sotw::{SotwState, WILDCARD},
-    stream::{serve, ResponseStream, XdsContext},
+    stream::serve,
     wire::{DeltaResponse, SotwResponse},
 };
 use crate::snapshot::{combined_version, CLUSTER_LOAD_ASSIGNMENT};
+use crate::transport::{
+    port::{ResponseStream, XdsContext},
+    registry::StreamKind,
+};
 
 /// Serves ADS (SotW and delta) and the EDS service from the same snapshots.
 #[derive(Clone, Debug)]

@@ -1,59 +1,21 @@
 //! Drives one xDS stream: reads requests and snapshot changes, feeds the protocol state, emits responses.
 
-use std::{collections::HashMap, collections::VecDeque, pin::Pin, sync::Arc};
+use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use futures::Stream;
 use tokio::sync::watch;
 use tonic::{Status, Streaming};
 
-use super::{
-    registry::{ClientGuard, ClientRegistry, StreamKind},
-    type_state::TypeState,
-    Nonces, RequestEvent,
-};
-use crate::snapshot::{Snapshot, SnapshotStore, CLUSTER_LOAD_ASSIGNMENT};
+use super::{type_state::TypeState, Nonces, RequestEvent};
+use crate::snapshot::{Snapshot, CLUSTER_LOAD_ASSIGNMENT};
 use crate::telemetry::Metrics;
+use crate::transport::{
+    port::{ResponseStream, XdsContext},
+    registry::{ClientGuard, StreamKind},
+};
 
 /// Most distinct non-EDS type URLs one ADS stream may open before further ones are ignored.
 const MAX_UNSERVED_TYPES: usize = 32;
-
-/// A boxed stream of responses, as tonic wants it.
-pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// What every stream shares: the snapshots it serves, the client registry, metrics and limits.
-#[derive(Clone, Debug)]
-pub struct XdsContext {
-    /// Where snapshots come from.
-    pub store: SnapshotStore,
-    /// Connected clients.
-    pub registry: Arc<ClientRegistry>,
-    /// Metric handles.
-    pub metrics: Metrics,
-    /// Most resource names one stream may subscribe to.
-    pub max_resource_names: usize,
-    /// Most open streams on this server.
-    pub max_streams: usize,
-}
-
-impl XdsContext {
-    /// Counts a refusal by `limit`.
-    pub fn refuse(&self, limit: &str) {
-        self.metrics.refuse(limit);
-    }
-
-    /// Refuses a new stream when `max_streams` are already open.
-    pub fn admit_stream(&self) -> Result<(), Status> {
-        if self.registry.len() >= self.max_streams {
-            self.refuse("max_streams");
-            return Err(Status::resource_exhausted(format!(
-                "this server already has {} open xDS streams (xds.max_streams); retry later or use another replica",
-                self.max_streams
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// The protocol state machine of one resource type: state-of-the-world or delta. Each keeps
 /// its shared bookkeeping in a [`TypeState`], which the driver reads for the registry.

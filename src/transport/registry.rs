@@ -1,4 +1,5 @@
-//! Connected xDS clients: who they are, what they asked for and what they ACKed.
+//! Open streams on the xDS port (xDS and LRS clients): who they are, what they asked for and
+//! what they ACKed.
 
 use std::{
     sync::{
