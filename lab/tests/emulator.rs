@@ -156,3 +156,22 @@ async fn a_failing_pod_answers_fast_503s_and_counts_them() {
     assert_eq!(node.node.metrics().requests(), (11, 10));
     running.shutdown(GRACE).await;
 }
+
+/// `POST /admin/stop` stops one pod's server (connections refused within a bounded wait) and
+/// leaves the other pods serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_pod_refuses_connections_and_the_others_serve() {
+    let text = "namespace: test\ngroups:\n  - name: node\n    replicas: 2\n    cores: 1\n    service_time: { mean_ms: 1.0, sigma: 0.0 }\n";
+    let fleet = parse_fleet(text, "test").unwrap();
+    let running = start_fleet(&fleet, 0).await.unwrap();
+    let (first, second) = (running.nodes()[0].clone(), running.nodes()[1].clone());
+    let reply = request(first.address, Method::POST, "/admin/stop", "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(first.address).await.is_ok() {
+        assert!(Instant::now() < deadline, "the stopped pod still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(second.address, "/").await.status, StatusCode::OK);
+    running.shutdown(GRACE).await;
+}

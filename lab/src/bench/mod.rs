@@ -7,3 +7,4 @@ pub mod plot;
 pub mod process;
 pub mod report;
 pub mod setup;
+pub mod utilization;

@@ -1,6 +1,7 @@
 //! Results of `lab bench` runs and their markdown rendering.
 
 use super::loadgen::LoadOutcome;
+use super::utilization::{Busiest, CEILING};
 use hdrhistogram::Histogram;
 use std::fmt::Write;
 use std::time::Duration;
@@ -54,6 +55,10 @@ pub struct RunOutcome {
     pub process_cpu: ProcessCpu,
     /// When the scenario's first event happened, from the start of the measured part.
     pub event: Option<Duration>,
+    /// The busiest pod of each window of the measured part (`None`: a counter read failed).
+    pub busiest: Vec<Option<Busiest>>,
+    /// A rolling restart's start and end, from the start of the measured part.
+    pub restart: Option<(Duration, Duration)>,
 }
 
 /// How a run's p99 came back after a scenario event, from 1 s buckets of latencies.
@@ -150,8 +155,110 @@ pub fn render_markdown(runs: &[RunOutcome]) -> String {
     pods(&mut text, runs);
     windows(&mut text, runs);
     error_windows(&mut text, runs);
+    busiest(&mut text, runs);
+    restarts(&mut text, runs);
     recoveries(&mut text, runs);
     text
+}
+
+/// The busiest pod of each window, beside adaptive-eds's default utilization ceiling.
+fn busiest(text: &mut String, runs: &[RunOutcome]) {
+    let count = runs.iter().map(|run| run.busiest.len()).max().unwrap_or(0);
+    if count == 0 {
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "\nBusiest pod of each window: its utilization (CPU in use / cores) and name; adaptive-eds's default ceiling is {CEILING}\n"
+    );
+    let _ = write!(text, "| window (busiest pod) |");
+    for run in runs {
+        let _ = write!(text, " {} |", run.policy);
+    }
+    let _ = writeln!(text, "\n|---|{}", "---|".repeat(runs.len()));
+    for index in 0..count {
+        let _ = write!(text, "| {index} |");
+        for run in runs {
+            match run.busiest.get(index).and_then(Option::as_ref) {
+                Some(busiest) => {
+                    let _ = write!(text, " {:.2} {} |", busiest.utilization, busiest.pod);
+                }
+                None => text.push_str(" - |"),
+            }
+        }
+        text.push('\n');
+    }
+    let _ = write!(text, "| highest |");
+    for run in runs {
+        let highest = run
+            .busiest
+            .iter()
+            .flatten()
+            .map(|busiest| busiest.utilization)
+            .fold(0.0, f64::max);
+        let _ = write!(text, " {highest:.2} |");
+    }
+    text.push('\n');
+}
+
+/// What a rolling restart did: p99 during it against the steady p99 before it, the requests
+/// not served during it and the busiest pod of the windows it spans.
+fn restarts(text: &mut String, runs: &[RunOutcome]) {
+    if !runs.iter().any(|run| run.restart.is_some()) {
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "\nRolling restart: p99 of the seconds during it against the p99 of the measured seconds before it, requests not served during it, and the busiest pod of the windows it spans (ceiling {CEILING})\n"
+    );
+    let _ = writeln!(
+        text,
+        "| policy | from s | to s | steady p99 ms | p99 during ms | during / steady | not served during | highest utilization during | windows above the ceiling |"
+    );
+    let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|");
+    for run in runs {
+        let Some((from, to)) = run.restart else {
+            continue;
+        };
+        let (first, last) = (from.as_secs() as usize, to.as_secs_f64().ceil() as usize);
+        let steady = if first > 0 {
+            merged_p99(&run.load.seconds, 0, first)
+        } else {
+            f64::NAN
+        };
+        let during = merged_p99(&run.load.seconds, first, last);
+        let span = first..last.min(run.load.sent_per_second.len());
+        let sent: u64 = run.load.sent_per_second[span.clone()].iter().sum();
+        let failed: u64 = run.load.failed_per_second[span].iter().sum();
+        let window = run.load.seconds.len() as f64 / run.busiest.len().max(1) as f64;
+        let spanned: Vec<&Busiest> = run
+            .busiest
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| {
+                let (start, end) = (*index as f64 * window, (*index + 1) as f64 * window);
+                end > from.as_secs_f64() && start < to.as_secs_f64()
+            })
+            .filter_map(|(_, busiest)| busiest.as_ref())
+            .collect();
+        let highest = spanned
+            .iter()
+            .map(|busiest| busiest.utilization)
+            .fold(0.0, f64::max);
+        let above = spanned
+            .iter()
+            .filter(|busiest| busiest.utilization > CEILING)
+            .count();
+        let _ = writeln!(
+            text,
+            "| {} | {:.0} | {:.0} | {steady:.2} | {during:.2} | {:.2} | {failed} of {sent} | {highest:.2} | {above} of {} |",
+            run.policy,
+            from.as_secs_f64(),
+            to.as_secs_f64(),
+            during / steady,
+            spanned.len(),
+        );
+    }
 }
 
 fn recoveries(text: &mut String, runs: &[RunOutcome]) {
@@ -494,6 +601,8 @@ mod tests {
             fleet_cpu: 1.0,
             process_cpu: ProcessCpu::default(),
             event: None,
+            busiest: Vec::new(),
+            restart: None,
         }
     }
 
@@ -529,6 +638,35 @@ mod tests {
         };
         let text = render_markdown(&[run]);
         assert!(text.contains("| 1.50 | 75% | 1.90 |"), "{text}");
+    }
+
+    #[test]
+    fn a_rolling_restart_compares_p99_during_it_with_the_steady_state() {
+        let seconds = run(10);
+        let mut outcome = outcome("least_request", 10, 0, 0.0);
+        outcome.load.seconds = seconds;
+        outcome.load.sent_per_second = vec![100; 40];
+        outcome.load.failed_per_second = vec![0; 40];
+        outcome.load.failed_per_second[7] = 3;
+        outcome.busiest = (0..8)
+            .map(|index| {
+                Some(Busiest {
+                    pod: format!("p-{index}"),
+                    utilization: 0.1 * index as f64,
+                })
+            })
+            .collect();
+        outcome.restart = Some((Duration::from_secs(5), Duration::from_secs(15)));
+        let text = render_markdown(&[outcome]);
+        // Seconds 0-4 at 5 ms, 5-14 at 20 ms; windows 1 and 2 (5-15 s) span the restart.
+        assert!(
+            text.contains(
+                "| least_request | 5 | 15 | 5.00 | 20.02 | 4.00 | 3 of 1000 | 0.20 | 0 of 2 |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("| 7 | 0.70 p-7 |"), "{text}");
+        assert!(text.contains("| highest | 0.70 |"), "{text}");
     }
 
     #[test]

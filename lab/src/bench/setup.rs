@@ -228,6 +228,8 @@ pub struct ServerSettings<'a> {
     pub pods: &'a [Pod],
     /// Each pod's port, index-aligned with `pods`.
     pub ports: &'a [u16],
+    /// Indices (into `pods`) of the endpoint set served to Envoy; the CPU limits cover every pod.
+    pub endpoints: &'a [usize],
     /// xDS listen port.
     pub xds_port: u16,
     /// Admin (metrics, health) listen port.
@@ -252,6 +254,7 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         namespace,
         pods,
         ports,
+        endpoints,
         xds_port,
         admin_port,
         metrics,
@@ -291,7 +294,10 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: {tick_seconds}s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
         probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
     );
-    for (pod, port) in pods.iter().zip(ports) {
+    for (pod, port) in endpoints
+        .iter()
+        .filter_map(|&index| Some((pods.get(index)?, ports.get(index)?)))
+    {
         text.push_str(&format!(
             "      - {{ address: 127.0.0.1, port: {port}, pod: {} }}\n",
             pod.name
@@ -380,6 +386,7 @@ mod tests {
             namespace: "lab",
             pods,
             ports: &[21001],
+            endpoints: &[0],
             xds_port: 1,
             admin_port: 2,
             metrics,
@@ -445,5 +452,17 @@ mod tests {
             prod.contains("tick: 10s") && prod.contains("[60s]"),
             "{prod}"
         );
+        let rolled = fleet.with_replacements().pods();
+        let second = server_config(&ServerSettings {
+            ports: &[21001, 21002],
+            endpoints: &[1],
+            ..settings(&rolled, sources[0], true)
+        });
+        assert!(adaptive_eds::config::parse(&second).is_ok(), "{second}");
+        assert!(
+            !second.contains("port: 21001") && second.contains("port: 21002"),
+            "{second}"
+        );
+        assert!(second.contains("\"p-0\""), "every pod's limit: {second}");
     }
 }

@@ -119,9 +119,14 @@ pub async fn start_fleet(fleet: &Fleet, base_port: u16) -> Result<RunningFleet, 
 
 async fn serve(listener: TcpListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let name = node.name().to_owned();
+    let mut own = node.stopped();
     let shutdown = async move {
-        // Either a stop was sent or the sender is gone: both mean stop.
-        let _ = stop.wait_for(|stopped| *stopped).await;
+        // Either a stop was sent or the sender is gone: both mean stop, for the whole fleet or
+        // for this pod alone.
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => {}
+            _ = own.wait_for(|stopped| *stopped) => {}
+        }
     };
     if let Err(error) = axum::serve(listener, router(node))
         .with_graceful_shutdown(shutdown)

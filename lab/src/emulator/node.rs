@@ -35,6 +35,8 @@ pub struct Node {
     timer: PreciseTimer,
     orca: bool,
     orca_eps: bool,
+    /// Set by [`Node::stop`]: the pod's server stops (a pod deleted in a rolling restart).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the HTTP layer needs to answer one request.
@@ -87,6 +89,7 @@ impl Node {
             timer,
             orca,
             orca_eps: false,
+            stop: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -94,6 +97,16 @@ impl Node {
     pub fn with_orca_eps(mut self, orca_eps: bool) -> Self {
         self.orca_eps = orca_eps;
         self
+    }
+
+    /// Stops this pod's server: it accepts nothing more and ends once open requests are done.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Follows [`Node::stop`] (`true` once stopped).
+    pub fn stopped(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// Pod name.

@@ -25,6 +25,11 @@ pub async fn run_scenario(nodes: Vec<RunningNode>, scenario: Scenario, start: In
                 Some(running) => running.node.set_failing(Failing { ratio, after_ms }),
                 None => tracing::warn!(%pod, "scenario names a pod that is not running"),
             },
+            Action::RollingRestart { .. } => {
+                tracing::info!(
+                    "rolling restart: driven by `lab bench` (endpoint set and /admin/stop), ignored by the emulator"
+                );
+            }
             Action::SetLoadFactor { factor } => {
                 tracing::info!(
                     factor,

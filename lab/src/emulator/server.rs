@@ -1,4 +1,4 @@
-//! HTTP/1.1 routes of an emulated node: work, metrics and a slowdown knob.
+//! HTTP/1.1 routes of an emulated node: work, metrics, slowdown and failure knobs, stop.
 
 use super::node::Node;
 use crate::fleet::{Failing, DEFAULT_FAIL_AFTER_MS};
@@ -17,14 +17,26 @@ const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0;
 
 /// Builds the router of one node: `GET /` does work, `GET /metrics` exposes metrics,
 /// `POST /admin/slowdown` (body: a number) changes the node's speed, `POST /admin/failing`
-/// (body: `ratio [after_ms]`) makes it answer that share of its requests with a fast `503`.
+/// (body: `ratio [after_ms]`) makes it answer that share of its requests with a fast `503`,
+/// `POST /admin/stop` stops the pod's server (open requests finish; then connections are refused).
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", get(work))
         .route("/metrics", get(metrics))
         .route("/admin/slowdown", post(set_slowdown))
         .route("/admin/failing", post(set_failing))
+        .route("/admin/stop", post(stop))
         .with_state(node)
+}
+
+async fn stop(State(node): State<Arc<Node>>) -> Response {
+    node.stop();
+    (
+        StatusCode::OK,
+        "stopping
+",
+    )
+        .into_response()
 }
 
 async fn work(State(node): State<Arc<Node>>) -> Response {

@@ -120,6 +120,28 @@ fn validate_scenario(scenario: &Scenario, origin: &str, fleet: &Fleet) -> Result
         let (factor, pod) = match &event.action {
             Action::SetSlowdown { pod, factor } => (*factor, Some(pod)),
             Action::SetLoadFactor { factor } => (*factor, None),
+            Action::RollingRestart { every } => {
+                if every.is_zero() {
+                    return Err(invalid(
+                        origin,
+                        format!("events[{index}]: rolling_restart every must be > 0"),
+                    ));
+                }
+                let clash = fleet
+                    .pods()
+                    .iter()
+                    .any(|pod| pod.name.contains(super::REPLACEMENT_SUFFIX));
+                if clash {
+                    return Err(invalid(
+                        origin,
+                        format!(
+                            "events[{index}]: rolling_restart names new pods <group>{}-<i>, and the fleet already has such a name",
+                            super::REPLACEMENT_SUFFIX
+                        ),
+                    ));
+                }
+                (1.0, None)
+            }
             Action::SetFailing {
                 pod,
                 ratio,
@@ -156,6 +178,7 @@ fn validate_scenario(scenario: &Scenario, origin: &str, fleet: &Fleet) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const FLEET: &str = "namespace: lab\ngroups:\n  - name: fib25\n    replicas: 2\n    cores: 4\n    service_time: { mean_ms: 2.0, sigma: 0.2 }\n";
 
@@ -191,6 +214,37 @@ mod tests {
         let good = text.replace("nope-0", "fib25-1");
         let scenario = parse_scenario(&good, "test", &fleet).unwrap();
         assert_eq!(scenario.events.len(), 1);
+    }
+
+    #[test]
+    fn a_rolling_restart_parses_and_names_the_replacements() {
+        let fleet = parse_fleet(FLEET, "test").unwrap();
+        let text = "name: roll\nevents:\n  - at: 30s\n    action: !rolling_restart { every: 2s }\n";
+        let scenario = parse_scenario(text, "test", &fleet).unwrap();
+        assert_eq!(
+            scenario.rolling_restart(),
+            Some((Duration::from_secs(30), Duration::from_secs(2)))
+        );
+        assert_eq!(scenario.load_factor_at(Duration::from_secs(40)), 1.0);
+        let names: Vec<String> = fleet
+            .with_replacements()
+            .pods()
+            .into_iter()
+            .map(|pod| pod.name)
+            .collect();
+        assert_eq!(names, ["fib25-0", "fib25-1", "fib25-v2-0", "fib25-v2-1"]);
+        assert!(parse_scenario(&text.replace("2s", "0s"), "test", &fleet).is_err());
+        let clashing = parse_fleet(&FLEET.replace("fib25", "fib25-v2"), "test").unwrap();
+        assert!(parse_scenario(text, "test", &clashing).is_err());
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scenarios/rolling-restart.yaml"
+        ))
+        .unwrap();
+        assert!(parse_scenario(&shipped, "rolling-restart.yaml", &fleet)
+            .unwrap()
+            .rolling_restart()
+            .is_some());
     }
 
     #[test]

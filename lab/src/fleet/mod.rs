@@ -4,7 +4,7 @@ mod load;
 mod scenario;
 
 pub use load::{load_fleet, load_scenario, parse_fleet, parse_scenario, FleetError};
-pub use scenario::{Action, Event, Scenario};
+pub use scenario::{Action, Event, Scenario, REPLACEMENT_SUFFIX};
 
 /// Default time a failed request holds its worker slot before the error answer, milliseconds:
 /// a fast failure (a refused dependency, an open circuit breaker) costs a fraction of a request.
@@ -107,6 +107,18 @@ pub struct Pod {
 }
 
 impl Fleet {
+    /// The fleet followed by a copy of each group named `<group>-v2`: the pods that replace
+    /// the originals in a rolling restart (the replacement of pod `i` of [`Fleet::pods`] is pod
+    /// `i + n` of the result's, `n` the original count).
+    pub fn with_replacements(&self) -> Fleet {
+        let mut fleet = self.clone();
+        fleet.groups.extend(self.groups.iter().map(|group| Group {
+            name: format!("{}{REPLACEMENT_SUFFIX}", group.name),
+            ..group.clone()
+        }));
+        fleet
+    }
+
     /// Expands the groups into their pods, in file order.
     pub fn pods(&self) -> Vec<Pod> {
         self.groups

@@ -52,7 +52,19 @@ pub enum Action {
         /// Load multiplier, > 0.
         factor: f64,
     },
+    /// Replaces every pod, one by one in fleet order, one step every `every`: pod
+    /// `<group>-<i>` by a new pod `<group>-v2-<i>` (new name, new port). Each step waits for
+    /// the new pod to be ready and in every Envoy, then removes the old one from the endpoint
+    /// set and stops it once no Envoy routes to it (as a rollout with a preStop hook does).
+    RollingRestart {
+        /// Time between the starts of two replacements, such as `2s`.
+        #[serde(with = "humantime_serde")]
+        every: Duration,
+    },
 }
+
+/// Suffix of the replacement group of a rolling restart: `fib25-0` is replaced by `fib25-v2-0`.
+pub const REPLACEMENT_SUFFIX: &str = "-v2";
 
 impl Scenario {
     /// Load multiplier in force at `now` (1.0 before any load event).
@@ -63,7 +75,9 @@ impl Scenario {
             .filter(|event| event.at <= now)
             .filter_map(|event| match event.action {
                 Action::SetLoadFactor { factor } => Some(factor),
-                Action::SetSlowdown { .. } | Action::SetFailing { .. } => None,
+                Action::SetSlowdown { .. }
+                | Action::SetFailing { .. }
+                | Action::RollingRestart { .. } => None,
             })
             .next()
             .unwrap_or(1.0)
@@ -75,9 +89,19 @@ impl Scenario {
             .iter()
             .filter_map(|event| match event.action {
                 Action::SetLoadFactor { factor } => Some(factor),
-                Action::SetSlowdown { .. } | Action::SetFailing { .. } => None,
+                Action::SetSlowdown { .. }
+                | Action::SetFailing { .. }
+                | Action::RollingRestart { .. } => None,
             })
             .fold(1.0, f64::max)
+    }
+
+    /// When the rolling restart starts and the time between its steps, if the scenario has one.
+    pub fn rolling_restart(&self) -> Option<(Duration, Duration)> {
+        self.events.iter().find_map(|event| match event.action {
+            Action::RollingRestart { every } => Some((event.at, every)),
+            _ => None,
+        })
     }
 
     /// Times at which the offered load changes, in order.

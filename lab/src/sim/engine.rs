@@ -36,6 +36,9 @@ pub enum SimError {
     /// Histogram set-up failed.
     #[error(transparent)]
     Histogram(#[from] HistogramError),
+    /// The scenario asks for something the simulator does not model.
+    #[error("the simulator does not model {0}")]
+    Unsupported(&'static str),
     /// More endpoints or clients than indices can hold.
     #[error("too many endpoints or clients")]
     TooLarge,
@@ -153,6 +156,9 @@ fn resolve_changes(
                     after_ms: *after_ms,
                 },
                 Action::SetLoadFactor { factor } => Change::LoadFactor(*factor),
+                Action::RollingRestart { .. } => {
+                    return Err(SimError::Unsupported("rolling restarts"))
+                }
             };
             Ok((nanos(event.at), change))
         })

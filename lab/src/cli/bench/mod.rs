@@ -1,8 +1,12 @@
 //! `lab bench`: the emulated fleet, VictoriaMetrics, adaptive-eds and a real Envoy, under open-loop load.
 
+mod counters;
+mod rolling;
+
 use super::Switch;
 use anyhow::{bail, Context};
 use clap::Args;
+use counters::{fleet_counters, Counters, Stopped};
 use lab::bench::capacity::{OfferedLoad, MACHINE_RPS};
 use lab::bench::loadgen::{drive, LoadPlan};
 use lab::bench::pipeline::{Pipeline, PipelinePreset};
@@ -12,9 +16,10 @@ use lab::bench::process::{
 };
 use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
 use lab::bench::setup::{
-    counter_by_pod, envoy_bootstrap, scrape_config, server_config, BenchPolicy, EnvoyReports,
-    MetricsPath, MetricsSource, ServerSettings, CLUSTER,
+    envoy_bootstrap, scrape_config, server_config, BenchPolicy, EnvoyReports, MetricsPath,
+    MetricsSource, ServerSettings, CLUSTER,
 };
+use lab::bench::utilization::busiest_per_window;
 use lab::fleet::{load_fleet, load_scenario, Action, Fleet, Pod, Scenario};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,7 +111,13 @@ pub struct BenchArgs {
 
 /// Everything a single policy run needs.
 struct RunContext {
+    /// Every pod the emulator serves (with a rolling restart, the replacements after the
+    /// originals), index-aligned with `ports`.
     pods: Vec<Pod>,
+    /// How many of `pods` form the endpoint set at the start (the originals).
+    initial: usize,
+    /// A rolling restart's start and step interval.
+    rolling: Option<(Duration, Duration)>,
     namespace: String,
     fleet_file: PathBuf,
     scenario: Scenario,
@@ -210,6 +221,11 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let mut scaled = scaled(&fleet, offered.time_scale);
     scaled.orca_eps |= args.orca_eps;
+    let initial = scaled.pods().len();
+    let rolling = scenario.rolling_restart();
+    if rolling.is_some() {
+        scaled = scaled.with_replacements();
+    }
     let fleet_file = results.join("fleet-scaled.yaml");
     let text = serde_norway::to_string(&scaled).context("writing the scaled fleet")?;
     std::fs::write(&fleet_file, text)
@@ -236,6 +252,8 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
     Ok(RunContext {
         ports: (0..count).map(|index| args.base_port + index).collect(),
         pods,
+        initial,
+        rolling,
         namespace: scaled.namespace.clone(),
         fleet_file,
         scenario,
@@ -356,10 +374,20 @@ fn write_report(
             .map_or("default".to_owned(), |share| share.to_string()),
         metrics_description(args, &context.pipeline),
         envoys_description(context.envoys),
-    );
+    ) + &rolling_description(context);
     let path = context.results.join("report.md");
     std::fs::write(&path, header + &render_markdown(outcomes))
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// What the report's header says of a rolling restart (nothing without one).
+fn rolling_description(context: &RunContext) -> String {
+    match context.rolling {
+        Some((at, every)) => format!(
+            "Rolling restart from {at:?}, one pod every {every:?}: pod `<group>-<i>` replaced by `<group>-v2-<i>` (new port), added to the endpoint set once it answers, the old one removed once every Envoy routes to the new one, then stopped once no Envoy routes to it. Every policy gets EDS from adaptive-eds during it (the baselines with `algorithm: static`, equal weights).\n\n"
+        ),
+        None => String::new(),
+    }
 }
 
 /// How the report's header names the Envoys.
@@ -395,6 +423,8 @@ struct Stack {
     victoria: Option<Process>,
     server: Option<Process>,
     server_xds_port: Option<u16>,
+    /// The server's config file, rewritten by a rolling restart.
+    server_file: Option<ServerFile>,
     /// The Envoys, each with its admin port and listener port.
     envoys: Vec<Envoy>,
 }
@@ -431,10 +461,12 @@ async fn start_stack(
     // The metrics process: VictoriaMetrics (pull, and the baselines of a stream run, which read
     // no metrics), vmagent started once the server it writes to is up (stream), or none when
     // Envoy's load reports are the only source.
-    let ours = policy.weighting().is_some();
+    // adaptive-eds is in the loop for our policies, and for every policy during a rolling
+    // restart (the baselines then get EDS from it with `algorithm: static`, equal weights).
+    let ours = policy.weighting().is_some() || context.rolling.is_some();
     let (victoria, server) = if ours && context.pipeline.metrics.streams() {
         let server = start_server(context, policy, directory, None).await?;
-        let vmagent = start_vmagent(context, directory, server.2).await?;
+        let vmagent = start_vmagent(context, directory, server.1.admin_port).await?;
         (Some(vmagent), Some(server))
     } else if context.pipeline.metrics == MetricsPath::Lrs {
         let server = if ours {
@@ -466,8 +498,8 @@ async fn start_stack(
             index,
             admin,
             listener,
-            server.as_ref().map(|server| server.1),
-            &context.ports,
+            server.as_ref().map(|server| server.1.xds_port),
+            &context.ports[..context.initial],
             reports,
         );
         let path = directory.join(format!("envoy-{index}.yaml"));
@@ -492,7 +524,7 @@ async fn start_stack(
             listener,
         });
     }
-    let count = context.ports.len();
+    let count = context.initial;
     for envoy in &mut envoys {
         let admin = envoy.admin;
         wait_for(
@@ -510,7 +542,8 @@ async fn start_stack(
     Ok(Stack {
         emulator,
         victoria,
-        server_xds_port: server.as_ref().map(|server| server.1),
+        server_xds_port: server.as_ref().map(|server| server.1.xds_port),
+        server_file: server.as_ref().map(|server| server.1.clone()),
         server: server.map(|server| server.0),
         envoys,
     })
@@ -581,54 +614,85 @@ async fn start_vmagent(
     Ok(process)
 }
 
-/// Starts adaptive-eds pulling from VictoriaMetrics on `victoria_port` and/or taking
-/// remote-write and load reports, as the run's metrics path says; returns the process, its
-/// xDS port and its admin port.
-async fn start_server(
-    context: &RunContext,
+/// Where a run's adaptive-eds config lives and what it is made of, so the endpoint set can be
+/// rewritten during the run (the server polls the file).
+#[derive(Debug, Clone)]
+struct ServerFile {
+    path: PathBuf,
     policy: BenchPolicy,
-    directory: &Path,
-    victoria_port: Option<u16>,
-) -> anyhow::Result<(Process, u16, u16)> {
-    let (xds_port, admin_port) = (free_port()?, free_port()?);
-    let victoria_url = victoria_port.map(|port| format!("http://127.0.0.1:{port}"));
+    xds_port: u16,
+    admin_port: u16,
+    victoria_url: Option<String>,
+}
+
+/// Writes the server config with `endpoints` (indices into the context's pods) as the endpoint
+/// set, through a temporary file and a rename so the server never reads half a file.
+fn write_server_config(
+    context: &RunContext,
+    file: &ServerFile,
+    endpoints: &[usize],
+) -> anyhow::Result<()> {
     let metrics = MetricsSource {
-        pull: victoria_url.as_deref(),
+        pull: file.victoria_url.as_deref(),
         stream: context.pipeline.metrics.streams(),
         load_reports: context.pipeline.metrics.load_reports(),
     };
     let config = server_config(&ServerSettings {
-        policy,
+        policy: file.policy,
         namespace: &context.namespace,
         pods: &context.pods,
         ports: &context.ports,
-        xds_port,
-        admin_port,
+        endpoints,
+        xds_port: file.xds_port,
+        admin_port: file.admin_port,
         metrics,
         probe_share: context.probe_share,
         rate_window: context.pipeline.rate_window,
         tick_seconds: context.pipeline.tick_seconds,
         error_signal: context.error_signal,
     });
-    let path = directory.join("adaptive-eds.yaml");
-    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    let temporary = file.path.with_extension("yaml.new");
+    std::fs::write(&temporary, config)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, &file.path)
+        .with_context(|| format!("renaming {} into place", temporary.display()))
+}
+
+/// Starts adaptive-eds pulling from VictoriaMetrics on `victoria_port` and/or taking
+/// remote-write and load reports, as the run's metrics path says, serving the initial endpoint
+/// set; returns the process and its config file.
+async fn start_server(
+    context: &RunContext,
+    policy: BenchPolicy,
+    directory: &Path,
+    victoria_port: Option<u16>,
+) -> anyhow::Result<(Process, ServerFile)> {
+    let file = ServerFile {
+        path: directory.join("adaptive-eds.yaml"),
+        policy,
+        xds_port: free_port()?,
+        admin_port: free_port()?,
+        victoria_url: victoria_port.map(|port| format!("http://127.0.0.1:{port}")),
+    };
+    let initial: Vec<usize> = (0..context.initial).collect();
+    write_server_config(context, &file, &initial)?;
     let mut process = Process::spawn(
         "adaptive-eds",
         Command::new(&context.server)
             .arg("serve")
             .arg("--config")
-            .arg(&path)
+            .arg(&file.path)
             .env("RUST_LOG", "info"),
         &directory.join("adaptive-eds.log"),
     )?;
-    let url = format!("http://127.0.0.1:{admin_port}/readyz");
+    let url = format!("http://127.0.0.1:{}/readyz", file.admin_port);
     let ready = wait_for(Duration::from_secs(20), "adaptive-eds /readyz", || {
         get_ok(&url)
     })
     .await;
     process.check_running()?;
     ready?;
-    Ok((process, xds_port, admin_port))
+    Ok((process, file))
 }
 
 /// Envoy's weight per upstream port for the fleet cluster.
@@ -653,36 +717,6 @@ async fn envoy_weights(admin_port: u16) -> Option<BTreeMap<u16, u64>> {
             ))
         })
         .collect()
-}
-
-/// The emulator's own counters per pod, read from every pod's `/metrics`.
-#[derive(Debug, Default)]
-struct Counters {
-    /// Answered requests, every status code summed.
-    requests: BTreeMap<String, f64>,
-    /// Requests answered with an error.
-    errors: BTreeMap<String, f64>,
-    /// Busy slot-seconds.
-    cpu: BTreeMap<String, f64>,
-}
-
-async fn fleet_counters(ports: &[u16]) -> anyhow::Result<Counters> {
-    let mut counters = Counters::default();
-    for port in ports {
-        let page = get_ok(&format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .with_context(|| format!("reading the metrics of pod port {port}"))?;
-        counters
-            .requests
-            .extend(counter_by_pod(&page, "emulator_requests_total"));
-        counters
-            .errors
-            .extend(counter_by_pod(&page, "emulator_request_errors_total"));
-        counters
-            .cpu
-            .extend(counter_by_pod(&page, "container_cpu_usage_seconds_total"));
-    }
-    Ok(counters)
 }
 
 /// CPU seconds of each process, in `ProcessCpu` field order.
@@ -720,7 +754,7 @@ async fn apply_pod_events(context: &RunContext, start: tokio::time::Instant) {
                 "failing",
                 format!("{ratio} {}", after_ms * context.time_scale),
             ),
-            Action::SetLoadFactor { .. } => continue,
+            Action::SetLoadFactor { .. } | Action::RollingRestart { .. } => continue,
         };
         let Some(index) = context
             .pods
@@ -751,23 +785,45 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
                 .context("building a listener URI")
         })
         .collect::<anyhow::Result<_>>()?;
+    let stopped = Stopped::default();
+    let counters = || fleet_counters(&context.pods, &context.ports, &stopped);
     let start = tokio::time::Instant::now();
     let load = drive(&uris, &context.plan, &context.scenario);
     let measure_start = async {
         tokio::time::sleep_until(start + context.plan.warmup).await;
-        (
-            fleet_counters(&context.ports).await,
-            process_seconds(&stack),
-        )
+        (counters().await, process_seconds(&stack))
+    };
+    let edges = async {
+        let windows =
+            (context.plan.measure.as_secs_f64() / context.plan.window.as_secs_f64()).ceil() as u32;
+        let mut samples = Vec::new();
+        for edge in 0..=windows {
+            tokio::time::sleep_until(start + context.plan.warmup + context.plan.window * edge)
+                .await;
+            samples.push(counters().await.ok().map(|counters| counters.cpu));
+        }
+        samples
     };
     let pod_events = apply_pod_events(context, start);
+    let restart = rolling::restart(context, &stack, start, &stopped);
     let total = context.plan.warmup + context.plan.measure;
-    let (load, (before, cpu_before), _) =
-        tokio::join!(load, measure_start, tokio::time::timeout(total, pod_events));
+    let (load, (before, cpu_before), samples, _, restart) = tokio::join!(
+        load,
+        measure_start,
+        edges,
+        tokio::time::timeout(total, pod_events),
+        restart
+    );
     let seconds = start.elapsed().as_secs_f64() - context.plan.warmup.as_secs_f64();
-    let after = fleet_counters(&context.ports).await?;
+    let after = counters().await?;
     let cpu_after = process_seconds(&stack);
     let before = before?;
+    let restart = restart.context("rolling restart")?;
+    let cores_by_pod: BTreeMap<String, u32> = context
+        .pods
+        .iter()
+        .map(|pod| (pod.name.clone(), pod.cores))
+        .collect();
     let first_admin = stack.envoys.first().map_or(0, |envoy| envoy.admin);
     let weights = envoy_weights(first_admin).await.unwrap_or_default();
     save_server_view(&stack, &directory).await;
@@ -800,6 +856,13 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
             .map(|event| event.at)
             .min()
             .and_then(|at| at.checked_sub(context.plan.warmup)),
+        busiest: busiest_per_window(&samples, &cores_by_pod, context.plan.window.as_secs_f64()),
+        restart: restart.map(|(from, to)| {
+            (
+                from.saturating_sub(context.plan.warmup),
+                to.saturating_sub(context.plan.warmup),
+            )
+        }),
     })
 }
 
