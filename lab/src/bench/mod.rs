@@ -2,6 +2,7 @@
 
 pub mod capacity;
 pub mod loadgen;
+pub mod matrix;
 pub mod pipeline;
 pub mod plot;
 pub mod process;

@@ -147,6 +147,17 @@ pub fn write_plots(series: &[PlotSeries], directory: &Path) -> anyhow::Result<()
     )
 }
 
+/// Writes one line chart (x: the index of each value) to `path`, e.g. p99 by load per policy.
+pub fn write_line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[(String, Vec<f64>)],
+) -> anyhow::Result<()> {
+    register_label_font()?;
+    chart(path, title, x_label, series)
+}
+
 fn chart(
     path: &Path,
     title: &str,

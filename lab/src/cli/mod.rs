@@ -2,6 +2,7 @@
 
 mod bench;
 mod emulate;
+mod matrix;
 mod simulate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -24,6 +25,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Compare balancing policies through a real Envoy in front of the emulated fleet.
     Bench(bench::BenchArgs),
+    /// Run `lab bench` over a matrix of loads, pipelines, Envoy counts and scenarios, and write
+    /// the tables and plots into one folder.
+    Matrix(matrix::MatrixArgs),
 }
 
 impl Cli {
@@ -33,6 +37,7 @@ impl Cli {
             Command::Emulate(args) => emulate::run(args),
             Command::Simulate(args) => simulate::run(args),
             Command::Bench(args) => bench::run(args),
+            Command::Matrix(args) => matrix::run(args),
         }
     }
 }
@@ -49,4 +54,20 @@ pub enum Switch {
     On,
     /// Off.
     Off,
+}
+
+/// Waits for Ctrl-C or SIGTERM and names it; the caller's early return drops (stops) every process.
+pub async fn stop_signal() -> &'static str {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+        () = terminate => "terminated (SIGTERM)",
+    }
 }

@@ -245,6 +245,22 @@ mod tests {
             .unwrap()
             .rolling_restart()
             .is_some());
+        // A shifted scenario written back as YAML reads the same, later.
+        let later = scenario.shifted(Duration::from_secs(65));
+        let text = serde_norway::to_string(&later).unwrap();
+        let again = parse_scenario(&text, "shifted", &fleet).unwrap();
+        assert_eq!(
+            again.rolling_restart(),
+            Some((Duration::from_secs(95), Duration::from_secs(2)))
+        );
+        let failing =
+            "name: x\nevents:\n  - at: 1s\n    action: !set_failing { pod: fib25-0, ratio: 0.9 }\n";
+        let failing = parse_scenario(failing, "test", &fleet).unwrap();
+        let text = serde_norway::to_string(&failing.shifted(Duration::from_secs(1))).unwrap();
+        assert_eq!(
+            parse_scenario(&text, "shifted", &fleet).unwrap().events[0].at,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -83,6 +83,16 @@ impl Scenario {
             .unwrap_or(1.0)
     }
 
+    /// The same scenario with every event `by` later (for runs with a longer warm-up than the
+    /// one its times were written for).
+    pub fn shifted(&self, by: Duration) -> Scenario {
+        let mut scenario = self.clone();
+        for event in &mut scenario.events {
+            event.at += by;
+        }
+        scenario
+    }
+
     /// Highest load multiplier of the run (1.0 without load events or when they only lower it).
     pub fn peak_load_factor(&self) -> f64 {
         self.events

@@ -320,7 +320,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         tracing::info!(policy = policy.name(), "run starting");
         let outcome = tokio::select! {
             outcome = run_policy(&context, policy) => outcome.with_context(|| format!("running {}", policy.name()))?,
-            signal = stop_signal() => bail!("{signal}: every process of the run was stopped"),
+            signal = super::stop_signal() => bail!("{signal}: every process of the run was stopped"),
         };
         tracing::info!(
             policy = policy.name(),
@@ -337,22 +337,6 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     print!("{}", render_markdown(&outcomes));
     println!("\nresults in {}", context.results.display());
     Ok(())
-}
-
-/// Waits for Ctrl-C or SIGTERM and names it; the caller's early return drops (stops) every process.
-async fn stop_signal() -> &'static str {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
-        () = terminate => "terminated (SIGTERM)",
-    }
 }
 
 fn write_report(
