@@ -5,7 +5,10 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
 COPY benches ./benches
-# The workspace names lab/ as a member: cargo needs its manifest and sources to load it.
+# The workspace names lab/ and harness/ as members: cargo needs their manifests and sources to
+# load it (the server binary does not depend on either).
+COPY harness/Cargo.toml ./harness/Cargo.toml
+COPY harness/src ./harness/src
 COPY lab/Cargo.toml ./lab/Cargo.toml
 COPY lab/src ./lab/src
 RUN cargo build --release --locked --bin adaptive-eds

@@ -1,5 +1,5 @@
 //! Keeps the direction of docs/ARCHITECTURE.md: reads every `crate::` path and `use` line under
-//! `src/` and checks which rooms import which.
+//! `src/` and checks which rooms import which, and that the server never uses the test harness.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -276,6 +276,37 @@ fn no_import_circle_between_rooms() {
         }
         let circle = visit(room, &edges, &mut Vec::new(), &mut done);
         assert!(circle.is_none(), "import circle: {circle:?}");
+    }
+}
+
+#[test]
+fn the_server_never_uses_the_process_harness() {
+    let (_, texts) = graph();
+    for (room, code) in &texts {
+        let named = code.match_indices("harness::").any(|(position, _)| {
+            !code[..position]
+                .chars()
+                .next_back()
+                .is_some_and(|before| before.is_alphanumeric() || before == '_')
+        });
+        assert!(
+            !named,
+            "src/{room} names the harness crate, which only tests and lab use"
+        );
+    }
+    // Only as a dev-dependency can src/ not import it at all.
+    let manifest = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .expect("read Cargo.toml");
+    let mut section = "";
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if line.starts_with("harness = {") || line.starts_with("harness.") {
+            assert_eq!(
+                section, "[dev-dependencies]",
+                "harness is a dev-dependency only"
+            );
+        }
     }
 }
 

