@@ -107,3 +107,59 @@ fn bad_fleet_field_is_reported() {
         "{message}"
     );
 }
+
+/// `--load`, `--envoys` and `--pipeline` set up the same cell `lab bench` runs.
+#[test]
+fn simulate_takes_the_bench_cell_flags() {
+    let (success, output) = run_lab(
+        &[
+            "simulate",
+            "--fleet",
+            "fleets/seed.yaml",
+            "--policy",
+            "least_request",
+            "--weights",
+            "capacity_latency",
+            "--load",
+            "0.5",
+            "--envoys",
+            "4",
+            "--pipeline",
+            "prod",
+            "--duration",
+            "40s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(success, "{output}");
+    assert!(output.contains("4 clients"), "{output}");
+    assert!(
+        output.contains("pipeline `prod` (15s scrapes, rates over 60s, tick 10s)"),
+        "{output}"
+    );
+    assert!(output.contains("Offered load 50%"), "{output}");
+    assert!(output.contains("service times x10"), "{output}");
+}
+
+/// The default matrix and its run-time estimate, as the README gives them.
+#[test]
+fn matrix_dry_run_prints_the_cells_and_the_estimate() {
+    let (success, output) = run_lab(
+        &[
+            "matrix",
+            "--dry-run",
+            "--fleet",
+            "fleets/seed.yaml",
+            "--scenario-dir",
+            "scenarios",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(success, "{output}");
+    assert!(output.starts_with("25 cells x 4 policies:"), "{output}");
+    assert!(output.contains("load30-fast-k1-load-rises"), "{output}");
+    assert!(
+        output.contains("estimated run time: 2 h 56 min"),
+        "{output}"
+    );
+}

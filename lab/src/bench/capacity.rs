@@ -105,8 +105,21 @@ impl OfferedLoad {
         self.peak_rate() > MACHINE_RPS
     }
 
-    /// One paragraph for the report header.
+    /// One paragraph for the report header: [`OfferedLoad::summary`] and, when the peak rate
+    /// is beyond this machine, a warning.
     pub fn describe(&self) -> String {
+        let mut text = self.summary();
+        if self.beyond_machine() {
+            text.push_str(&format!(
+                " **Warning: {:.0} rps is more than this machine drives through Envoy (about {MACHINE_RPS:.0} rps, 1,000-2,000 measured); the latency is the machine's, not the policy's. Raise --time-scale.**",
+                self.peak_rate()
+            ));
+        }
+        text
+    }
+
+    /// The rate, the capacity and the time scale in one sentence.
+    pub fn summary(&self) -> String {
         let mut text = match self.load {
             Some(load) => format!(
                 "Offered load {:.0}% of the fleet's capacity: {:.0} rps (capacity {:.0} rps = sum over pods of cores / mean service time, after the time scale)",
@@ -135,12 +148,6 @@ impl OfferedLoad {
             ));
         }
         text.push('.');
-        if self.beyond_machine() {
-            text.push_str(&format!(
-                " **Warning: {:.0} rps is more than this machine drives through Envoy (about {MACHINE_RPS:.0} rps, 1,000-2,000 measured); the latency is the machine's, not the policy's. Raise --time-scale.**",
-                self.peak_rate()
-            ));
-        }
         text
     }
 }

@@ -41,13 +41,16 @@ pub struct MatrixArgs {
     /// Envoy counts; the first is the base.
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     envoys: Vec<u16>,
-    /// Scenarios: `steady` (no events) or names of `lab/scenarios/<name>.yaml`.
+    /// Scenarios: `steady` (no events) or names of `<scenario-dir>/<name>.yaml`.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "steady,pod-fails,node-slows,load-rises,rolling-restart"
     )]
     scenarios: Vec<String>,
+    /// Folder of the scenario files.
+    #[arg(long, default_value = "lab/scenarios")]
+    scenario_dir: PathBuf,
     /// Load of the cells that vary the Envoys, the pipeline or the scenario.
     #[arg(long, default_value_t = 0.5)]
     base_load: f64,
@@ -89,7 +92,7 @@ impl MatrixArgs {
         let fleet = load_fleet(&self.fleet).context("loading the fleet")?;
         let mut peaks = Vec::new();
         for name in self.scenarios.iter().filter(|name| *name != STEADY) {
-            let path = scenario_path(name);
+            let path = self.scenario_path(name);
             let scenario = load_scenario(&path, &fleet)
                 .with_context(|| format!("loading {}", path.display()))?;
             peaks.push((name.clone(), scenario.peak_load_factor()));
@@ -109,9 +112,11 @@ impl MatrixArgs {
     }
 }
 
-/// The shipped file of a scenario name.
-fn scenario_path(name: &str) -> PathBuf {
-    Path::new("lab/scenarios").join(format!("{name}.yaml"))
+impl MatrixArgs {
+    /// The file of a scenario name.
+    fn scenario_path(&self, name: &str) -> PathBuf {
+        self.scenario_dir.join(format!("{name}.yaml"))
+    }
 }
 
 /// Runs the matrix on a small tokio runtime (for the signals while a child runs).
@@ -147,7 +152,7 @@ fn scenario_file(
     if name == STEADY {
         return Ok(None);
     }
-    let path = scenario_path(name);
+    let path = args.scenario_path(name);
     let shift = warmup.saturating_sub(SCENARIO_WARMUP);
     if shift.is_zero() {
         return Ok(Some(path));

@@ -4,10 +4,12 @@ use super::Switch;
 use adaptive_eds::weighting::{Algorithm, Objective, Params};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use lab::bench::capacity::OfferedLoad;
+use lab::bench::pipeline::PipelinePreset;
 use lab::fleet::{load_fleet, load_scenario, Fleet, Scenario};
 use lab::sim::{
     render_markdown, simulate, EngineWeights, EqualWeights, InverseCpuPerRequest, KnownCapacity,
-    Policy, SimConfig, TimedReport, WeightProvider,
+    Policy, Scrape, SimConfig, TimedReport, WeightProvider,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -42,9 +44,17 @@ pub struct SimulateArgs {
     /// Balancer(s) to compare, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "least_request")]
     policy: Vec<Policy>,
-    /// Base offered load, requests per second.
-    #[arg(long, default_value_t = 1000.0)]
-    rps: f64,
+    /// Base offered load, requests per second (default 1000; not with --load).
+    #[arg(long, conflicts_with = "load")]
+    rps: Option<f64>,
+    /// Base offered load as a fraction of the fleet's capacity (cores / mean service time,
+    /// after --time-scale), as `lab bench --load`.
+    #[arg(long)]
+    load: Option<f64>,
+    /// Multiplies every service time (default 1; with --load, the scale `lab bench --load`
+    /// picks, so the same cell is simulated).
+    #[arg(long)]
+    time_scale: Option<f64>,
     /// Simulated time, such as `60s`.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
     duration: Duration,
@@ -55,15 +65,20 @@ pub struct SimulateArgs {
     /// Random seed: the same seed gives the same result.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Number of Envoy clients.
-    #[arg(long, default_value_t = 10)]
+    /// Number of Envoy clients (`--envoys`, as in `lab bench`).
+    #[arg(long, visible_alias = "envoys", default_value_t = 10)]
     clients: u32,
+    /// The metric pipeline of `lab bench --pipeline`: samples are rates over a window of
+    /// scrapes (fast: 1 s scrapes, 5 s window, tick 1 s; prod and stream-prod: 15 s scrapes,
+    /// 1 m window, tick 10 s; lrs: 1 s reports, 2 s window, tick 1 s). Not with --tick.
+    #[arg(long, value_enum, conflicts_with = "tick")]
+    pipeline: Option<PipelinePreset>,
     /// EDS weight provider(s), comma separated (ignored by cswrr, which uses ORCA).
     #[arg(long, value_delimiter = ',', default_value = "none")]
     weights: Vec<Weights>,
-    /// How often the weight provider runs.
-    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
-    tick: Duration,
+    /// How often the weight provider runs (default 1s).
+    #[arg(long, value_parser = super::parse_duration)]
+    tick: Option<Duration>,
     /// Age of the CPU samples the weight provider sees.
     #[arg(long, default_value = "0s", value_parser = super::parse_duration)]
     metrics_delay: Duration,
@@ -130,16 +145,41 @@ fn provider(
     }
 }
 
-fn config(args: &SimulateArgs, policy: Policy) -> SimConfig {
+/// The sampling a bench pipeline stands for: tick and scrape (interval, rate window). Load
+/// reports are modelled as 1 s scrapes over the 2 reports the server's window keeps.
+fn pipeline_sampling(preset: PipelinePreset) -> (Duration, Scrape) {
+    let pipeline = preset.pipeline();
+    let (interval, window) = match preset {
+        PipelinePreset::Lrs => (pipeline.report_seconds, 2 * pipeline.report_seconds),
+        _ => (pipeline.scrape_seconds, pipeline.rate_window),
+    };
+    (
+        Duration::from_secs(pipeline.tick_seconds),
+        Scrape {
+            interval: Duration::from_secs(interval),
+            rate_window: Duration::from_secs(window),
+        },
+    )
+}
+
+fn config(args: &SimulateArgs, policy: Policy, rate: f64) -> SimConfig {
+    let (tick, scrape) = match args.pipeline {
+        Some(preset) => {
+            let (tick, scrape) = pipeline_sampling(preset);
+            (tick, Some(scrape))
+        }
+        None => (args.tick.unwrap_or(Duration::from_secs(1)), None),
+    };
     let mut config = SimConfig {
         policy,
         clients: args.clients,
-        requests_per_second: args.rps,
+        requests_per_second: rate,
         duration: args.duration,
         warmup: args.warmup,
         seed: args.seed,
-        tick: args.tick,
+        tick,
         metrics_delay: args.metrics_delay,
+        scrape,
         report_window: args.window,
         ..SimConfig::default()
     };
@@ -150,15 +190,23 @@ fn config(args: &SimulateArgs, policy: Policy) -> SimConfig {
 
 /// Runs every policy and weight-provider combination asked for and prints the tables.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
-    let mut fleet = load_fleet(&args.fleet).context("loading the fleet")?;
-    fleet.orca_eps |= args.orca_eps;
+    let unscaled = load_fleet(&args.fleet).context("loading the fleet")?;
     let scenario = match &args.scenario {
-        Some(path) => load_scenario(path, &fleet).context("loading the scenario")?,
+        Some(path) => load_scenario(path, &unscaled).context("loading the scenario")?,
         None => Scenario {
             name: "steady".to_owned(),
             events: Vec::new(),
         },
     };
+    let offered = OfferedLoad::resolve(
+        &unscaled,
+        args.rps,
+        args.load,
+        args.time_scale,
+        scenario.peak_load_factor(),
+    )?;
+    let mut fleet = unscaled.scaled(offered.time_scale);
+    fleet.orca_eps |= args.orca_eps;
     let mut runs = Vec::new();
     for &policy in &args.policy {
         // CSWRR ignores EDS weights, so one run is enough for it.
@@ -173,7 +221,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             let report = simulate(
                 &fleet,
                 &scenario,
-                &config(&args, policy),
+                &config(&args, policy, offered.rate),
                 provider.as_mut(),
                 name,
             )
@@ -188,14 +236,24 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             runs.push(TimedReport { report, wall });
         }
     }
+    let pipeline = args.pipeline.map_or(String::new(), |preset| {
+        let (tick, scrape) = pipeline_sampling(preset);
+        format!(
+            ", pipeline `{}` ({:?} scrapes, rates over {:?}, tick {:?})",
+            preset.name(),
+            scrape.interval,
+            scrape.rate_window,
+            tick
+        )
+    });
     println!(
-        "Fleet {} ({} pods), {} clients, {} rps base, {:?} simulated, seed {}\n",
+        "Fleet {} ({} pods), {} clients, {:?} simulated, seed {}{pipeline}. {}\n",
         args.fleet.display(),
         fleet.pods().len(),
         args.clients,
-        args.rps,
         args.duration,
-        args.seed
+        args.seed,
+        offered.summary(),
     );
     print!("{}", render_markdown(&runs));
     Ok(())

@@ -107,6 +107,18 @@ pub struct Pod {
 }
 
 impl Fleet {
+    /// The same fleet with every service time (and failure time) multiplied by `factor`.
+    pub fn scaled(&self, factor: f64) -> Fleet {
+        let mut fleet = self.clone();
+        for group in &mut fleet.groups {
+            group.service_time.mean_ms *= factor;
+            if let Some(failing) = &mut group.failing {
+                failing.after_ms *= factor;
+            }
+        }
+        fleet
+    }
+
     /// The fleet followed by a copy of each group named `<group>-v2`: the pods that replace
     /// the originals in a rolling restart (the replacement of pod `i` of [`Fleet::pods`] is pod
     /// `i + n` of the result's, `n` the original count).

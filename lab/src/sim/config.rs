@@ -2,6 +2,7 @@
 
 use super::balancer::{LeastRequestSettings, Policy};
 use super::cswrr::CswrrSettings;
+use super::scrape::Scrape;
 use std::time::Duration;
 
 /// Everything that shapes a run besides the fleet, the scenario and the weight provider.
@@ -23,6 +24,9 @@ pub struct SimConfig {
     pub tick: Duration,
     /// Age of the samples the weight provider sees.
     pub metrics_delay: Duration,
+    /// A scraped pipeline: samples are rates over a window of scrapes (queried `metrics_delay`
+    /// in the past); `None`: each sample is the rate over the last tick.
+    pub scrape: Option<Scrape>,
     /// Window of the ORCA utilization and rps figures the endpoints report.
     pub orca_window: Duration,
     /// Length of the windows of the p99-over-time series.
@@ -44,6 +48,7 @@ impl Default for SimConfig {
             seed: 1,
             tick: Duration::from_secs(1),
             metrics_delay: Duration::ZERO,
+            scrape: None,
             orca_window: Duration::from_secs(1),
             report_window: Duration::from_secs(5),
             least_request: LeastRequestSettings::default(),
@@ -77,6 +82,12 @@ impl SimConfig {
             (self.tick.is_zero(), "tick must be > 0"),
             (self.orca_window.is_zero(), "orca_window must be > 0"),
             (self.report_window.is_zero(), "report_window must be > 0"),
+            (
+                self.scrape.is_some_and(|scrape| {
+                    scrape.interval.is_zero() || scrape.rate_window < scrape.interval * 2
+                }),
+                "scrape interval must be > 0 and the rate window at least two intervals",
+            ),
             (
                 self.cswrr.weight_update_period.is_zero(),
                 "weight_update_period must be > 0",

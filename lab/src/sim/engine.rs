@@ -6,6 +6,7 @@ use super::cswrr::OrcaWeights;
 use super::endpoint::{Endpoint, Mark, Waiting};
 use super::latency::{HistogramError, LatencyRecorder};
 use super::report::{EndpointReport, SimReport};
+use super::scrape::{Scrape, ScrapeHistory};
 use super::weights::{EndpointSample, WeightProvider};
 use crate::fleet::{Action, Fleet, Scenario};
 use crate::service_time::ServiceTimeError;
@@ -82,6 +83,7 @@ enum Change {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     Tick,
+    Scrape,
     OrcaWindow,
     CswrrUpdate,
     Change,
@@ -107,6 +109,8 @@ struct Engine<'a> {
     next_change: usize,
     tick_marks: Vec<Mark>,
     history: VecDeque<(u64, Vec<EndpointSample>)>,
+    next_scrape: u64,
+    scrapes: ScrapeHistory,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -235,6 +239,9 @@ impl<'a> Engine<'a> {
             next_change: 0,
             tick_marks: vec![Mark::default(); count],
             history: VecDeque::new(),
+            // The first scrape at 0 s, as a store scraping from the start of the run.
+            next_scrape: if config.scrape.is_some() { 0 } else { u64::MAX },
+            scrapes: ScrapeHistory::default(),
         };
         engine.next_arrival = engine.draw_arrival(0);
         Ok(engine)
@@ -258,6 +265,7 @@ impl<'a> Engine<'a> {
         [
             (change, Timer::Change),
             (self.next_tick, Timer::Tick),
+            (self.next_scrape, Timer::Scrape),
             (self.next_orca, Timer::OrcaWindow),
             (cswrr, Timer::CswrrUpdate),
         ]
@@ -357,6 +365,19 @@ impl<'a> Engine<'a> {
                 self.on_tick(now);
                 self.next_tick = now + nanos(self.config.tick);
             }
+            Timer::Scrape => {
+                if let Some(scrape) = self.config.scrape {
+                    let marks = self
+                        .endpoints
+                        .iter_mut()
+                        .map(|endpoint| endpoint.mark(now))
+                        .collect();
+                    let keep =
+                        nanos(scrape.rate_window + self.config.metrics_delay + scrape.interval);
+                    self.scrapes.record(now, marks, keep);
+                    self.next_scrape = now + nanos(scrape.interval);
+                }
+            }
             Timer::OrcaWindow => {
                 let window = nanos(self.config.orca_window);
                 for endpoint in &mut self.endpoints {
@@ -416,7 +437,35 @@ impl<'a> Engine<'a> {
             .collect()
     }
 
+    /// The samples of a scraped pipeline: rates over the window of scrapes a query
+    /// `metrics_delay` ago sees (`None` before two scrapes are in it).
+    fn scraped_samples(&self, now: u64, scrape: Scrape) -> Option<Vec<EndpointSample>> {
+        let query = now.checked_sub(nanos(self.config.metrics_delay))?;
+        let rates = self.scrapes.rates(query, nanos(scrape.rate_window))?;
+        Some(
+            rates
+                .iter()
+                .zip(&self.endpoints)
+                .zip(&self.weights)
+                .map(|((rates, endpoint), &weight)| EndpointSample {
+                    cpu_cores: rates.cpu_cores,
+                    requests_per_second: rates.requests_per_second,
+                    errors_per_second: rates.errors_per_second,
+                    cores: endpoint.cores,
+                    previous_weight: weight,
+                })
+                .collect(),
+        )
+    }
+
     fn on_tick(&mut self, now: u64) {
+        if let Some(scrape) = self.config.scrape {
+            if let Some(samples) = self.scraped_samples(now, scrape) {
+                let weights = self.provider.weights(Duration::from_nanos(now), &samples);
+                self.serve_weights(weights, now);
+            }
+            return;
+        }
         let samples = self.take_samples(now);
         self.history.push_back((now, samples));
         let visible_until = now.saturating_sub(nanos(self.config.metrics_delay));
@@ -434,7 +483,12 @@ impl<'a> Engine<'a> {
         if *time > visible_until {
             return;
         }
-        let mut weights = self.provider.weights(Duration::from_nanos(now), samples);
+        let weights = self.provider.weights(Duration::from_nanos(now), samples);
+        self.serve_weights(weights, now);
+    }
+
+    /// Puts the provider's weights in force (all clients at once, as EDS does).
+    fn serve_weights(&mut self, mut weights: Vec<u32>, now: u64) {
         if weights.len() != self.endpoints.len() {
             tracing::warn!(
                 got = weights.len(),

@@ -9,6 +9,7 @@ mod engine;
 mod engine_weights;
 mod latency;
 mod report;
+mod scrape;
 mod weights;
 
 pub use balancer::{Balancer, LeastRequestSettings, Policy};
@@ -20,6 +21,7 @@ pub use engine::{simulate, SimError};
 pub use engine_weights::EngineWeights;
 pub use latency::{LatencyRecorder, LatencySummary};
 pub use report::{render_markdown, EndpointReport, SimReport, TimedReport};
+pub use scrape::Scrape;
 pub use weights::{
     EndpointSample, EqualWeights, InverseCpuPerRequest, KnownCapacity, WeightProvider,
     MIN_TRUSTED_REQUESTS_PER_SECOND, WEIGHT_SCALE,

@@ -20,7 +20,7 @@ use lab::bench::setup::{
     MetricsSource, ServerSettings, CLUSTER,
 };
 use lab::bench::utilization::busiest_per_window;
-use lab::fleet::{load_fleet, load_scenario, Action, Fleet, Pod, Scenario};
+use lab::fleet::{load_fleet, load_scenario, Action, Pod, Scenario};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -145,17 +145,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     runtime.block_on(bench(args))
 }
 
-fn scaled(fleet: &Fleet, factor: f64) -> Fleet {
-    let mut fleet = fleet.clone();
-    for group in &mut fleet.groups {
-        group.service_time.mean_ms *= factor;
-        if let Some(failing) = &mut group.failing {
-            failing.after_ms *= factor;
-        }
-    }
-    fleet
-}
-
 fn results_folder(args: &BenchArgs) -> PathBuf {
     if let Some(path) = &args.results {
         return path.clone();
@@ -219,7 +208,7 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
     }
     let results = results_folder(args);
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
-    let mut scaled = scaled(&fleet, offered.time_scale);
+    let mut scaled = fleet.scaled(offered.time_scale);
     scaled.orca_eps |= args.orca_eps;
     let initial = scaled.pods().len();
     let rolling = scenario.rolling_restart();
