@@ -1,5 +1,6 @@
 //! Metric pipelines of a bench run: how often pods are scraped, the rate window, the server's tick.
 
+use super::report::{SETTLED_AFTER, SPAN};
 use super::setup::MetricsPath;
 use clap::ValueEnum;
 
@@ -82,6 +83,13 @@ impl Pipeline {
     pub fn name(&self) -> &'static str {
         self.preset
             .map_or(self.metrics.name(), PipelinePreset::name)
+    }
+
+    /// Seconds after a scenario event from which the new steady state is measured: at least
+    /// [`SETTLED_AFTER`], and for slow pipelines the recovery bound (two scrape
+    /// intervals and a tick) plus one [`SPAN`] window, so the adaptation is not part of it.
+    pub fn settled_after(&self) -> u64 {
+        SETTLED_AFTER.max(2 * self.scrape_seconds + self.tick_seconds + SPAN)
     }
 
     /// Checks that a counter rate sees at least two scrapes.
@@ -172,6 +180,8 @@ mod tests {
         }
         assert!(prod.describe().contains("every 15 s, PromQL rate over 60s"));
         assert!(prod.describe().starts_with("pipeline `prod`"));
+        assert_eq!(fast.settled_after(), 15);
+        assert_eq!(prod.settled_after(), 45);
     }
 
     #[test]

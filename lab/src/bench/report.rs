@@ -59,12 +59,15 @@ pub struct RunOutcome {
     pub busiest: Vec<Option<Busiest>>,
     /// A rolling restart's start and end, from the start of the measured part.
     pub restart: Option<(Duration, Duration)>,
+    /// The new steady state after the event is measured from this many seconds after it
+    /// ([`SETTLED_AFTER`], longer for slow pipelines).
+    pub settled_after: u64,
 }
 
 /// How a run's p99 came back after a scenario event, from 1 s buckets of latencies.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Recovery {
-    /// p99 (ms) of everything from [`SETTLED_AFTER`] past the event to the end: the new steady state.
+    /// p99 (ms) of everything from the settling time past the event to the end: the new steady state.
     pub steady_p99: f64,
     /// Seconds after the event until the first [`SPAN`] window whose p99 is within
     /// [`TOLERANCE`] of the steady state (`None`: never).
@@ -73,7 +76,7 @@ pub struct Recovery {
     pub worst_later: f64,
 }
 
-/// The new steady state is measured from this long after the event.
+/// The new steady state is measured from at least this long after the event, seconds.
 pub const SETTLED_AFTER: u64 = 15;
 /// Length of the sliding windows, seconds (a 1 s window at 1,000 rps holds 10 requests above p99).
 pub const SPAN: u64 = 5;
@@ -90,11 +93,16 @@ fn merged_p99(seconds: &[Histogram<u64>], from: usize, to: usize) -> f64 {
     quantile_ms(&merged, 0.99)
 }
 
-/// The recovery after an event `event` seconds into `seconds` (1 s latency buckets): `None`
-/// when the run is too short to see a steady state after it.
-pub fn recovery(seconds: &[Histogram<u64>], event: Duration) -> Option<Recovery> {
+/// The recovery after an event `event` seconds into `seconds` (1 s latency buckets), the new
+/// steady state measured from `settled_after` seconds after it: `None` when the run is too
+/// short to see it.
+pub fn recovery(
+    seconds: &[Histogram<u64>],
+    event: Duration,
+    settled_after: u64,
+) -> Option<Recovery> {
     let event = event.as_secs() as usize;
-    let settled = event + SETTLED_AFTER as usize;
+    let settled = event + settled_after as usize;
     if seconds.is_empty() || settled + SPAN as usize > seconds.len() {
         return None;
     }
@@ -266,16 +274,20 @@ fn recoveries(text: &mut String, runs: &[RunOutcome]) {
         .iter()
         .filter_map(|run| {
             let event = run.event?;
-            Some((run.policy.as_str(), recovery(&run.load.seconds, event)?))
+            Some((
+                run.policy.as_str(),
+                recovery(&run.load.seconds, event, run.settled_after)?,
+            ))
         })
         .collect();
     if rows.is_empty() {
         return;
     }
+    let settled = runs.first().map_or(SETTLED_AFTER, |run| run.settled_after);
     let _ = writeln!(
         text,
         "\nRecovery after the scenario's event: seconds until the p99 of a {SPAN} s window starting \
-         then is within {TOLERANCE}x of the steady state (p99 from {SETTLED_AFTER} s after the event \
+         then is within {TOLERANCE}x of the steady state (p99 from {settled} s after the event \
          to the end), and the worst later {SPAN} s window over that steady state\n"
     );
     let _ = writeln!(
@@ -603,6 +615,7 @@ mod tests {
             event: None,
             busiest: Vec::new(),
             restart: None,
+            settled_after: SETTLED_AFTER,
         }
     }
 
@@ -671,20 +684,20 @@ mod tests {
 
     #[test]
     fn recovery_counts_the_seconds_until_a_window_is_back() {
-        let found = recovery(&run(3), Duration::from_secs(5)).unwrap();
+        let found = recovery(&run(3), Duration::from_secs(5), SETTLED_AFTER).unwrap();
         assert!((found.steady_p99 - 5.0).abs() < 0.01, "{found:?}");
         // Windows starting at 5, 6, 7 hold slow seconds; the one at 8 is clean.
         assert_eq!(found.seconds, Some(3));
         assert!((found.worst_later - 1.0).abs() < 0.01, "{found:?}");
-        let instant = recovery(&run(0), Duration::from_secs(5)).unwrap();
+        let instant = recovery(&run(0), Duration::from_secs(5), SETTLED_AFTER).unwrap();
         assert_eq!(instant.seconds, Some(0));
     }
 
     #[test]
     fn a_lasting_change_is_the_new_steady_state_and_a_short_run_says_nothing() {
-        let found = recovery(&run(35), Duration::from_secs(5)).unwrap();
+        let found = recovery(&run(35), Duration::from_secs(5), SETTLED_AFTER).unwrap();
         // Everything after the event is slow: the steady state is the slow one, back at once.
         assert_eq!(found.seconds, Some(0));
-        assert!(recovery(&run(3), Duration::from_secs(25)).is_none());
+        assert!(recovery(&run(3), Duration::from_secs(25), SETTLED_AFTER).is_none());
     }
 }

@@ -830,6 +830,7 @@ async fn run_policy(context: &RunContext, policy: BenchPolicy) -> anyhow::Result
             .min()
             .and_then(|at| at.checked_sub(context.plan.warmup)),
         busiest: busiest_per_window(&samples, &cores_by_pod, context.plan.window.as_secs_f64()),
+        settled_after: context.pipeline.settled_after(),
         restart: restart.map(|(from, to)| {
             (
                 from.saturating_sub(context.plan.warmup),
