@@ -12,8 +12,9 @@ use super::{
     eds_server::endpoint_discovery_service_server::{
         EndpointDiscoveryService, EndpointDiscoveryServiceServer,
     },
-    sotw::{SotwState, WILDCARD},
+    sotw::SotwState,
     stream::serve,
+    type_state::WILDCARD,
     wire::{DeltaResponse, SotwResponse},
 };
 use crate::snapshot::{combined_version, CLUSTER_LOAD_ASSIGNMENT};

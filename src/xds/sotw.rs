@@ -2,7 +2,6 @@
 
 use envoy_types::pb::envoy::{config::core::v3::Node, service::discovery::v3::DiscoveryRequest};
 
-pub use super::type_state::WILDCARD;
 use super::{
     stream::{Protocol, XdsRequest},
     type_state::TypeState,
