@@ -14,4 +14,4 @@ pub use cpu::{cpu_seconds, group_cpu_seconds, machine_busy_seconds};
 pub use http::{free_port, get_ok, http, http_get, Method};
 pub use process::{tail, Process};
 pub use tools::require_tool;
-pub use wait::{wait_for, wait_ok};
+pub use wait::{wait_for, wait_for_every, wait_ok};

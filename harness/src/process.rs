@@ -21,8 +21,12 @@ pub struct Process {
 
 impl Process {
     /// Starts `command` as the leader of a new process group (so whatever it forks is stopped
-    /// with it, and a terminal's Ctrl-C reaches only us, who stop it), stdin closed, stdout and
-    /// stderr both into `log`.
+    /// with it), stdin closed, stdout and stderr both into `log`.
+    ///
+    /// Out of our group, it no longer gets a terminal's Ctrl-C, and a test binary or bench
+    /// killed without unwinding could not stop it; so the kernel kills it when the thread that
+    /// started it ends (`PR_SET_PDEATHSIG`). Start processes from a thread that outlives them
+    /// (a test's thread, a runtime's worker), not from a pooled blocking thread.
     pub fn spawn(name: &str, command: &mut Command, log: &Path) -> anyhow::Result<Self> {
         let file = File::create(log)
             .with_context(|| format!("creating the log {} of {name}", log.display()))?;
@@ -30,6 +34,22 @@ impl Process {
             .try_clone()
             .with_context(|| format!("cloning the log handle of {name}"))?;
         let program = command.get_program().to_string_lossy().into_owned();
+        let parent = libc::pid_t::try_from(std::process::id())
+            .context("our own process id does not fit a pid_t")?;
+        // SAFETY: the closure runs in the forked child before exec; it makes only the syscalls
+        // prctl and getppid, which are async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // We may have died before prctl took effect: then nobody would stop it.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -66,8 +86,13 @@ impl Process {
     }
 
     /// The last `lines` lines of its log.
-    pub fn tail(&self, lines: usize) -> String {
+    pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log(), lines)
+    }
+
+    /// Its exit status once it has exited (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Fails with the log's tail when the process has exited.
@@ -77,7 +102,7 @@ impl Process {
                 "{} exited with {status}; log tail ({}):\n{}",
                 self.name,
                 self.log.display(),
-                self.tail(ERROR_TAIL_LINES)
+                self.log_tail(ERROR_TAIL_LINES)
             ),
             Ok(None) => Ok(()),
             Err(error) => {
@@ -184,6 +209,42 @@ mod tests {
             assert!(
                 Instant::now() < deadline,
                 "grandchild {grandchild} survived the drop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() {
+        let directory = std::env::temp_dir().join(format!("harness-orphan-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let log = directory.join("sleep.log");
+        // The process is leaked, as when a test binary is killed without unwinding.
+        let pid = std::thread::spawn(move || {
+            let process = Process::spawn("sleep", Command::new("sleep").arg("30"), &log).unwrap();
+            let pid = process.pid();
+            std::mem::forget(process);
+            pid
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Our own zombie until reaped: waitpid it once it is gone.
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child with a valid pointer.
+            let reaped = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            if reaped == pid as libc::pid_t {
+                assert!(
+                    libc::WIFSIGNALED(status),
+                    "sleep exited by itself: {status}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sleep {pid} outlived its starting thread"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -7,8 +7,23 @@ use std::time::{Duration, Instant};
 /// Between two checks: short next to every readiness the tests and the bench wait for.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Polls `check` until it gives a value, or fails after `timeout` naming `what`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+/// Polls `check` every 100 ms until it gives a value, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_for_every(POLL, timeout, what, check).await
+}
+
+/// As [`wait_for`], checking every `interval`: for checks that cost the process they ask
+/// (Envoy's `/clusters` while it carries measured load).
+pub async fn wait_for_every<T, F, Fut>(
+    interval: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -21,7 +36,7 @@ where
         if Instant::now() >= deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -337,7 +337,7 @@ impl Envoy {
             if Instant::now() >= deadline {
                 panic!(
                     "Envoy's {cluster} hosts after {timeout:?}: {last:?}, expected {expected:?}\nEnvoy log tail:\n{}",
-                    self.process.tail(30)
+                    self.process.log_tail(30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
