@@ -272,12 +272,14 @@ mod tests {
 
     #[test]
     fn a_missing_program_names_itself() {
+        let log = std::env::temp_dir().join(format!("harness-missing-{}.log", std::process::id()));
         let error = Process::spawn(
             "nothing",
             &mut Command::new("harness-no-such-program"),
-            &std::env::temp_dir().join(format!("harness-missing-{}.log", std::process::id())),
+            &log,
         )
         .unwrap_err();
+        let _ = std::fs::remove_file(&log);
         assert!(
             format!("{error:#}").contains("harness-no-such-program"),
             "{error:#}"
