@@ -50,18 +50,19 @@ fn balance_evens_utilization_within_three_ticks() {
 }
 
 #[test]
-fn latency_reaches_its_fill_plan_within_three_ticks() {
+fn latency_reaches_its_plan_within_three_ticks() {
     for report_rps in [true, false] {
         let model = ladder(300.0, report_rps);
         let (_, history) = model.run(&params(Objective::Latency), 3);
         let traffic = model.traffic(&history[2]);
-        // The plan: a probe budget of 0.2% (0.6 rps) split over all four endpoints (0.15 rps
-        // each); the 3 outside the plan keep theirs, the cheapest takes the remaining 299.55.
-        assert!(
-            (traffic[0] - 299.55).abs() < 299.55 * TOLERANCE,
-            "{traffic:?}"
-        );
-        for probe in &traffic[1..] {
+        // The plan (one-core pods are M/M/1, marginal latency cost / (1 - u)^2): a probe
+        // budget of 0.2% (0.6 rps) split over all four (0.15 rps each); the 1 ms pod at 0.297
+        // adds 2 / (1 - 0.0056)^2 ms per extra request, as the 2 ms pod does at 2.8 rps; the
+        // 4 and 8 ms pods keep their probes.
+        for (planned, rps) in [(296.88, traffic[0]), (2.81, traffic[1])] {
+            assert!((rps - planned).abs() < planned * TOLERANCE, "{traffic:?}");
+        }
+        for probe in &traffic[2..] {
             assert!((probe - 0.15).abs() < 0.03, "{traffic:?}");
         }
     }
@@ -87,14 +88,30 @@ fn weights_settle_and_never_oscillate() {
 
 #[test]
 fn the_ceiling_is_never_planned_past_while_capacity_suffices() {
-    // Capacity at the 0.7 ceiling: 700 + 350 + 175 + 87.5 = 1312.5 requests per second.
-    for rps in [50.0, 300.0, 650.0, 800.0, 1000.0, 1150.0, 1300.0] {
-        for report_rps in [true, false] {
-            let model = ladder(rps, report_rps);
-            let (_, history) = model.run(&params(Objective::Latency), 20);
-            for weights in &history[2..] {
-                for utilization in model.utilizations(weights) {
-                    assert!(utilization <= 0.7 + TOLERANCE, "{rps} rps: {utilization}");
+    // The ladder's capacity at full utilization: 1000 + 500 + 250 + 125 = 1875 rps.
+    for ceiling in [0.7, Params::default().utilization_ceiling] {
+        let params = Params {
+            utilization_ceiling: ceiling,
+            ..params(Objective::Latency)
+        };
+        for share in [0.03, 0.16, 0.35, 0.43, 0.53, 0.61, 0.69, 0.8, 0.88] {
+            let rps = share * 1875.0;
+            if rps > 0.99 * ceiling * 1875.0 {
+                continue;
+            }
+            // From equal weights past 70% of capacity the 8 ms pod starts saturated, so its
+            // first readings are only lower bounds of its cost: two more ticks to settle.
+            let settled = if share > 0.7 { 4 } else { 2 };
+            for report_rps in [true, false] {
+                let model = ladder(rps, report_rps);
+                let (_, history) = model.run(&params, 20);
+                for weights in &history[settled..] {
+                    for utilization in model.utilizations(weights) {
+                        assert!(
+                            utilization <= ceiling + TOLERANCE,
+                            "{ceiling}: {rps} rps: {utilization}"
+                        );
+                    }
                 }
             }
         }
@@ -102,18 +119,33 @@ fn the_ceiling_is_never_planned_past_while_capacity_suffices() {
 }
 
 #[test]
-fn growing_load_binds_the_ceiling_and_spreads_traffic() {
+fn growing_load_brings_in_costlier_pods_and_cheap_ones_run_hotter() {
     let busy = |traffic: &[f64], rps: f64| traffic.iter().filter(|t| **t > 0.02 * rps).count();
-    let quiet = ladder(300.0, true);
-    let (_, history) = quiet.run(&params(Objective::Latency), 5);
-    assert_eq!(busy(&quiet.traffic(&history[4]), 300.0), 1);
-
-    let tripled = ladder(900.0, true);
-    let (_, history) = tripled.run(&params(Objective::Latency), 5);
-    let traffic = tripled.traffic(&history[4]);
-    assert_eq!(busy(&traffic, 900.0), 2, "{traffic:?}");
-    let cheapest = tripled.utilizations(&history[4])[0];
-    assert!((cheapest - 0.7).abs() <= TOLERANCE, "{cheapest}");
+    let mut before = 0;
+    for rps in [100.0, 300.0, 600.0, 900.0, 1200.0, 1500.0] {
+        let model = ladder(rps, true);
+        let (_, history) = model.run(&params(Objective::Latency), 8);
+        let traffic = model.traffic(&history[7]);
+        let now = busy(&traffic, rps);
+        assert!(now >= before, "{rps}: {traffic:?}");
+        before = now;
+        let utilizations = model.utilizations(&history[7]);
+        for pair in utilizations.windows(2) {
+            if pair[1] > 0.02 {
+                assert!(pair[0] > pair[1], "{rps}: {utilizations:?}");
+            }
+        }
+    }
+    // From one pod at low load to all four.
+    assert_eq!(
+        busy(
+            &ladder(100.0, true)
+                .traffic(&ladder(100.0, true).run(&params(Objective::Latency), 8).1[7]),
+            100.0
+        ),
+        1
+    );
+    assert_eq!(before, 4);
 }
 
 #[test]
@@ -153,16 +185,17 @@ fn seed_fleet_latency_avoids_the_costly_pod() {
 }
 
 #[test]
-fn seed_fleet_fills_the_cheapest_pods_to_the_ceiling() {
-    // 1000 rps is under a third of what the 2 ms pods take at the ceiling (3 x 1400), so fill
-    // to the ceiling shows at a larger load.
+fn seed_fleet_loads_the_cheapest_pods_hardest() {
+    // 6000 rps is 40% of the fleet's capacity: the 2 ms pods take most, the 3.3 ms pods most of
+    // the rest, the 5.5 ms pods a little and the 22 ms pod its probe.
     for report_rps in [true, false] {
         let model = seed_fleet(6000.0, report_rps);
         let (_, history) = model.run(&params(Objective::Latency), 5);
         let utilizations = model.utilizations(&history[4]);
         for utilization in &utilizations[..3] {
-            assert!((utilization - 0.7).abs() <= TOLERANCE, "{utilizations:?}");
+            assert!((0.6..0.75).contains(utilization), "{utilizations:?}");
         }
+        assert!(utilizations[3] < utilizations[0] && utilizations[5] < utilizations[3]);
         let traffic = model.traffic(&history[4]);
         assert!(traffic[14] <= 0.015 * 6000.0, "{traffic:?}");
         assert!(
@@ -327,13 +360,14 @@ fn load_reports_alone_plan_from_requests_in_flight() {
 }
 
 #[test]
-fn past_the_ceiling_the_plan_settles_and_loads_fast_pods_harder() {
-    // The seed fleet's full capacity: 4 cores / cost, summed (about 10,900 rps).
+fn at_high_load_the_plan_settles_and_loads_fast_pods_harder() {
+    // The seed fleet's full capacity: 4 cores / cost, summed (about 15,150 rps).
     let full: f64 = [(2.0, 3.0), (3.3, 2.0), (5.5, 9.0), (22.0, 1.0)]
         .iter()
         .map(|(millis, count)| count * 4.0 / (millis / 1000.0))
         .sum();
-    for share in [0.69, 0.72, 0.8, 0.9] {
+    let ceiling = Params::default().utilization_ceiling;
+    for share in [0.69, 0.72, 0.8, 0.85, 0.9, 0.95] {
         let model = seed_fleet(share * full, true);
         let (_, history) = model.run(&params(Objective::Latency), 40);
         for pair in history[20..].windows(2) {
@@ -347,9 +381,20 @@ fn past_the_ceiling_the_plan_settles_and_loads_fast_pods_harder() {
             utilizations.iter().all(|u| *u < 1.0),
             "{share}: {utilizations:?}"
         );
-        if share > 0.7 {
+        if share < ceiling {
+            // Below what the fleet takes at the ceiling: fast pods hotter, none above it.
             assert!(
                 utilizations[0] > utilizations[14] + 0.01,
+                "{share}: {utilizations:?}"
+            );
+            assert!(
+                utilizations.iter().all(|u| *u <= ceiling + TOLERANCE),
+                "{share}: {utilizations:?}"
+            );
+        } else {
+            // Past it: in proportion to capacity, every pod alike.
+            assert!(
+                unevenness(&utilizations) <= 0.05,
                 "{share}: {utilizations:?}"
             );
         }

@@ -36,6 +36,30 @@ pub(crate) enum CostSource {
     Rose(f64),
 }
 
+/// How the capacity planner placed an endpoint's traffic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Placement {
+    /// `balance`: in proportion to capacity.
+    Balance,
+    /// `latency`, at the least modelled latency: the endpoint's cost tier (1 = cheapest) and
+    /// what bounds its traffic.
+    Latency { tier: usize, bound: Bound },
+    /// `latency` with more demand than the cluster takes at this ceiling: in proportion to
+    /// capacity.
+    Spread { ceiling: f64 },
+}
+
+/// What bounds a `latency` endpoint's traffic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Bound {
+    /// Nothing: its marginal latency is the cluster's.
+    Free,
+    /// The utilization ceiling (this one).
+    Ceiling(f64),
+    /// Its probe: even idle, it costs more than the others at the margin.
+    Probe,
+}
+
 /// How a weight was chosen, with the figures its explanation shows.
 #[derive(Clone, Debug, Default, PartialEq)]
 enum Cause {
@@ -56,8 +80,8 @@ enum Cause {
         /// Where the cost comes from.
         source: CostSource,
         utilization: f64,
-        /// Fill rank (latency objective), `None` for balance.
-        rank: Option<usize>,
+        /// How the objective placed it.
+        placement: Placement,
     },
     /// Moved by the distance algorithm.
     Distance {
@@ -121,14 +145,14 @@ impl Reason {
         cost: f64,
         source: CostSource,
         utilization: f64,
-        rank: Option<usize>,
+        placement: Placement,
     ) -> Self {
         Self::from_cause(Cause::Capacity {
             basis,
             cost,
             source,
             utilization,
-            rank,
+            placement,
         })
     }
 
@@ -255,8 +279,8 @@ impl fmt::Display for Cause {
                 cost,
                 source,
                 utilization,
-                rank,
-            } => capacity_text(formatter, *basis, *cost, *source, *utilization, *rank),
+                placement,
+            } => capacity_text(formatter, *basis, *cost, *source, *utilization, *placement),
             Self::Distance {
                 cpu,
                 distance,
@@ -331,14 +355,14 @@ impl fmt::Display for Cause {
 }
 
 /// The capacity planner's explanation, e.g. `fresh: cost 0.0100 cpu-s/req, planned util 0.29
-/// (fill rank 1)`.
+/// (latency tier 1)`.
 fn capacity_text(
     formatter: &mut fmt::Formatter<'_>,
     basis: CostBasis,
     cost: f64,
     source: CostSource,
     utilization: f64,
-    rank: Option<usize>,
+    placement: Placement,
 ) -> fmt::Result {
     let mut text = String::with_capacity(72);
     text.push_str("fresh: cost ");
@@ -363,13 +387,26 @@ fn capacity_text(
     }
     text.push_str(", planned util ");
     push_fixed(&mut text, utilization, 2);
-    match rank {
-        Some(rank) => {
-            text.push_str(" (fill rank ");
-            push_digits(&mut text, rank as u64, 1);
+    match placement {
+        Placement::Balance => text.push_str(" (balance)"),
+        Placement::Latency { tier, bound } => {
+            text.push_str(" (latency tier ");
+            push_digits(&mut text, tier as u64, 1);
+            match bound {
+                Bound::Free => {}
+                Bound::Ceiling(ceiling) => {
+                    text.push_str(", at the ceiling ");
+                    push_fixed(&mut text, ceiling, 2);
+                }
+                Bound::Probe => text.push_str(", probe"),
+            }
             text.push(')');
         }
-        None => text.push_str(" (balance)"),
+        Placement::Spread { ceiling } => {
+            text.push_str(" (demand past the ceiling ");
+            push_fixed(&mut text, ceiling, 2);
+            text.push_str(": in proportion to capacity)");
+        }
     }
     formatter.write_str(&text)
 }
@@ -441,12 +478,21 @@ mod tests {
                     0.01,
                     CostSource::Measured,
                     0.2857,
-                    Some(1),
+                    Placement::Latency {
+                        tier: 1,
+                        bound: Bound::Free,
+                    },
                 ),
-                "fresh: cost 0.0100 cpu-s/req, planned util 0.29 (fill rank 1)",
+                "fresh: cost 0.0100 cpu-s/req, planned util 0.29 (latency tier 1)",
             ),
             (
-                Reason::capacity(CostBasis::Relative, 1.5, CostSource::Measured, 0.5, None),
+                Reason::capacity(
+                    CostBasis::Relative,
+                    1.5,
+                    CostSource::Measured,
+                    0.5,
+                    Placement::Balance,
+                ),
                 "fresh: cost 1.50x the mean (no request rate), planned util 0.50 (balance)",
             ),
             (
@@ -454,10 +500,13 @@ mod tests {
                     CostBasis::PerRequest,
                     0.01,
                     CostSource::Assumed,
-                    0.2857,
-                    Some(1),
+                    0.9,
+                    Placement::Latency {
+                        tier: 1,
+                        bound: Bound::Ceiling(0.9),
+                    },
                 ),
-                "fresh: cost 0.0100 cpu-s/req (assumed: the median, none measured yet), planned util 0.29 (fill rank 1)",
+                "fresh: cost 0.0100 cpu-s/req (assumed: the median, none measured yet), planned util 0.90 (latency tier 1, at the ceiling 0.90)",
             ),
             (
                 Reason::capacity(
@@ -465,9 +514,22 @@ mod tests {
                     0.04,
                     CostSource::Rose(4.0),
                     0.0,
-                    Some(3),
+                    Placement::Latency {
+                        tier: 3,
+                        bound: Bound::Probe,
+                    },
                 ),
-                "fresh: cost 0.0400 cpu-s/req (rose x4.00 this tick: moved off at once), planned util 0.00 (fill rank 3)",
+                "fresh: cost 0.0400 cpu-s/req (rose x4.00 this tick: moved off at once), planned util 0.00 (latency tier 3, probe)",
+            ),
+            (
+                Reason::capacity(
+                    CostBasis::PerRequest,
+                    0.02,
+                    CostSource::Measured,
+                    0.95,
+                    Placement::Spread { ceiling: 0.9 },
+                ),
+                "fresh: cost 0.0200 cpu-s/req, planned util 0.95 (demand past the ceiling 0.90: in proportion to capacity)",
             ),
             (
                 Reason::distance(0.5, -0.5, 1.0, 5000, 7500, 1.25),

@@ -528,7 +528,7 @@ mod tests {
             first.reason
         );
         assert!(
-            first.reason.to_string().contains("fill rank 1"),
+            first.reason.to_string().contains("latency tier 1"),
             "{}",
             first.reason
         );

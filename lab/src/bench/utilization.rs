@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 /// adaptive-eds's default `weighting.utilization_ceiling`: the `latency` plan keeps every pod
-/// under it, and the reports compare each window's busiest pod with it.
-pub const CEILING: f64 = 0.7;
+/// under it while the fleet can take the load below it, and the reports compare each window's
+/// busiest pod with it.
+pub const CEILING: f64 = adaptive_eds::weighting::params::DEFAULT_UTILIZATION_CEILING;
 
 /// The most utilized pod of one window.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,10 +1,10 @@
 //! Capacity planning: estimate each endpoint's cost per request, place the demand for the
 //! objective (see [`super::placement`]), and turn the planned traffic into step-limited weights.
 
-use super::placement::{balance, cap_suspects, fill};
+use super::placement::{balance, cap_suspects, latency};
 use crate::weighting::{
     plan::{middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned},
-    reason::CostSource,
+    reason::{CostSource, Placement},
     CostBasis, Objective, Params, Reason,
 };
 
@@ -43,7 +43,10 @@ const CLEAR_RISE: f64 = 0.5;
 pub(crate) struct Fleet {
     /// Cost of one unit of traffic in cores: CPU seconds per request, or per whole-cluster traffic.
     pub(crate) costs: Vec<f64>,
-    /// Traffic each endpoint takes at the utilization ceiling, in the same unit as `demand`.
+    /// Each endpoint's CPU limit in cores (requests served at once without a CPU signal).
+    pub(crate) limits: Vec<f64>,
+    /// Traffic each endpoint takes at the utilization ceiling, in the same unit as `demand`
+    /// (less for a suspect, see [`cap_suspects`]).
     pub(crate) capacities: Vec<f64>,
     /// Traffic to place: requests per second, or 1.0 (all of it) when rates are unknown.
     pub(crate) demand: f64,
@@ -51,6 +54,17 @@ pub(crate) struct Fleet {
     pub(crate) relative_costs: Vec<f64>,
     /// The utilization ceiling the capacities are taken at.
     pub(crate) ceiling: f64,
+}
+
+impl Fleet {
+    /// Traffic each endpoint takes at full utilization (limit / cost).
+    pub(crate) fn full_capacities(&self) -> Vec<f64> {
+        self.limits
+            .iter()
+            .zip(&self.costs)
+            .map(|(limit, cost)| limit / cost)
+            .collect()
+    }
 }
 
 /// One endpoint's smoothed cost and, when it clearly rose this tick, by what factor.
@@ -91,9 +105,9 @@ pub(crate) fn plan(
         fleet.demand += outside_rps;
     }
     let suspects = cap_suspects(&mut fleet, fresh);
-    let (loads, ranks) = match params.objective {
-        Objective::Balance => (balance(&fleet), vec![None; fresh.len()]),
-        Objective::Latency => fill(&fleet, params.probe_share),
+    let (loads, placements) = match params.objective {
+        Objective::Balance => (balance(&fleet), vec![Placement::Balance; fresh.len()]),
+        Objective::Latency => latency(&fleet, params.probe_share),
     };
     let planned = weights_for(&loads, fresh, &rose, params)
         .into_iter()
@@ -107,7 +121,7 @@ pub(crate) fn plan(
                 } => CostSource::Rose(factor),
                 Smoothed { rose: None, .. } => CostSource::Measured,
             };
-            let mut reason = reason(&fleet, basis, index, source, utilization, ranks[index]);
+            let mut reason = reason(&fleet, basis, index, source, utilization, placements[index]);
             if let Some(fraction) = suspects[index] {
                 reason.suspect(fraction);
             }
@@ -359,8 +373,10 @@ fn fleet(
         .zip(fresh)
         .map(|(cost, endpoint)| ceiling * endpoint.limit / cost)
         .collect();
+    let limits = fresh.iter().map(|endpoint| endpoint.limit).collect();
     Fleet {
         costs,
+        limits,
         capacities,
         demand,
         relative_costs,
@@ -449,13 +465,13 @@ fn reason(
     index: usize,
     source: CostSource,
     utilization: f64,
-    rank: Option<usize>,
+    placement: Placement,
 ) -> Reason {
     let cost = match basis {
         CostBasis::PerRequest => fleet.costs[index],
         CostBasis::Relative => fleet.relative_costs[index],
     };
-    Reason::capacity(basis, cost, source, utilization, rank)
+    Reason::capacity(basis, cost, source, utilization, placement)
 }
 
 #[cfg(test)]
@@ -638,13 +654,17 @@ mod tests {
             endpoint(0.3, Some(100.0), None),
             endpoint(0.6, Some(100.0), None),
         ];
-        // Demand 300 rps, capacity of the cheapest at 0.7: 700 rps; a probe budget of 0.2%
-        // (0.6 rps) shared by all three: 0.2 rps each for the two outside the plan, 299.6 for the
-        // cheapest.
+        // Demand 300 rps on one-core endpoints of 1, 3 and 6 ms (M/M/1): the cheapest at 0.3
+        // adds 1 / 0.7^2 = 2.04 ms per extra request, less than an idle 3 ms one, so it takes
+        // all but the probes: 0.2% (0.6 rps) split over all three, 0.2 rps each.
         let planned = plan(&fresh, 0.0, None, &params(Objective::Latency)).0;
         let weights: Vec<u32> = planned.iter().map(|plan| plan.weight).collect();
         assert_eq!(weights, vec![10000, 7, 7]);
-        assert!(planned[0].reason.to_string().contains("fill rank 1"));
+        assert!(planned[0].reason.to_string().contains("latency tier 1"));
+        assert!(planned[1]
+            .reason
+            .to_string()
+            .contains("latency tier 2, probe"));
         assert!(
             planned[0].reason.to_string().contains("planned util 0.30"),
             "{}",

@@ -3,3 +3,4 @@
 pub(crate) mod capacity;
 pub(crate) mod distance;
 pub(crate) mod placement;
+pub(crate) mod queueing;

@@ -1,13 +1,15 @@
 //! Placing a cluster's demand on its endpoints for an objective: in proportion to capacity
-//! (`balance`), cheapest first up to the ceiling (`latency`), past the ceiling by equal marginal
-//! latency, with suspects capped.
+//! (`balance`), or at the least modelled latency under the ceiling (`latency`), with suspects
+//! capped.
 
 use super::capacity::Fleet;
+use super::queueing::{Queue, MAX_MODELLED_UTILIZATION};
 use crate::weighting::plan::FreshEndpoint;
+use crate::weighting::reason::{Bound, Placement};
 
-/// Endpoints whose cost is within this fraction of the cheapest of a tier are filled together,
-/// in proportion to their capacity, so that measurement noise between equally cheap endpoints
-/// cannot reorder the fill from tick to tick. At 10%, one of twelve equal pods on the harsh lab
+/// Endpoints whose cost is within this fraction of the cheapest of a tier are planned together,
+/// at the tier's pooled cost, so that measurement noise between equally cheap endpoints cannot
+/// reorder the plan from tick to tick. At 10%, one of twelve equal pods on the harsh lab
 /// fleet fell out of the first tier every few ticks (the cheapest of twelve noisy readings sits
 /// well below their mean) and its weight swung x3; 25% still separates 2 ms from 3.3 ms pods.
 pub(crate) const COST_TIER_TOLERANCE: f64 = 0.25;
@@ -129,141 +131,229 @@ pub(crate) fn tiers(costs: &[f64]) -> Vec<Vec<usize>> {
     tiers
 }
 
-/// `latency`: fill the cheapest tier up to the ceiling, spill the rest over the next cheapest;
-/// the endpoints outside the plan keep at most `probe_share` of the demand in all, in equal
-/// probes, so their costs stay measured. When the whole cluster at the ceiling cannot take the demand, spread it in
-/// proportion to capacity.
-///
-/// Returns the planned traffic and each endpoint's tier rank (1 = cheapest).
-pub(crate) fn fill(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Option<usize>>) {
-    let tiers = tiers(&fleet.costs);
-    let count = fleet.costs.len();
-    let budget = probe_share.max(0.0) * fleet.demand;
-    let mut ranks = vec![None; count];
-    for (rank, tier) in tiers.iter().enumerate() {
-        for index in tier {
-            ranks[*index] = Some(rank + 1);
-        }
-    }
-    let mut loads = vec![0.0; count];
-    let mut filled = 0.0;
-    let mut placed = 0;
-    for (position, tier) in tiers.iter().enumerate() {
-        let tier_capacity: f64 = tier.iter().map(|index| fleet.capacities[*index]).sum();
-        // The budget is shared by this tier and all later ones, so a tier that ends up with
-        // little traffic is never planned below the probes after it.
-        let probe = budget / (count - placed) as f64;
-        placed += tier.len();
-        let need = (fleet.demand - (count - placed) as f64 * probe).max(0.0);
-        if filled + tier_capacity >= need {
-            let remaining = (need - filled).max(0.0);
-            for index in tier {
-                let load = remaining * fleet.capacities[*index] / tier_capacity;
-                loads[*index] = load.max(probe);
-            }
-            for index in tiers[position + 1..].iter().flatten() {
-                loads[*index] = probe;
-            }
-            return (loads, ranks);
-        }
-        for index in tier {
-            loads[*index] = fleet.capacities[*index];
-        }
-        filled += tier_capacity;
-    }
-    (above_ceiling(fleet).unwrap_or_else(|| spread(fleet)), ranks)
-}
+/// Relative width of the bracket on the marginal latency at which the search stops: far below
+/// what integer weights up to 10,000 can show.
+const MARGINAL_PRECISION: f64 = 1e-12;
 
-/// `latency` when the demand passes what the cluster takes at the ceiling: every endpoint at
-/// the ceiling, and the excess placed where it adds the least expected latency. `None` when the
-/// demand reaches the cluster's full capacity (then only a spread in proportion is left).
+/// Most halvings of that bracket (it starts at most a factor of about 10^12 wide).
+const MARGINAL_STEPS: usize = 200;
+
+/// `latency`: the traffic that minimizes the modelled mean latency (each endpoint an M/M/c
+/// queue, see [`Queue`]) with no endpoint above the ceiling, every endpoint keeping at least
+/// `probe_share / count` of the demand so its cost stays measured. When the cluster cannot take
+/// the demand below the ceiling, it is spread in proportion to capacity.
 ///
-/// Model: an endpoint's latency is its cost per request up to the ceiling and grows like an
-/// M/M/1 queue on the capacity left above it (`r = (1 - ceiling) * m`, `m` its capacity at full
-/// utilization). Minimising the traffic-weighted mean latency equalizes the marginal latency
-/// `d(load * latency)/d(load)`, which gives each endpoint the excess `r - k * sqrt(limit * r)`
-/// (with `limit = cost * m`), `k` set so the excesses add up to the demand. The marginal latency
-/// at the ceiling is `cost / (1 - ceiling)`, so the cheapest endpoints take the excess first and
-/// are loaded harder than slow ones: a 22 ms pod at 75% adds far more queueing than a 2 ms pod at
-/// 80%. At the ceiling itself the excess is zero, so the plan is continuous with [`fill`]'s, and
-/// every endpoint stays below full utilization.
-pub(crate) fn above_ceiling(fleet: &Fleet) -> Option<Vec<f64>> {
-    let ceiling = fleet.ceiling;
-    if !(ceiling > 0.0 && ceiling < 1.0) {
-        return None;
+/// The optimum gives every endpoint that carries traffic between its probe and the ceiling the
+/// same marginal latency `d(rate * latency) / d(rate)`. An idle endpoint's marginal is its cost,
+/// so the cheapest take the traffic first and the others join as the demand grows; cheap
+/// endpoints run hotter than costly ones, as their queueing costs less per request. Every load
+/// is continuous in the demand (no endpoint jumps when another joins or reaches the ceiling).
+/// Endpoints within [`COST_TIER_TOLERANCE`] of each other are modelled at their tier's pooled
+/// cost (cores over capacity), so noise between equally cheap endpoints cannot reorder them.
+///
+/// Returns the planned traffic and how each endpoint was placed.
+pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placement>) {
+    let count = fleet.costs.len();
+    if count == 0 {
+        return (Vec::new(), Vec::new());
     }
-    let full: f64 = fleet.capacities.iter().sum::<f64>() / ceiling;
-    let at_ceiling: f64 = fleet.capacities.iter().sum();
-    if !(fleet.demand < full && fleet.demand >= at_ceiling) {
-        return None;
-    }
-    let excess = fleet.demand - at_ceiling;
-    // Per endpoint: room above the ceiling `r` and `sqrt(limit * r)`.
-    let room: Vec<f64> = fleet
+    let ceiling = fleet.ceiling.min(MAX_MODELLED_UTILIZATION);
+    // At the ceiling (suspects capped): the most each endpoint may be planned.
+    let most: Vec<f64> = fleet
         .capacities
         .iter()
-        .map(|capacity| capacity / ceiling * (1.0 - ceiling))
+        .zip(fleet.full_capacities())
+        .map(|(capacity, full)| capacity.min(ceiling * full))
         .collect();
-    let roots: Vec<f64> = room
-        .iter()
-        .zip(&fleet.capacities)
-        .zip(&fleet.costs)
-        .map(|((room, capacity), cost)| (cost * capacity / ceiling * room).sqrt())
-        .collect();
-    // Cheapest marginal first: sqrt(r / limit) descending is cost ascending.
-    let mut order: Vec<usize> = (0..room.len()).filter(|index| room[*index] > 0.0).collect();
-    order.sort_by(|left, right| {
-        fleet.costs[*left]
-            .total_cmp(&fleet.costs[*right])
-            .then(left.cmp(right))
-    });
-    let mut active = order.len();
-    let mut k = 0.0;
-    while active > 0 {
-        let (room_sum, root_sum) = order[..active]
-            .iter()
-            .fold((0.0, 0.0), |(room_sum, root_sum), index| {
-                (room_sum + room[*index], root_sum + roots[*index])
-            });
-        if root_sum <= 0.0 {
-            return None;
-        }
-        k = (room_sum - excess) / root_sum;
-        let last = order[active - 1];
-        if room[last] - k * roots[last] >= 0.0 {
+    if fleet.demand >= most.iter().sum::<f64>() {
+        let spread = spread_over(fleet.demand, &most);
+        return (
+            spread,
+            vec![
+                Placement::Spread {
+                    ceiling: fleet.ceiling
+                };
+                count
+            ],
+        );
+    }
+    let probe = (probe_share.clamp(0.0, 0.5) * fleet.demand / count as f64).max(0.0);
+    let model = Model::new(fleet, ceiling, most, probe);
+    let (mut low, mut high) = model.bracket();
+    let mut low_loads = model.loads(low);
+    let mut high_loads = model.loads(high);
+    for _ in 0..MARGINAL_STEPS {
+        if high - low <= MARGINAL_PRECISION * high {
             break;
         }
-        active -= 1;
+        let middle = 0.5 * (low + high);
+        let loads = model.loads(middle);
+        if loads.iter().sum::<f64>() < fleet.demand {
+            (low, low_loads) = (middle, loads);
+        } else {
+            (high, high_loads) = (middle, loads);
+        }
     }
-    if active == 0 {
-        return None;
+    // Between the two ends the loads move together; the point that places exactly the demand
+    // keeps the plan continuous in it.
+    let (below, above) = (
+        low_loads.iter().sum::<f64>(),
+        high_loads.iter().sum::<f64>(),
+    );
+    let fraction = if above > below {
+        ((fleet.demand - below) / (above - below)).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let loads: Vec<f64> = low_loads
+        .iter()
+        .zip(&high_loads)
+        .map(|(low, high)| low + fraction * (high - low))
+        .collect();
+    let placements = loads
+        .iter()
+        .enumerate()
+        .map(|(index, load)| Placement::Latency {
+            tier: model.tier_of[index] + 1,
+            bound: if *load >= model.most[index] * (1.0 - 1e-9) {
+                Bound::Ceiling(fleet.ceiling)
+            } else if *load <= probe * (1.0 + 1e-9) {
+                Bound::Probe
+            } else {
+                Bound::Free
+            },
+        })
+        .collect();
+    (loads, placements)
+}
+
+/// `demand` in proportion to `capacities` (equally when they are all zero).
+fn spread_over(demand: f64, capacities: &[f64]) -> Vec<f64> {
+    let total: f64 = capacities.iter().sum();
+    if total > 0.0 {
+        capacities
+            .iter()
+            .map(|capacity| demand * capacity / total)
+            .collect()
+    } else {
+        vec![demand / capacities.len().max(1) as f64; capacities.len()]
     }
-    let mut loads = fleet.capacities.clone();
-    for index in &order[..active] {
-        loads[*index] += (room[*index] - k * roots[*index]).max(0.0);
+}
+
+/// The latency plan's view of the fleet: one queue per tier and limit, and each endpoint's
+/// bounds.
+struct Model {
+    /// The distinct queues: a tier's pooled cost with one CPU limit.
+    queues: Vec<Queue>,
+    /// Each endpoint's queue.
+    queue_of: Vec<usize>,
+    /// Each endpoint's tier (0 = cheapest).
+    tier_of: Vec<usize>,
+    /// Each endpoint's traffic at full utilization.
+    full: Vec<f64>,
+    /// Each endpoint's most traffic (at the ceiling, suspects capped).
+    most: Vec<f64>,
+    /// The least traffic of every endpoint: its probe.
+    probe: f64,
+    /// The utilization no queue is planned above.
+    ceiling: f64,
+}
+
+impl Model {
+    fn new(fleet: &Fleet, ceiling: f64, most: Vec<f64>, probe: f64) -> Self {
+        let count = fleet.costs.len();
+        let full = fleet.full_capacities();
+        let mut queues: Vec<Queue> = Vec::new();
+        let mut keys: Vec<(usize, u64)> = Vec::new();
+        let mut queue_of = vec![0; count];
+        let mut tier_of = vec![0; count];
+        for (rank, tier) in tiers(&fleet.costs).iter().enumerate() {
+            // Pooled cost: the tier's cores over its requests per second at full utilization.
+            let cores: f64 = tier.iter().map(|index| fleet.limits[*index]).sum();
+            let rate: f64 = tier.iter().map(|index| full[*index]).sum();
+            let cost = if rate > 0.0 {
+                cores / rate
+            } else {
+                fleet.costs[tier[0]]
+            };
+            for index in tier {
+                let key = (rank, fleet.limits[*index].to_bits());
+                let queue = match keys.iter().position(|known| *known == key) {
+                    Some(position) => position,
+                    None => {
+                        keys.push(key);
+                        queues.push(Queue::new(cost, fleet.limits[*index]));
+                        queues.len() - 1
+                    }
+                };
+                queue_of[*index] = queue;
+                tier_of[*index] = rank;
+            }
+        }
+        Self {
+            queues,
+            queue_of,
+            tier_of,
+            full,
+            most,
+            probe,
+            ceiling,
+        }
     }
-    Some(loads)
+
+    /// A marginal latency at which the loads place at most the demand (every queue idle) and
+    /// one at which they place at least it (every queue at the ceiling).
+    fn bracket(&self) -> (f64, f64) {
+        let cheapest = self
+            .queues
+            .iter()
+            .map(|queue| queue.marginal(0.0))
+            .fold(f64::INFINITY, f64::min);
+        let dearest = self
+            .queues
+            .iter()
+            .map(|queue| queue.marginal(self.ceiling))
+            .fold(0.0, f64::max);
+        (cheapest, dearest.max(cheapest))
+    }
+
+    /// Each endpoint's traffic when every queue runs at the marginal latency `marginal`, within
+    /// its probe and its most.
+    fn loads(&self, marginal: f64) -> Vec<f64> {
+        let utilizations: Vec<f64> = self
+            .queues
+            .iter()
+            .map(|queue| queue.utilization_at(marginal, self.ceiling))
+            .collect();
+        self.queue_of
+            .iter()
+            .zip(&self.full)
+            .zip(&self.most)
+            .map(|((queue, full), most)| (utilizations[*queue] * full).min(*most).max(self.probe))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The seed lab fleet's costs (3 x 2 ms, 2 x 3.3, 9 x 5.5, 1 x 22; 4 cores each) at the
-    /// 0.7 ceiling, asked for `share` of its full capacity.
-    fn seed_fleet(share: f64) -> Fleet {
+    /// The seed lab fleet's costs (3 x 2 ms, 2 x 3.3, 9 x 5.5, 1 x 22; 4 cores each) at this
+    /// ceiling, asked for `share` of its full capacity.
+    fn seed_fleet(share: f64, ceiling: f64) -> Fleet {
         let costs: Vec<f64> = [(0.002, 3), (0.0033, 2), (0.0055, 9), (0.022, 1)]
             .iter()
             .flat_map(|(cost, count)| std::iter::repeat_n(*cost, *count))
             .collect();
-        let capacities: Vec<f64> = costs.iter().map(|cost| 0.7 * 4.0 / cost).collect();
+        let capacities: Vec<f64> = costs.iter().map(|cost| ceiling * 4.0 / cost).collect();
         let full: f64 = costs.iter().map(|cost| 4.0 / cost).sum();
         Fleet {
             relative_costs: vec![1.0; costs.len()],
+            limits: vec![4.0; costs.len()],
             costs,
             capacities,
             demand: share * full,
-            ceiling: 0.7,
+            ceiling,
         }
     }
 
@@ -305,34 +395,32 @@ mod tests {
             / total
     }
 
-    #[test]
-    fn above_the_ceiling_starts_where_fill_ends() {
-        // Just past what the fleet takes at the ceiling (70% of full): every pod at 0.7.
-        let fleet = seed_fleet(0.7001);
-        let loads = above_ceiling(&fleet).expect("a plan");
-        for utilization in utilizations(&fleet, &loads) {
-            assert!((utilization - 0.7).abs() < 0.005, "{utilization}");
-        }
-        // Below it, fill's plan holds (no excess to place).
-        assert_eq!(above_ceiling(&seed_fleet(0.69)), None);
-        // At or past full capacity only a proportional spread is left.
-        assert_eq!(above_ceiling(&seed_fleet(1.0)), None);
-    }
+    const DEFAULT_CEILING: f64 = crate::weighting::params::DEFAULT_UTILIZATION_CEILING;
 
     #[test]
-    fn above_the_ceiling_fast_pods_are_loaded_harder_and_none_is_full() {
-        for share in [0.75, 0.8, 0.9, 0.97] {
-            let fleet = seed_fleet(share);
-            let loads = above_ceiling(&fleet).expect("a plan");
+    fn latency_places_the_demand_under_the_ceiling_cheapest_hottest() {
+        for share in [0.05, 0.3, 0.5, 0.7, 0.8, 0.85, 0.89] {
+            let fleet = seed_fleet(share, DEFAULT_CEILING);
+            let (loads, placements) = latency(&fleet, 0.002);
             let total: f64 = loads.iter().sum();
-            assert!((total - fleet.demand).abs() < 1e-6 * fleet.demand);
+            assert!(
+                (total - fleet.demand).abs() < 1e-9 * fleet.demand,
+                "{share}"
+            );
             let utilizations = utilizations(&fleet, &loads);
             for (index, utilization) in utilizations.iter().enumerate() {
                 assert!(
-                    *utilization >= 0.7 - 1e-9 && *utilization < 1.0,
-                    "{utilizations:?}"
+                    *utilization <= DEFAULT_CEILING + 1e-9,
+                    "{share}: {utilizations:?}"
                 );
-                if index > 0 && fleet.costs[index] > fleet.costs[index - 1] {
+                let probe = matches!(
+                    placements[index],
+                    Placement::Latency {
+                        bound: Bound::Probe,
+                        ..
+                    }
+                );
+                if index > 0 && !probe && fleet.costs[index] > fleet.costs[index - 1] {
                     assert!(*utilization <= utilizations[index - 1], "{utilizations:?}");
                 }
             }
@@ -340,23 +428,132 @@ mod tests {
                 utilizations[0] > utilizations[14],
                 "{share}: {utilizations:?}"
             );
+            assert!(matches!(placements[0], Placement::Latency { tier: 1, .. }));
+        }
+        // At 70% of full capacity (every pod at 0.7 would take it): the 2 ms pods near 0.8, the
+        // 22 ms pod kept at a probe.
+        let fleet = seed_fleet(0.7, DEFAULT_CEILING);
+        let (loads, placements) = latency(&fleet, 0.002);
+        let utilizations = utilizations(&fleet, &loads);
+        assert!(
+            utilizations[0] > 0.75 && utilizations[0] < 0.85,
+            "{utilizations:?}"
+        );
+        assert!(
+            utilizations[5] > 0.55 && utilizations[5] < 0.7,
+            "{utilizations:?}"
+        );
+        assert_eq!(
+            placements[14],
+            Placement::Latency {
+                tier: 4,
+                bound: Bound::Probe
+            }
+        );
+    }
+
+    #[test]
+    fn latency_beats_equal_utilization_on_erlang_c() {
+        // Checked on a queue model the plan was not derived from (M/M/4 per pod, Erlang C), at
+        // every load, the old 0.7 ceiling's whole capacity (70% of full) among them.
+        for share in [0.1, 0.3, 0.5, 0.7, 0.8, 0.85] {
+            let fleet = seed_fleet(share, DEFAULT_CEILING);
+            let planned = mean_response(&fleet, &latency(&fleet, 0.002).0);
+            let even = mean_response(&fleet, &spread(&fleet));
+            println!(
+                "{share}: mean response {:.2} ms planned, {:.2} ms at equal utilization",
+                planned * 1e3,
+                even * 1e3
+            );
+            assert!(planned < even, "{share}: {planned} vs {even}");
+        }
+        // And against any other split nearby: moving 1% of the demand between two pods of
+        // different costs never lowers the modelled mean.
+        let fleet = seed_fleet(0.7, DEFAULT_CEILING);
+        let loads = latency(&fleet, 0.0).0;
+        let best = mean_response(&fleet, &loads);
+        for (from, to) in [(0, 5), (5, 0), (3, 5), (5, 3), (0, 3)] {
+            let mut moved = loads.clone();
+            let amount = 0.01 * fleet.demand;
+            moved[from] -= amount;
+            moved[to] += amount;
+            assert!(
+                mean_response(&fleet, &moved) > best * 0.999,
+                "{from} -> {to}"
+            );
         }
     }
 
     #[test]
-    fn above_the_ceiling_beats_a_proportional_spread_on_erlang_c() {
-        // Checked on a queue model the plan was not derived from (M/M/4 per pod).
-        for share in [0.75, 0.8, 0.9] {
-            let fleet = seed_fleet(share);
-            let planned = mean_response(&fleet, &above_ceiling(&fleet).expect("a plan"));
-            let spread = mean_response(&fleet, &spread(&fleet));
-            println!(
-                "{share}: mean response {:.2} ms planned, {:.2} ms in proportion",
-                planned * 1e3,
-                spread * 1e3
-            );
-            assert!(planned < spread, "{share}: {planned} vs {spread}");
+    fn latency_is_continuous_in_the_demand() {
+        // A step of demand moves no load by more than the step, and none down: no endpoint
+        // jumps when another joins, reaches the ceiling or the plan turns into a spread.
+        let mut before: Option<(f64, Vec<f64>)> = None;
+        for step in 1..=1100 {
+            let share = f64::from(step) * 0.001;
+            let fleet = seed_fleet(share, DEFAULT_CEILING);
+            let loads = latency(&fleet, 0.002).0;
+            if let Some((demand, then)) = &before {
+                let grown = fleet.demand - demand;
+                for (now, then) in loads.iter().zip(then) {
+                    let moved = now - then;
+                    assert!(
+                        moved >= -1e-9 * fleet.demand && moved <= grown * (1.0 + 1e-6),
+                        "{share}: {then} -> {now} for {grown} more"
+                    );
+                }
+            }
+            before = Some((fleet.demand, loads));
         }
+    }
+
+    #[test]
+    fn past_the_ceiling_the_demand_is_spread_in_proportion() {
+        for ceiling in [0.7, DEFAULT_CEILING] {
+            let fleet = seed_fleet(ceiling + 0.01, ceiling);
+            let (loads, placements) = latency(&fleet, 0.002);
+            let spread = utilizations(&fleet, &loads);
+            for utilization in &spread {
+                assert!((utilization - (ceiling + 0.01)).abs() < 1e-9, "{spread:?}");
+            }
+            assert_eq!(placements[0], Placement::Spread { ceiling });
+            // Just under it, every pod close to the ceiling and none above.
+            let fleet = seed_fleet(ceiling - 0.001, ceiling);
+            let utilizations = utilizations(&fleet, &latency(&fleet, 0.002).0);
+            for utilization in &utilizations {
+                assert!(*utilization <= ceiling + 1e-9, "{utilizations:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn probes_keep_every_endpoint_measured() {
+        let fleet = seed_fleet(0.05, DEFAULT_CEILING);
+        let (loads, placements) = latency(&fleet, 0.002);
+        let probe = 0.002 * fleet.demand / 15.0;
+        assert!((loads[14] - probe).abs() < 1e-9 * probe, "{loads:?}");
+        assert_eq!(
+            placements[14],
+            Placement::Latency {
+                tier: 4,
+                bound: Bound::Probe
+            }
+        );
+        assert!(loads[0] > 0.3 * fleet.demand, "{loads:?}");
+    }
+
+    #[test]
+    fn alike_endpoints_get_alike_traffic() {
+        // Costs within the tier tolerance are modelled at their pooled cost: equal utilization
+        // inside a tier, so noise between them cannot reorder the plan.
+        let mut fleet = seed_fleet(0.3, DEFAULT_CEILING);
+        fleet.costs[1] *= 1.1;
+        fleet.capacities[1] /= 1.1;
+        let utilizations = utilizations(&fleet, &latency(&fleet, 0.002).0);
+        assert!(
+            (utilizations[0] - utilizations[1]).abs() < 1e-9,
+            "{utilizations:?}"
+        );
     }
 
     #[test]
