@@ -34,7 +34,9 @@ impl Queue {
         }
     }
 
-    /// Expected time a request spends in the queue at utilization `utilization` (below 1).
+    /// Expected time a request spends in the queue at utilization `utilization` (below 1): what
+    /// the plan minimizes, weighted by traffic; the plan itself only needs its derivative.
+    #[cfg(test)]
     pub(crate) fn latency(&self, utilization: f64) -> f64 {
         let waiting = utilization.powf(self.exponent - 1.0) / (1.0 - utilization);
         self.cost * (1.0 + waiting / self.servers)
@@ -53,7 +55,7 @@ impl Queue {
         let highest = highest.clamp(0.0, MAX_MODELLED_UTILIZATION);
         // Solve g'(u) = target for the waiting g(u) = u^b / (1 - u).
         let target = self.servers * (marginal / self.cost - 1.0);
-        if !(target > 0.0) || highest <= 0.0 {
+        if target.is_nan() || target <= 0.0 || highest <= 0.0 {
             return 0.0;
         }
         if self.waiting_slope(highest).0 <= target {
