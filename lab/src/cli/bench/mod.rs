@@ -530,20 +530,10 @@ async fn start_victoria(context: &RunContext, directory: &Path) -> anyhow::Resul
         scrape_config(&context.ports, context.pipeline.scrape_seconds),
     )
     .with_context(|| format!("writing {}", scrape.display()))?;
-    let process = Process::spawn(
-        "victoria-metrics",
-        Command::new("victoria-metrics")
-            .arg(format!(
-                "-storageDataPath={}",
-                directory.join("victoria").display()
-            ))
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg(format!("-promscrape.config={}", scrape.display()))
-            .args([
-                "-search.latencyOffset=1s",
-                "-search.disableCache",
-                "-loggerLevel=WARN",
-            ]),
+    let process = harness::victoria::spawn_victoria_metrics(
+        &directory.join("victoria"),
+        port,
+        &scrape,
         &directory.join("victoria.log"),
     )?;
     let url = format!("http://127.0.0.1:{port}/health");
