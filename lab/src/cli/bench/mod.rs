@@ -477,18 +477,10 @@ async fn start_stack(
         );
         let path = directory.join(format!("envoy-{index}.yaml"));
         std::fs::write(&path, bootstrap).with_context(|| format!("writing {}", path.display()))?;
-        let process = Process::spawn(
+        let process = harness::envoy::spawn(
             &format!("envoy {index}"),
-            Command::new("envoy")
-                .arg("-c")
-                .arg(&path)
-                .args([
-                    "--concurrency",
-                    "1",
-                    "--use-dynamic-base-id",
-                    "--disable-hot-restart",
-                ])
-                .args(["--log-level", "warn"]),
+            &path,
+            &["--concurrency", "1", "--log-level", "warn"],
             &directory.join(format!("envoy-{index}.log")),
         )?;
         envoys.push(Envoy {
