@@ -46,8 +46,46 @@ pub async fn get_ok(url: &str) -> Option<String> {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound, then released).
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound, then released), never handed out
+/// twice by this process.
+///
+/// Ports come from below the kernel's ephemeral range when there is room: a port picked from
+/// inside it can be taken, before the child binds it, as the local port of any outgoing
+/// connection (a scrape, an xDS client), which fails the child with "address already in use".
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let Some((low, high)) = below_ephemeral_range() else {
+        return bind_any();
+    };
+    let span = u32::from(high - low) + 1;
+    // A start that differs between processes, so concurrent test binaries rarely meet.
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+    let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(u32::from(low) + offset) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bind_any()
+}
+
+/// The ports between 10,000 and the start of the ephemeral range (Linux's
+/// `ip_local_port_range`), when that leaves at least 2,000.
+fn below_ephemeral_range() -> Option<(u16, u16)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let first: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (first > 12_000).then_some((10_000, first - 1))
+}
+
+fn bind_any() -> anyhow::Result<u16> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
     Ok(listener
@@ -97,5 +135,24 @@ mod tests {
         let error = http_get(&url).await.unwrap_err();
         assert!(format!("{error:#}").contains(&url), "{error:#}");
         assert_eq!(get_ok(&url).await, None);
+    }
+
+    #[test]
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        if let Some((low, high)) = below_ephemeral_range() {
+            assert!(
+                ports.iter().all(|port| (low..=high).contains(port)),
+                "{ports:?}"
+            );
+        }
     }
 }

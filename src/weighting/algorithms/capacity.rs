@@ -20,7 +20,11 @@ const FULL_EVIDENCE_RPS: f64 = 20.0;
 /// Requests in flight (a window's mean, summed over the reporting Envoys) at which an estimate
 /// made from them counts fully. They stand in for CPU when there is none, and at low
 /// concurrency they are a handful of snapshots of 0, 1 or 2 requests: a pod read at 0 would look
-/// free and, averaged in fully, win the traffic. Below this the estimate counts in proportion.
+/// free and, averaged in fully, win the traffic. Below this the estimate counts in proportion
+/// to the requests in flight *expected* from the remembered cost (Little's law: cost per request
+/// times requests per second), not to the ones read: counting a reading by its own size would
+/// ignore the zeros and keep the ones, so a pod's cost would only ratchet up, and a healthy pod
+/// cut once by a noisy reading would read 0 from then on and stay starved.
 const FULL_EVIDENCE_IN_FLIGHT: f64 = 4.0;
 
 /// A cost is never taken below this fraction of the median cost, so one endpoint reporting
@@ -265,11 +269,16 @@ fn planning_costs(smoothed: &[Smoothed]) -> Vec<f64> {
 }
 
 /// How much one tick's per-request estimate counts (1.0: fully): in proportion to the successful
-/// requests behind it, and with requests in flight for load, to how many were seen in flight.
+/// requests behind it, and with requests in flight for load, to how many are expected in flight
+/// (see [`FULL_EVIDENCE_IN_FLIGHT`]; the ones read when nothing is remembered).
 fn evidence(endpoint: &FreshEndpoint, served: f64) -> f64 {
     let requests = (served / FULL_EVIDENCE_RPS).min(1.0);
     if endpoint.load_is_in_flight {
-        requests * (endpoint.cpu / FULL_EVIDENCE_IN_FLIGHT).min(1.0)
+        let expected = endpoint
+            .cost
+            .filter(|cost| !cost.is_floor && cost.value.is_finite() && cost.value > 0.0)
+            .map_or(endpoint.cpu, |cost| cost.value * served);
+        requests * (expected / FULL_EVIDENCE_IN_FLIGHT).min(1.0)
     } else {
         requests
     }
@@ -748,8 +757,9 @@ mod tests {
 
     #[test]
     fn a_few_requests_in_flight_are_little_evidence() {
-        // Load from requests in flight: a pod read at 0 in flight keeps its remembered cost
-        // instead of looking free; one read at 1 counts a quarter of the usual weight.
+        // Load from requests in flight: each reading counts in proportion to the requests
+        // expected in flight from the remembered 5 ms (1 at 200 rps, 0.5 at 100 rps), whatever
+        // it read, so a pod read at 0 does not look free at once.
         let remembered = Some(Cost {
             value: 0.005,
             is_floor: false,
@@ -776,8 +786,56 @@ mod tests {
                 .map(|cost| cost.value)
                 .unwrap_or_default()
         };
-        assert!((cost(0) - 0.005).abs() < 1e-12, "{}", cost(0));
-        // 1 in flight / 100 rps = 10 ms, counted at 0.25 * smoothing 0.5: 5 + 0.125 * 5 ms.
-        assert!((cost(1) - 0.005625).abs() < 1e-12, "{}", cost(1));
+        // 0 in flight, counted at 1/4 * smoothing 0.5: 5 ms - 0.125 * 5 ms.
+        assert!((cost(0) - 0.004375).abs() < 1e-12, "{}", cost(0));
+        // 1 in flight / 100 rps = 10 ms, counted at 0.5/4 * smoothing 0.5: 5 + 0.0625 * 5 ms.
+        assert!((cost(1) - 0.0053125).abs() < 1e-12, "{}", cost(1));
+    }
+
+    #[test]
+    fn noisy_readings_in_flight_average_to_the_true_cost() {
+        // Two identical 5 ms pods at 100 rps each: 0.5 in flight on average, read as window
+        // means of 0, 0.5 or 1 (two snapshots). One starts at a cost read 4x high, as after a
+        // noisy tick. Counting each reading by its expected size, both costs come back to
+        // about 5 ms and the weights to equal; counting readings by their own size ignored the
+        // zeros, so the high cost stayed and the pod stayed starved.
+        let readings = [0.0, 0.5, 1.0, 0.5, 0.0, 1.0, 0.5, 0.5];
+        let mut costs = [0.020, 0.005];
+        let mut previous = [Some(2500), Some(10000)];
+        let mut weights = vec![0, 0];
+        for tick in 0..200 {
+            let fresh: Vec<FreshEndpoint> = (0..2)
+                .map(|index| FreshEndpoint {
+                    load_is_in_flight: true,
+                    limit: 4.0,
+                    cost: Some(Cost {
+                        value: costs[index],
+                        is_floor: false,
+                    }),
+                    ..endpoint(
+                        readings[(tick + 3 * index) % readings.len()],
+                        Some(100.0),
+                        previous[index],
+                    )
+                })
+                .collect();
+            let planned = plan(
+                &fresh,
+                0.0,
+                Some(CostBasis::PerRequest),
+                &params(Objective::Balance),
+            )
+            .0;
+            for (index, planned) in planned.iter().enumerate() {
+                costs[index] = planned.cost.map_or(costs[index], |cost| cost.value);
+                previous[index] = Some(planned.weight);
+                weights[index] = planned.weight;
+            }
+        }
+        for cost in costs {
+            assert!((cost - 0.005).abs() < 0.0015, "{costs:?}");
+        }
+        let ratio = f64::from(weights[0].max(weights[1])) / f64::from(weights[0].min(weights[1]));
+        assert!(ratio < 1.5, "{weights:?}");
     }
 }
