@@ -65,6 +65,8 @@ pub(crate) fn fresh_weights(
         .collect();
     let fill = percentile(&computed, fill_percentile)
         .map_or_else(|| middle_weight(params), |value| to_weight(value, params));
+    let mut newcomer_fills =
+        newcomer_fills(observations, &fresh, &planned, &verdicts, params).map(Vec::into_iter);
     let mut planned = planned.into_iter().zip(verdicts);
     let mut weights = Vec::with_capacity(observations.len());
     let mut costs = Vec::with_capacity(observations.len());
@@ -92,8 +94,15 @@ pub(crate) fn fresh_weights(
                 failing.push(verdict.is_some());
             }
             None => {
-                let reason = fill_in_reason(observation, fill_percentile, params);
-                weights.push(explained(observation, fill, WeightSource::NewPod, reason));
+                let newcomer = newcomer_fills.as_mut().and_then(Iterator::next);
+                let (weight, reason) = match newcomer {
+                    Some((weight, share)) => (
+                        weight,
+                        Reason::new_pod_share(stale_sample(observation, params), share),
+                    ),
+                    None => (fill, fill_in_reason(observation, fill_percentile, params)),
+                };
+                weights.push(explained(observation, weight, WeightSource::NewPod, reason));
                 costs.push(remembered_cost);
                 // A held endpoint without a fresh sample stays held until one clears it.
                 failing.push(
@@ -189,10 +198,62 @@ pub(crate) fn fill_in_reason(
     fill_percentile: f64,
     params: &Params,
 ) -> Reason {
-    let stale = observation
+    Reason::new_pod(stale_sample(observation, params), fill_percentile)
+}
+
+/// The age of an endpoint's stale sample and the staleness limit, in seconds.
+fn stale_sample(observation: &Observation, params: &Params) -> Option<(u64, u64)> {
+    observation
         .cpu
-        .map(|reading| (reading.age.as_secs(), params.stale_after.as_secs()));
-    Reason::new_pod(stale, fill_percentile)
+        .map(|reading| (reading.age.as_secs(), params.stale_after.as_secs()))
+}
+
+/// Under `latency` (capacity algorithm), the weight and share of each endpoint without a fresh
+/// sample, in order: its [`capacity::newcomer_share`] turned into a weight against the planned
+/// ones. `None` for other objectives, when every endpoint is fresh, or when nothing is measured
+/// (the percentile fill applies).
+fn newcomer_fills(
+    observations: &[Observation],
+    fresh: &[FreshEndpoint],
+    planned: &[Planned],
+    verdicts: &[Option<errors::Failing>],
+    params: &Params,
+) -> Option<Vec<(u32, f64)>> {
+    if params.algorithm != Algorithm::Capacity
+        || params.objective != super::Objective::Latency
+        || fresh.len() == observations.len()
+    {
+        return None;
+    }
+    let known: Vec<(f64, f64)> = fresh
+        .iter()
+        .zip(planned)
+        .zip(verdicts)
+        .filter(|(_, verdict)| verdict.is_none())
+        .filter_map(|((endpoint, plan), _)| Some((plan.cost?.value, endpoint.limit)))
+        .collect();
+    let limits: Vec<f64> = observations
+        .iter()
+        .filter(|observation| !observation.fresh)
+        .map(|observation| observation.limit)
+        .collect();
+    let shares = capacity::newcomer_share(&known, &limits)?;
+    let total: f64 = shares.iter().sum();
+    let planned_sum: f64 = planned.iter().map(|plan| f64::from(plan.weight)).sum();
+    if total >= 1.0 || planned_sum <= 0.0 {
+        return None;
+    }
+    Some(
+        shares
+            .into_iter()
+            .map(|share| {
+                (
+                    to_weight(share / (1.0 - total) * planned_sum, params),
+                    share,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Holding: every endpoint keeps its served weight; unknown ones get the median of those.

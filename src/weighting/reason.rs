@@ -31,6 +31,9 @@ pub(crate) enum CostSource {
     Measured,
     /// Never measured (no request served yet, nothing remembered): the median of the others.
     Assumed,
+    /// Never measured, under `latency`: the slowest measured cost, its traffic spread in
+    /// proportion to capacity (see `capacity::newcomer_share`).
+    AssumedSlowest,
     /// Measured and risen by this factor this tick: the endpoint is moved off without the step
     /// limit.
     Rose(f64),
@@ -47,6 +50,8 @@ pub(crate) enum Placement {
     /// `latency` with more demand than the cluster takes at this ceiling: in proportion to
     /// capacity.
     Spread { ceiling: f64 },
+    /// `latency`, not measured yet: its capacity share at the slowest measured cost.
+    Newcomer,
 }
 
 /// What bounds a `latency` endpoint's traffic.
@@ -92,6 +97,13 @@ enum Cause {
         previous: u32,
         weight: u32,
         scale: f64,
+    },
+    /// No fresh sample, under `latency`: the weight for its share at the slowest measured cost.
+    NewPodShare {
+        /// As in `NewPod`.
+        stale: Option<(u64, u64)>,
+        /// Its planned share of the cluster's traffic.
+        share: f64,
     },
     /// No fresh sample: the fill-in weight.
     NewPod {
@@ -179,6 +191,11 @@ impl Reason {
     /// the staleness limit, in seconds).
     pub(crate) fn new_pod(stale: Option<(u64, u64)>, percentile: f64) -> Self {
         Self::from_cause(Cause::NewPod { stale, percentile })
+    }
+
+    /// No fresh sample under `latency`: started at `share` of the traffic.
+    pub(crate) fn new_pod_share(stale: Option<(u64, u64)>, share: f64) -> Self {
+        Self::from_cause(Cause::NewPodShare { stale, share })
     }
 
     /// Holding: the remembered weight kept (`kept`) or the median of the held weights.
@@ -294,16 +311,18 @@ impl fmt::Display for Cause {
                 distance * 100.0,
             ),
             Self::NewPod { stale, percentile } => {
-                formatter.write_str("new-pod: ")?;
-                match stale {
-                    Some((age, limit)) => {
-                        write!(formatter, "cpu sample {age}s old (stale after {limit}s)")?
-                    }
-                    None => formatter.write_str("no cpu sample yet")?,
-                }
+                write_new_pod(formatter, *stale)?;
                 write!(
                     formatter,
                     "; weight at p{percentile:.0} of the computed weights"
+                )
+            }
+            Self::NewPodShare { stale, share } => {
+                write_new_pod(formatter, *stale)?;
+                write!(
+                    formatter,
+                    "; weight for {:.2}% of the traffic (its capacity share at the slowest measured cost, until measured)",
+                    share * 100.0
                 )
             }
             Self::HoldingKept { age_seconds } => write!(
@@ -379,6 +398,9 @@ fn capacity_text(
     match source {
         CostSource::Measured => {}
         CostSource::Assumed => text.push_str(" (assumed: the median, none measured yet)"),
+        CostSource::AssumedSlowest => {
+            text.push_str(" (assumed: the slowest measured, none measured yet)")
+        }
         CostSource::Rose(factor) => {
             text.push_str(" (rose x");
             push_fixed(&mut text, factor, 2);
@@ -407,8 +429,18 @@ fn capacity_text(
             push_fixed(&mut text, ceiling, 2);
             text.push_str(": in proportion to capacity)");
         }
+        Placement::Newcomer => text.push_str(" (latency, new: its capacity share until measured)"),
     }
     formatter.write_str(&text)
+}
+
+/// `new-pod: ` and why it has no fresh sample.
+fn write_new_pod(formatter: &mut fmt::Formatter<'_>, stale: Option<(u64, u64)>) -> fmt::Result {
+    formatter.write_str("new-pod: ")?;
+    match stale {
+        Some((age, limit)) => write!(formatter, "cpu sample {age}s old (stale after {limit}s)"),
+        None => formatter.write_str("no cpu sample yet"),
+    }
 }
 
 /// Appends `value` with `decimals` decimals (as `{:.N}` would, but never `-0.00`).

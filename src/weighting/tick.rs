@@ -378,6 +378,58 @@ mod tests {
         assert!(output.weights[4].reason.to_string().contains("120s old"));
     }
 
+    /// The share of the traffic each endpoint's weight gives it.
+    fn shares(output: &Output) -> Vec<f64> {
+        let total: f64 = output
+            .weights
+            .iter()
+            .map(|weight| f64::from(weight.weight))
+            .sum();
+        output
+            .weights
+            .iter()
+            .map(|weight| f64::from(weight.weight) / total)
+            .collect()
+    }
+
+    #[test]
+    fn latency_new_pods_start_at_their_capacity_share_as_the_slowest() {
+        // 1, 2 and 4 ms per request on one core each: capacities 1000, 500 and 250 rps. A new
+        // pod, its speed unknown, is given what a 4 ms pod gets when traffic is spread by
+        // capacity: 250 / 2000 = 12.5%, not the median weight (a full weight under latency).
+        let params = capacity(Objective::Latency);
+        let mut loads = costed(&[(0.1, 100.0), (0.2, 100.0), (0.4, 100.0)], 5);
+        loads.push(EndpointLoad::default());
+        let output = run(
+            &endpoints(4),
+            &loads,
+            &ClusterMemory::default(),
+            &params,
+            200,
+        );
+        assert_eq!(output.weights[3].source, WeightSource::NewPod);
+        let share = shares(&output)[3];
+        assert!((share - 0.125).abs() < 0.002, "{:?}", shares(&output));
+        let reason = output.weights[3].reason.to_string();
+        assert!(reason.contains("12.50% of the traffic"), "{reason}");
+
+        // With a CPU sample but no request rate yet it is fresh, its cost still unknown: the
+        // same share, planned.
+        loads[3] = cpu_load(0.05, 5);
+        let output = run(
+            &endpoints(4),
+            &loads,
+            &ClusterMemory::default(),
+            &params,
+            200,
+        );
+        assert_eq!(output.weights[3].source, WeightSource::Fresh);
+        let share = shares(&output)[3];
+        assert!((share - 0.125).abs() < 0.002, "{:?}", shares(&output));
+        let reason = output.weights[3].reason.to_string();
+        assert!(reason.contains("slowest measured"), "{reason}");
+    }
+
     #[test]
     fn distance_new_pods_start_at_the_configured_percentile() {
         let params = Params {

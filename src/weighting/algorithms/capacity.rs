@@ -102,7 +102,8 @@ pub(crate) fn plan(
     }
     let shares = served_shares(fresh);
     let smoothed = smoothed_costs(fresh, &shares, basis, basis_before, params);
-    let values = planning_costs(&smoothed);
+    let latency_objective = params.objective == Objective::Latency;
+    let values = planning_costs(&smoothed, latency_objective);
     let rose: Vec<bool> = smoothed.iter().map(|cost| cost.rose.is_some()).collect();
     let mut fleet = fleet(fresh, &shares, &values, basis, params);
     if basis == CostBasis::PerRequest && outside_rps.is_finite() && outside_rps > 0.0 {
@@ -111,7 +112,11 @@ pub(crate) fn plan(
     let suspects = cap_suspects(&mut fleet, fresh);
     let (loads, placements) = match params.objective {
         Objective::Balance => (balance(&fleet), vec![Placement::Balance; fresh.len()]),
-        Objective::Latency => latency(&fleet, params.probe_share),
+        Objective::Latency => {
+            let (mut loads, mut placements) = latency(&fleet, params.probe_share);
+            newcomer_loads(&mut loads, &mut placements, &fleet, &smoothed);
+            (loads, placements)
+        }
     };
     let planned = weights_for(&loads, fresh, &rose, params)
         .into_iter()
@@ -119,6 +124,7 @@ pub(crate) fn plan(
         .map(|(index, weight)| {
             let utilization = loads[index] * fleet.costs[index] / fresh[index].limit;
             let source = match smoothed[index] {
+                Smoothed { cost: None, .. } if latency_objective => CostSource::AssumedSlowest,
                 Smoothed { cost: None, .. } => CostSource::Assumed,
                 Smoothed {
                     rose: Some(factor), ..
@@ -249,9 +255,10 @@ fn smoothed_costs(
         .collect()
 }
 
-/// The costs to plan with: the smoothed ones, and the median of those for endpoints without one
-/// (1.0 when no endpoint has one), so an unmeasured endpoint is planned as a typical one.
-fn planning_costs(smoothed: &[Smoothed]) -> Vec<f64> {
+/// The costs to plan with: the smoothed ones, and for endpoints without one the median of those
+/// (1.0 when no endpoint has one), so an unmeasured endpoint is planned as a typical one; the
+/// largest instead with `slowest` (the `latency` objective, see [`newcomer_share`]).
+fn planning_costs(smoothed: &[Smoothed], slowest: bool) -> Vec<f64> {
     let typical = if smoothed.iter().all(|smoothed| smoothed.cost.is_some()) {
         // Not needed: skip the sort on the hot path (every tick, every cluster).
         1.0
@@ -260,12 +267,95 @@ fn planning_costs(smoothed: &[Smoothed]) -> Vec<f64> {
             .iter()
             .filter_map(|smoothed| smoothed.cost.map(|cost| cost.value))
             .collect();
-        percentile(&known, 50.0).unwrap_or(1.0)
+        percentile(&known, if slowest { 100.0 } else { 50.0 }).unwrap_or(1.0)
     };
     smoothed
         .iter()
         .map(|smoothed| smoothed.cost.map_or(typical, |cost| cost.value))
         .collect()
+}
+
+/// The share of the traffic each not yet measured endpoint gets under `latency`, index-aligned
+/// with `newcomer_limits`: the share it would carry with the traffic spread in proportion to
+/// capacity, as if it were as slow as the slowest measured endpoint (`known`: cost and limit).
+///
+/// The plan's usual rule for an unknown cost, the median, would load a newcomer like a typical
+/// pod, which under `latency` is a full weight: in a rolling restart a new pod on a slow node
+/// is flooded past its ceiling before its first samples arrive. At this share it runs at the
+/// cluster's utilization or below (unless it is slower than every pod measured so far), and it
+/// serves enough requests to be measured in a tick or two, so it is not starved either.
+/// `None` when nothing is measured.
+pub(crate) fn newcomer_share(known: &[(f64, f64)], newcomer_limits: &[f64]) -> Option<Vec<f64>> {
+    let valid = |value: f64| value.is_finite() && value > 0.0;
+    let slowest = known
+        .iter()
+        .map(|(cost, _)| *cost)
+        .filter(|cost| valid(*cost))
+        .fold(0.0, f64::max);
+    if slowest <= 0.0 {
+        return None;
+    }
+    let capacity: f64 = known
+        .iter()
+        .filter(|(cost, limit)| valid(*cost) && valid(*limit))
+        .map(|(cost, limit)| limit / cost)
+        .sum::<f64>()
+        + newcomer_limits
+            .iter()
+            .filter(|limit| valid(**limit))
+            .map(|limit| limit / slowest)
+            .sum::<f64>();
+    Some(
+        newcomer_limits
+            .iter()
+            .map(|limit| {
+                if valid(*limit) {
+                    limit / slowest / capacity
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Under `latency`, gives each endpoint without a cost its [`newcomer_share`] of the demand and
+/// scales the planned loads of the others to the rest.
+fn newcomer_loads(
+    loads: &mut [f64],
+    placements: &mut [Placement],
+    fleet: &Fleet,
+    smoothed: &[Smoothed],
+) {
+    if smoothed.iter().all(|smoothed| smoothed.cost.is_some())
+        || smoothed.iter().all(|smoothed| smoothed.cost.is_none())
+    {
+        return;
+    }
+    let (known, newcomers): (Vec<usize>, Vec<usize>) =
+        (0..smoothed.len()).partition(|index| smoothed[*index].cost.is_some());
+    let pairs: Vec<(f64, f64)> = known
+        .iter()
+        .map(|index| (fleet.costs[*index], fleet.limits[*index]))
+        .collect();
+    let limits: Vec<f64> = newcomers.iter().map(|index| fleet.limits[*index]).collect();
+    let Some(shares) = newcomer_share(&pairs, &limits) else {
+        return;
+    };
+    let newcomer_total: f64 = shares.iter().sum();
+    let known_load: f64 = known.iter().map(|index| loads[*index]).sum();
+    let scale = if known_load > 0.0 {
+        fleet.demand * (1.0 - newcomer_total).max(0.0) / known_load
+    } else {
+        0.0
+    };
+    for index in known {
+        loads[index] *= scale;
+    }
+    for (index, share) in newcomers.into_iter().zip(shares) {
+        loads[index] = share * fleet.demand;
+        placements[index] = Placement::Newcomer;
+    }
 }
 
 /// How much one tick's per-request estimate counts (1.0: fully): in proportion to the successful
