@@ -397,37 +397,33 @@ mod tests {
         // 1, 2 and 4 ms per request on one core each: capacities 1000, 500 and 250 rps. A new
         // pod, its speed unknown, is given what a 4 ms pod gets when traffic is spread by
         // capacity: 250 / 2000 = 12.5%, not the median weight (a full weight under latency).
+        // Without any sample it is a new pod; with a CPU sample but no request rate yet it is
+        // fresh, its cost still unknown: the same share, planned.
         let params = capacity(Objective::Latency);
-        let mut loads = costed(&[(0.1, 100.0), (0.2, 100.0), (0.4, 100.0)], 5);
-        loads.push(EndpointLoad::default());
-        let output = run(
-            &endpoints(4),
-            &loads,
-            &ClusterMemory::default(),
-            &params,
-            200,
-        );
-        assert_eq!(output.weights[3].source, WeightSource::NewPod);
-        let share = shares(&output)[3];
-        assert!((share - 0.125).abs() < 0.002, "{:?}", shares(&output));
-        let reason = output.weights[3].reason.to_string();
-        assert!(reason.contains("12.50% of the traffic"), "{reason}");
-
-        // With a CPU sample but no request rate yet it is fresh, its cost still unknown: the
-        // same share, planned.
-        loads[3] = cpu_load(0.05, 5);
-        let output = run(
-            &endpoints(4),
-            &loads,
-            &ClusterMemory::default(),
-            &params,
-            200,
-        );
-        assert_eq!(output.weights[3].source, WeightSource::Fresh);
-        let share = shares(&output)[3];
-        assert!((share - 0.125).abs() < 0.002, "{:?}", shares(&output));
-        let reason = output.weights[3].reason.to_string();
-        assert!(reason.contains("slowest measured"), "{reason}");
+        let cases = [
+            (
+                EndpointLoad::default(),
+                WeightSource::NewPod,
+                "12.50% of the traffic",
+            ),
+            (cpu_load(0.05, 5), WeightSource::Fresh, "slowest measured"),
+        ];
+        for (newcomer, source, explained) in cases {
+            let mut loads = costed(&[(0.1, 100.0), (0.2, 100.0), (0.4, 100.0)], 5);
+            loads.push(newcomer);
+            let output = run(
+                &endpoints(4),
+                &loads,
+                &ClusterMemory::default(),
+                &params,
+                200,
+            );
+            assert_eq!(output.weights[3].source, source);
+            let share = shares(&output)[3];
+            assert!((share - 0.125).abs() < 0.002, "{:?}", shares(&output));
+            let reason = output.weights[3].reason.to_string();
+            assert!(reason.contains(explained), "{reason}");
+        }
     }
 
     #[test]
