@@ -228,14 +228,17 @@ fn restarts(text: &mut String, runs: &[RunOutcome]) {
         let Some((from, to)) = run.restart else {
             continue;
         };
-        let (first, last) = (from.as_secs() as usize, to.as_secs_f64().ceil() as usize);
+        // A restart that ran past the measured part (or began after it) is cut to it.
+        let measured = run.load.sent_per_second.len();
+        let last = (to.as_secs_f64().ceil() as usize).min(measured);
+        let first = (from.as_secs() as usize).min(last);
         let steady = if first > 0 {
             merged_p99(&run.load.seconds, 0, first)
         } else {
             f64::NAN
         };
         let during = merged_p99(&run.load.seconds, first, last);
-        let span = first..last.min(run.load.sent_per_second.len());
+        let span = first..last;
         let sent: u64 = run.load.sent_per_second[span.clone()].iter().sum();
         let failed: u64 = run.load.failed_per_second[span].iter().sum();
         let window = run.load.seconds.len() as f64 / run.busiest.len().max(1) as f64;
@@ -680,6 +683,18 @@ mod tests {
         );
         assert!(text.contains("| 7 | 0.70 p-7 |"), "{text}");
         assert!(text.contains("| highest | 0.70 |"), "{text}");
+    }
+
+    #[test]
+    fn a_rolling_restart_past_the_measured_part_is_cut_to_it() {
+        let mut outcome = outcome("least_request", 10, 0, 0.0);
+        outcome.load.seconds = run(10);
+        outcome.load.sent_per_second = vec![100; 40];
+        outcome.load.failed_per_second = vec![0; 40];
+        outcome.restart = Some((Duration::from_secs(75), Duration::from_secs(105)));
+        let text = render_markdown(&[outcome]);
+        assert!(text.contains("| least_request | 75 | 105 |"), "{text}");
+        assert!(text.contains("| 0 of 0 |"), "{text}");
     }
 
     #[test]
