@@ -117,10 +117,17 @@ pub(crate) fn spread(fleet: &Fleet) -> Vec<f64> {
 
 /// Groups endpoint indices by cost, cheapest first (see [`COST_TIER_TOLERANCE`]).
 pub(crate) fn tiers(costs: &[f64]) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..costs.len()).collect();
-    order.sort_by(|left, right| costs[*left].total_cmp(&costs[*right]).then(left.cmp(right)));
+    // Ordered by cost (`f64::total_cmp`), then index: sorting integer keys holding both costs
+    // half as much as comparing costs through the indices, on every tick of every cluster.
+    let mut order: Vec<u128> = costs
+        .iter()
+        .enumerate()
+        .map(|(index, cost)| (u128::from(total_order_key(*cost)) << 64) | index as u128)
+        .collect();
+    order.sort_unstable();
     let mut tiers: Vec<Vec<usize>> = Vec::new();
-    for index in order {
+    for key in order {
+        let index = (key & u128::from(u64::MAX)) as usize;
         match tiers.last_mut() {
             Some(tier) if costs[index] <= costs[tier[0]] * (1.0 + COST_TIER_TOLERANCE) => {
                 tier.push(index)
@@ -129,6 +136,17 @@ pub(crate) fn tiers(costs: &[f64]) -> Vec<Vec<usize>> {
         }
     }
     tiers
+}
+
+/// An unsigned key that orders as `f64::total_cmp` orders the values.
+fn total_order_key(value: f64) -> u64 {
+    let bits = value.to_bits();
+    // Negative values (sign bit set) reverse their order; positive ones move above them.
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
 }
 
 /// Relative width of the bracket on the marginal latency at which the search stops: far below
@@ -159,11 +177,12 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
         return (Vec::new(), Vec::new());
     }
     let ceiling = fleet.ceiling.min(MAX_MODELLED_UTILIZATION);
+    let full = fleet.full_capacities();
     // At the ceiling (suspects capped): the most each endpoint may be planned.
     let most: Vec<f64> = fleet
         .capacities
         .iter()
-        .zip(fleet.full_capacities())
+        .zip(&full)
         .map(|(capacity, full)| capacity.min(ceiling * full))
         .collect();
     if fleet.demand >= most.iter().sum::<f64>() {
@@ -179,21 +198,17 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
         );
     }
     let probe = (probe_share.clamp(0.0, 0.5) * fleet.demand / count as f64).max(0.0);
-    let model = Model::new(fleet, ceiling, most, probe);
-    let (mut low, mut high) = model.bracket();
-    // The search needs only the total: one utilization per queue, no per-endpoint vector.
-    let mut utilizations = vec![0.0; model.queues.len()];
+    let model = Model::new(fleet, ceiling, full, most, probe);
+    let mut search = Search::new(&model);
     for _ in 0..MARGINAL_STEPS {
-        if high - low <= MARGINAL_PRECISION * high {
+        if search.high - search.low <= MARGINAL_PRECISION * search.high {
             break;
         }
-        let middle = 0.5 * (low + high);
-        if model.total(middle, &mut utilizations) < fleet.demand {
-            low = middle;
-        } else {
-            high = middle;
-        }
+        let middle = 0.5 * (search.low + search.high);
+        let placed = search.total(middle);
+        search.narrow(middle, placed < fleet.demand);
     }
+    let (low, high) = (search.low, search.high);
     let low_loads = model.loads(low);
     let high_loads = model.loads(high);
     // Between the two ends the loads move together; the point that places exactly the demand
@@ -247,6 +262,8 @@ fn spread_over(demand: f64, capacities: &[f64]) -> Vec<f64> {
 struct Model {
     /// The distinct queues: a tier's pooled cost with one CPU limit.
     queues: Vec<Queue>,
+    /// Each queue's endpoints' traffic by its utilization, for the search.
+    queue_loads: Vec<QueueLoad>,
     /// Each endpoint's queue.
     queue_of: Vec<usize>,
     /// Each endpoint's tier (0 = cheapest).
@@ -262,11 +279,12 @@ struct Model {
 }
 
 impl Model {
-    fn new(fleet: &Fleet, ceiling: f64, most: Vec<f64>, probe: f64) -> Self {
+    /// `full` is each endpoint's traffic at full utilization, `most` its most.
+    fn new(fleet: &Fleet, ceiling: f64, full: Vec<f64>, most: Vec<f64>, probe: f64) -> Self {
         let count = fleet.costs.len();
-        let full = fleet.full_capacities();
         let mut queues: Vec<Queue> = Vec::new();
-        let mut keys: Vec<(usize, u64)> = Vec::new();
+        let mut queue_loads: Vec<QueueLoad> = Vec::new();
+        let mut limits: Vec<u64> = Vec::new();
         let mut queue_of = vec![0; count];
         let mut tier_of = vec![0; count];
         for (rank, tier) in tiers(&fleet.costs).iter().enumerate() {
@@ -278,22 +296,32 @@ impl Model {
             } else {
                 fleet.costs[tier[0]]
             };
+            let first = queues.len();
             for index in tier {
-                let key = (rank, fleet.limits[*index].to_bits());
-                let queue = match keys.iter().position(|known| *known == key) {
-                    Some(position) => position,
+                let limit = fleet.limits[*index];
+                let queue = match limits[first..]
+                    .iter()
+                    .position(|known| *known == limit.to_bits())
+                {
+                    Some(position) => first + position,
                     None => {
-                        keys.push(key);
-                        queues.push(Queue::new(cost, fleet.limits[*index]));
+                        limits.push(limit.to_bits());
+                        queues.push(Queue::new(cost, limit));
+                        queue_loads.push(QueueLoad::new(probe, ceiling));
                         queues.len() - 1
                     }
                 };
                 queue_of[*index] = queue;
                 tier_of[*index] = rank;
+                queue_loads[queue].add(full[*index], most[*index]);
             }
+        }
+        for loads in &mut queue_loads {
+            loads.finish();
         }
         Self {
             queues,
+            queue_loads,
             queue_of,
             tier_of,
             full,
@@ -322,33 +350,201 @@ impl Model {
     /// Each endpoint's traffic when every queue runs at the marginal latency `marginal`, within
     /// its probe and its most.
     fn loads(&self, marginal: f64) -> Vec<f64> {
-        let mut utilizations = vec![0.0; self.queues.len()];
-        self.utilizations(marginal, &mut utilizations);
+        let utilizations: Vec<f64> = self
+            .queues
+            .iter()
+            .map(|queue| queue.utilization_at(marginal, self.ceiling))
+            .collect();
         (0..self.full.len())
-            .map(|index| self.load(index, &utilizations))
+            .map(|index| {
+                load(
+                    utilizations[self.queue_of[index]],
+                    self.full[index],
+                    self.most[index],
+                    self.probe,
+                )
+            })
             .collect()
     }
+}
 
-    /// The sum of [`Self::loads`], with `utilizations` as scratch space (one per queue).
-    fn total(&self, marginal: f64, utilizations: &mut [f64]) -> f64 {
-        self.utilizations(marginal, utilizations);
-        (0..self.full.len())
-            .map(|index| self.load(index, utilizations))
-            .sum()
-    }
+/// One endpoint's traffic at its queue's utilization, within its probe and its most.
+fn load(utilization: f64, full: f64, most: f64, probe: f64) -> f64 {
+    (utilization * full).min(most).max(probe)
+}
 
-    /// Each queue's utilization at the marginal latency `marginal`.
-    fn utilizations(&self, marginal: f64, utilizations: &mut [f64]) {
-        for (utilization, queue) in utilizations.iter_mut().zip(&self.queues) {
-            *utilization = queue.utilization_at(marginal, self.ceiling);
+/// The traffic of a queue's endpoints together at a utilization `u` up to the ceiling, each
+/// within its probe and its most ([`load`]): `sum max(min(u * full, most), probe)`, piecewise
+/// linear in `u`. Kept as its breakpoints with running sums, so that each step of the search
+/// reads it with binary searches, not a pass over every endpoint.
+///
+/// Up to the ceiling, `u * full` reaches `most` only where it is capped below `ceiling * full`
+/// (a suspect), so only such an endpoint has a breakpoint at its most; and the endpoints arrive
+/// cheapest first, so with one limit their joins arrive in order and need no sort.
+struct QueueLoad {
+    /// The probe every endpoint takes at least.
+    probe: f64,
+    /// The highest utilization asked about.
+    ceiling: f64,
+    /// The traffic of the endpoints that always take their probe.
+    fixed: f64,
+    /// Utilizations at which an endpoint leaves its probe (`probe / full`), with its `full`;
+    /// then (see [`Self::finish`]) ascending, with `joined_full[k]` the `full` of the first `k`.
+    joins: Vec<(f64, f64)>,
+    joined_full: Vec<f64>,
+    /// Utilizations at which a capped endpoint reaches its most (`most / full`), with its `full`
+    /// and `most`; then ascending, with the running sums of both.
+    fills: Vec<(f64, f64, f64)>,
+    filled_full: Vec<f64>,
+    filled_most: Vec<f64>,
+    /// The `(full, most)` of endpoints with a bound that is not a finite number, added one by
+    /// one with [`load`] itself.
+    unusual: Vec<(f64, f64)>,
+}
+
+impl QueueLoad {
+    fn new(probe: f64, ceiling: f64) -> Self {
+        Self {
+            probe,
+            ceiling,
+            fixed: 0.0,
+            joins: Vec::new(),
+            joined_full: Vec::new(),
+            fills: Vec::new(),
+            filled_full: Vec::new(),
+            filled_most: Vec::new(),
+            unusual: Vec::new(),
         }
     }
 
-    /// One endpoint's traffic at its queue's utilization, within its probe and its most.
-    fn load(&self, index: usize, utilizations: &[f64]) -> f64 {
-        (utilizations[self.queue_of[index]] * self.full[index])
-            .min(self.most[index])
-            .max(self.probe)
+    /// Adds an endpoint with this traffic at full utilization and this most.
+    fn add(&mut self, full: f64, most: f64) {
+        let probe = self.probe;
+        if !(full.is_finite() && full > 0.0 && most.is_finite() && probe.is_finite()) {
+            self.unusual.push((full, most));
+        } else if most <= probe {
+            self.fixed += probe;
+        } else {
+            self.joins.push((probe / full, full));
+            if most < self.ceiling * full {
+                self.fills.push((most / full, full, most));
+            }
+        }
+    }
+
+    /// Orders the breakpoints and sums them up, once every endpoint is added.
+    fn finish(&mut self) {
+        if !self.joins.is_sorted_by(|left, right| left.0 <= right.0) {
+            self.joins
+                .sort_unstable_by(|left, right| left.0.total_cmp(&right.0));
+        }
+        self.fills
+            .sort_unstable_by(|left, right| left.0.total_cmp(&right.0));
+        self.joined_full = running_sums(self.joins.iter().map(|join| join.1));
+        self.filled_full = running_sums(self.fills.iter().map(|fill| fill.1));
+        self.filled_most = running_sums(self.fills.iter().map(|fill| fill.2));
+    }
+
+    /// The endpoints' traffic at `utilization`.
+    fn at(&self, utilization: f64) -> f64 {
+        let utilization = utilization.min(self.ceiling);
+        // Every endpoint past its fill is past its join too (`most > probe`), so those between
+        // the two take `utilization * full`.
+        let joined = self.joins.partition_point(|join| join.0 <= utilization);
+        let filled = self.fills.partition_point(|fill| fill.0 <= utilization);
+        let between = (self.joined_full[joined] - self.filled_full[filled]).max(0.0);
+        let unusual: f64 = self
+            .unusual
+            .iter()
+            .map(|(full, most)| load(utilization, *full, *most, self.probe))
+            .sum();
+        self.fixed
+            + self.probe * (self.joins.len() - joined) as f64
+            + utilization * between
+            + self.filled_most[filled]
+            + unusual
+    }
+}
+
+/// `0` and then the running sums of `values`.
+fn running_sums(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut sums = Vec::with_capacity(values.size_hint().0 + 1);
+    sums.push(0.0);
+    let mut sum = 0.0;
+    for value in values {
+        sum += value;
+        sums.push(sum);
+    }
+    sums
+}
+
+/// The bisection on the marginal latency, with each queue's utilization at both ends of the
+/// bracket: the utilization at a marginal between them lies between them, so each step's
+/// inversion starts inside a bracket that narrows with the search.
+struct Search<'a> {
+    model: &'a Model,
+    /// The bracket: the loads place at most the demand at `low`, at least it at `high`.
+    low: f64,
+    high: f64,
+    /// Each queue's utilization at `low` and at `high`.
+    at_low: Vec<f64>,
+    at_high: Vec<f64>,
+    /// Each queue's utilization at the marginal last tried.
+    tried: Vec<f64>,
+}
+
+impl<'a> Search<'a> {
+    /// The search over the model's widest bracket (see [`Model::bracket`]).
+    fn new(model: &'a Model) -> Self {
+        let (low, high) = model.bracket();
+        let at = |marginal: f64| -> Vec<f64> {
+            model
+                .queues
+                .iter()
+                .map(|queue| queue.utilization_at(marginal, model.ceiling))
+                .collect()
+        };
+        Self {
+            model,
+            low,
+            high,
+            at_low: at(low),
+            at_high: at(high),
+            tried: vec![0.0; model.queues.len()],
+        }
+    }
+
+    /// The traffic the loads place at `marginal`, inside the bracket: the sum of
+    /// [`Model::loads`] up to rounding.
+    fn total(&mut self, marginal: f64) -> f64 {
+        let model = self.model;
+        let mut total = 0.0;
+        for (((queue, loads), tried), (lower, upper)) in model
+            .queues
+            .iter()
+            .zip(&model.queue_loads)
+            .zip(&mut self.tried)
+            .zip(self.at_low.iter().zip(&self.at_high))
+        {
+            *tried = queue
+                .utilization_between(marginal, model.ceiling, *lower, *upper)
+                .max(*lower)
+                .min(*upper);
+            total += loads.at(*tried);
+        }
+        total
+    }
+
+    /// Moves the bracket's low end (`below`: the loads placed less than the demand) or its
+    /// high end to `marginal`, the one [`Self::total`] last tried.
+    fn narrow(&mut self, marginal: f64, below: bool) {
+        if below {
+            self.low = marginal;
+            self.at_low.copy_from_slice(&self.tried);
+        } else {
+            self.high = marginal;
+            self.at_high.copy_from_slice(&self.tried);
+        }
     }
 }
 
@@ -572,6 +768,195 @@ mod tests {
             (utilizations[0] - utilizations[1]).abs() < 1e-9,
             "{utilizations:?}"
         );
+    }
+
+    /// Fleets unlike the seed one: suspects capped (a most below the ceiling), costs spread
+    /// across tiers, an endpoint capped at nothing and CPU limits of 0.5 and 0.001 cores.
+    fn uneven_fleets() -> Vec<Fleet> {
+        let mut fleets = Vec::new();
+        for share in [0.05, 0.3, 0.7, 0.85] {
+            let mut capped = seed_fleet(share, DEFAULT_CEILING);
+            for index in [0, 4, 9] {
+                capped.capacities[index] *= 0.3;
+            }
+            fleets.push(capped);
+            let mut odd = seed_fleet(share, DEFAULT_CEILING);
+            odd.capacities[3] = 0.0;
+            odd.limits[7] = 0.5;
+            odd.capacities[7] = DEFAULT_CEILING * 0.5 / odd.costs[7];
+            odd.limits[10] = 0.001;
+            odd.capacities[10] = DEFAULT_CEILING * 0.001 / odd.costs[10];
+            for (index, cost) in odd.costs.iter_mut().enumerate() {
+                *cost *= 1.0 + 0.07 * index as f64;
+            }
+            fleets.push(odd);
+        }
+        fleets
+    }
+
+    /// The latency plan's model of `fleet` with probes of `probe_share` of the demand.
+    fn model(fleet: &Fleet, probe_share: f64) -> Model {
+        let ceiling = fleet.ceiling.min(MAX_MODELLED_UTILIZATION);
+        let full = fleet.full_capacities();
+        let most: Vec<f64> = fleet
+            .capacities
+            .iter()
+            .zip(&full)
+            .map(|(capacity, full)| capacity.min(ceiling * full))
+            .collect();
+        let probe = probe_share * fleet.demand / fleet.costs.len() as f64;
+        Model::new(fleet, ceiling, full, most, probe)
+    }
+
+    #[test]
+    fn a_queue_load_is_the_sum_of_its_endpoints() {
+        for share in [0.05, 0.3, 0.5, 0.7, 0.85, 0.89] {
+            for probe_share in [0.0, 0.002, 0.5] {
+                let mut fleets = uneven_fleets();
+                fleets.push(seed_fleet(share, DEFAULT_CEILING));
+                for fleet in fleets {
+                    let model = model(&fleet, probe_share);
+                    for (queue, loads) in model.queue_loads.iter().enumerate() {
+                        // A grid, each breakpoint and the ceiling itself.
+                        let mut at: Vec<f64> = (0..=200)
+                            .map(|step| model.ceiling * f64::from(step) / 200.0)
+                            .collect();
+                        at.extend(loads.joins.iter().map(|join| join.0));
+                        at.extend(loads.fills.iter().map(|fill| fill.0));
+                        for utilization in at {
+                            let summed: f64 = (0..fleet.costs.len())
+                                .filter(|index| model.queue_of[*index] == queue)
+                                .map(|index| {
+                                    load(
+                                        utilization.min(model.ceiling),
+                                        model.full[index],
+                                        model.most[index],
+                                        model.probe,
+                                    )
+                                })
+                                .sum();
+                            let found = loads.at(utilization);
+                            assert!(
+                                (found - summed).abs() <= 1e-12 * summed.max(1e-300),
+                                "{share} {probe_share} {utilization}: {found} vs {summed}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_search_total_is_the_sum_of_the_loads() {
+        for share in [0.05, 0.3, 0.5, 0.7, 0.85, 0.89] {
+            for probe_share in [0.0, 0.002, 0.5] {
+                let mut fleets = uneven_fleets();
+                fleets.push(seed_fleet(share, DEFAULT_CEILING));
+                for fleet in fleets {
+                    let model = model(&fleet, probe_share);
+                    let mut search = Search::new(&model);
+                    for _ in 0..MARGINAL_STEPS {
+                        let middle = 0.5 * (search.low + search.high);
+                        if middle <= search.low || middle >= search.high {
+                            break;
+                        }
+                        let summed: f64 = model.loads(middle).iter().sum();
+                        let total = search.total(middle);
+                        assert!(
+                            (total - summed).abs() <= 1e-9 * summed,
+                            "{share} {probe_share} {middle}: {total} vs {summed}"
+                        );
+                        search.narrow(middle, total < fleet.demand);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn latency_matches_a_search_over_every_load() {
+        // The plan as a bisection summing every endpoint's load at each step, far past the
+        // precision the plan stops at.
+        // `None` past the ceiling, where the plan is a spread.
+        fn reference(fleet: &Fleet, probe_share: f64) -> Option<Vec<f64>> {
+            let model = model(fleet, probe_share);
+            if fleet.demand >= model.most.iter().sum::<f64>() {
+                return None;
+            }
+            let (mut low, mut high) = model.bracket();
+            for _ in 0..200 {
+                let middle = 0.5 * (low + high);
+                if middle <= low || middle >= high {
+                    break;
+                }
+                if model.loads(middle).iter().sum::<f64>() < fleet.demand {
+                    low = middle;
+                } else {
+                    high = middle;
+                }
+            }
+            let (below, above) = (model.loads(low), model.loads(high));
+            let (under, over) = (below.iter().sum::<f64>(), above.iter().sum::<f64>());
+            let fraction = if over > under {
+                ((fleet.demand - under) / (over - under)).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            Some(
+                below
+                    .iter()
+                    .zip(&above)
+                    .map(|(low, high)| low + fraction * (high - low))
+                    .collect(),
+            )
+        }
+        let mut fleets = uneven_fleets();
+        for share in [0.05, 0.3, 0.5, 0.7, 0.8, 0.85, 0.89] {
+            fleets.push(seed_fleet(share, DEFAULT_CEILING));
+        }
+        let mut searched = 0;
+        for fleet in fleets {
+            for probe_share in [0.0, 0.002] {
+                let Some(expected) = reference(&fleet, probe_share) else {
+                    continue;
+                };
+                searched += 1;
+                let planned = latency(&fleet, probe_share).0;
+                for (index, (planned, expected)) in planned.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (planned - expected).abs() <= 1e-6 * expected.max(1e-9 * fleet.demand),
+                        "{} {probe_share} #{index}: {planned} vs {expected}",
+                        fleet.demand
+                    );
+                }
+            }
+        }
+        // Past their ceiling (a spread): both uneven fleets at 85%, the odd one at 70%.
+        assert!(searched >= 24, "{searched}");
+    }
+
+    #[test]
+    fn tiers_order_by_cost_then_index() {
+        let costs = [
+            3.0,
+            1.0,
+            1.1,
+            -0.0,
+            0.0,
+            5.0,
+            1.0,
+            1e-300,
+            f64::INFINITY,
+            4.0,
+        ];
+        let tiers = tiers(&costs);
+        let mut order: Vec<usize> = (0..costs.len()).collect();
+        order.sort_by(|left, right| costs[*left].total_cmp(&costs[*right]).then(left.cmp(right)));
+        assert_eq!(tiers.concat(), order);
+        assert_eq!(tiers[0], vec![3, 4]);
+        assert_eq!(tiers[1], vec![7]);
+        assert_eq!(tiers[2], vec![1, 6, 2]);
     }
 
     #[test]

@@ -52,19 +52,33 @@ impl Queue {
     /// The utilization in `[0, highest]` at which the marginal latency is `marginal` (`0`
     /// when even an idle endpoint costs more, `highest` when even that costs less).
     pub(crate) fn utilization_at(&self, marginal: f64, highest: f64) -> f64 {
+        self.utilization_between(marginal, highest, 0.0, highest)
+    }
+
+    /// [`Self::utilization_at`] when the answer is known to lie in `[lower, upper]` (the
+    /// utilizations at a lower and a higher marginal): a narrow bracket takes fewer steps. An
+    /// answer outside the bracket comes back at its nearest end.
+    pub(crate) fn utilization_between(
+        &self,
+        marginal: f64,
+        highest: f64,
+        lower: f64,
+        upper: f64,
+    ) -> f64 {
         let highest = highest.clamp(0.0, MAX_MODELLED_UTILIZATION);
         // Solve g'(u) = target for the waiting g(u) = u^b / (1 - u).
         let target = self.servers * (marginal / self.cost - 1.0);
         if target.is_nan() || target <= 0.0 || highest <= 0.0 {
             return 0.0;
         }
-        if self.waiting_slope(highest).0 <= target {
+        let upper = upper.clamp(0.0, highest);
+        if upper >= highest && self.waiting_slope(highest).0 <= target {
             return highest;
         }
         // g' rises strictly, so the root is bracketed; Newton from the top converges without
         // overshoot where g' is convex (c >= 1) and the bracket catches it where it is not.
-        let (mut low, mut high) = (0.0, highest);
-        let mut utilization = highest;
+        let (mut low, mut high) = (lower.clamp(0.0, upper), upper);
+        let mut utilization = upper;
         for _ in 0..INVERSION_STEPS {
             let (slope, curvature) = self.waiting_slope(utilization);
             let error = slope - target;
@@ -147,6 +161,39 @@ mod tests {
             assert_eq!(queue.utilization_at(0.003, 0.9), 0.0);
             assert_eq!(queue.utilization_at(0.002, 0.9), 0.0);
             assert_eq!(queue.utilization_at(1e9, 0.9), 0.9);
+        }
+    }
+
+    #[test]
+    fn a_bracket_around_the_answer_finds_it() {
+        for servers in [0.001, 0.5, 1.0, 4.0, 64.0] {
+            let queue = Queue::new(0.003, servers);
+            for u in [0.01, 0.2, 0.6, 0.85, 0.89] {
+                let marginal = queue.marginal(u);
+                if marginal <= 0.003 * (1.0 + 1e-12) {
+                    continue;
+                }
+                let unbracketed = queue.utilization_at(marginal, 0.9);
+                for width in [0.5, 1e-3, 1e-9, 1e-13] {
+                    let (lower, upper) = ((u - width).max(0.0), (u + width).min(0.9));
+                    let found = queue.utilization_between(marginal, 0.9, lower, upper);
+                    assert!(
+                        (found - u).abs() < 1e-9,
+                        "{servers} {width}: {u} -> {found}"
+                    );
+                    assert!((found - unbracketed).abs() < 1e-9, "{servers} {width}");
+                }
+                // A bracket that misses the answer gives its nearest end.
+                let below = queue.utilization_between(marginal, 0.9, 0.0, 0.5 * u);
+                assert!((below - 0.5 * u).abs() < 1e-9, "{servers}: {u} -> {below}");
+                let above = queue.utilization_between(marginal, 0.9, u + 0.005, 0.9);
+                assert!(
+                    (above - u - 0.005).abs() < 1e-9,
+                    "{servers}: {u} -> {above}"
+                );
+            }
+            assert_eq!(queue.utilization_between(1e9, 0.9, 0.5, 0.9), 0.9);
+            assert_eq!(queue.utilization_between(0.002, 0.9, 0.0, 0.9), 0.0);
         }
     }
 
