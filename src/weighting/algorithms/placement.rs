@@ -125,14 +125,18 @@ pub(crate) fn tiers(costs: &[f64]) -> Vec<Vec<usize>> {
         .map(|(index, cost)| (u128::from(total_order_key(*cost)) << 64) | index as u128)
         .collect();
     order.sort_unstable();
+    let order: Vec<usize> = order
+        .iter()
+        .map(|key| (key & u128::from(u64::MAX)) as usize)
+        .collect();
     let mut tiers: Vec<Vec<usize>> = Vec::new();
-    for key in order {
-        let index = (key & u128::from(u64::MAX)) as usize;
-        match tiers.last_mut() {
-            Some(tier) if costs[index] <= costs[tier[0]] * (1.0 + COST_TIER_TOLERANCE) => {
-                tier.push(index)
-            }
-            _ => tiers.push(vec![index]),
+    let mut start = 0;
+    for position in 1..=order.len() {
+        if position == order.len()
+            || costs[order[position]] > costs[order[start]] * (1.0 + COST_TIER_TOLERANCE)
+        {
+            tiers.push(order[start..position].to_vec());
+            start = position;
         }
     }
     tiers
@@ -209,24 +213,19 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
         search.narrow(middle, placed < fleet.demand);
     }
     let (low, high) = (search.low, search.high);
-    let low_loads = model.loads(low);
+    let mut loads = model.loads(low);
     let high_loads = model.loads(high);
     // Between the two ends the loads move together; the point that places exactly the demand
     // keeps the plan continuous in it.
-    let (below, above) = (
-        low_loads.iter().sum::<f64>(),
-        high_loads.iter().sum::<f64>(),
-    );
+    let (below, above) = (loads.iter().sum::<f64>(), high_loads.iter().sum::<f64>());
     let fraction = if above > below {
         ((fleet.demand - below) / (above - below)).clamp(0.0, 1.0)
     } else {
         1.0
     };
-    let loads: Vec<f64> = low_loads
-        .iter()
-        .zip(&high_loads)
-        .map(|(low, high)| low + fraction * (high - low))
-        .collect();
+    for (load, high) in loads.iter_mut().zip(&high_loads) {
+        *load += fraction * (high - *load);
+    }
     let placements = loads
         .iter()
         .enumerate()
@@ -307,7 +306,7 @@ impl Model {
                     None => {
                         limits.push(limit.to_bits());
                         queues.push(Queue::new(cost, limit));
-                        queue_loads.push(QueueLoad::new(probe, ceiling));
+                        queue_loads.push(QueueLoad::new(probe, ceiling, tier.len()));
                         queues.len() - 1
                     }
                 };
@@ -403,12 +402,13 @@ struct QueueLoad {
 }
 
 impl QueueLoad {
-    fn new(probe: f64, ceiling: f64) -> Self {
+    /// An empty queue for up to `endpoints` endpoints.
+    fn new(probe: f64, ceiling: f64, endpoints: usize) -> Self {
         Self {
             probe,
             ceiling,
             fixed: 0.0,
-            joins: Vec::new(),
+            joins: Vec::with_capacity(endpoints),
             joined_full: Vec::new(),
             fills: Vec::new(),
             filled_full: Vec::new(),
@@ -526,10 +526,16 @@ impl<'a> Search<'a> {
             .zip(&mut self.tried)
             .zip(self.at_low.iter().zip(&self.at_high))
         {
-            *tried = queue
-                .utilization_between(marginal, model.ceiling, *lower, *upper)
-                .max(*lower)
-                .min(*upper);
+            // A bracket closed on one utilization (the queue idle or at the ceiling at both
+            // ends, or narrowed past what a float shows) holds the answer: no inversion.
+            *tried = if lower >= upper {
+                *upper
+            } else {
+                queue
+                    .utilization_between(marginal, model.ceiling, *lower, *upper)
+                    .max(*lower)
+                    .min(*upper)
+            };
             total += loads.at(*tried);
         }
         total
