@@ -228,10 +228,10 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
     }
     let placements = loads
         .iter()
-        .enumerate()
-        .map(|(index, load)| Placement::Latency {
-            tier: model.tier_of[index] + 1,
-            bound: if *load >= model.most[index] * (1.0 - 1e-9) {
+        .zip(model.tier_of.iter().zip(&model.most))
+        .map(|(load, (tier, most))| Placement::Latency {
+            tier: tier + 1,
+            bound: if *load >= most * (1.0 - 1e-9) {
                 Bound::Ceiling(fleet.ceiling)
             } else if *load <= probe * (1.0 + 1e-9) {
                 Bound::Probe
@@ -354,15 +354,10 @@ impl Model {
             .iter()
             .map(|queue| queue.utilization_at(marginal, self.ceiling))
             .collect();
-        (0..self.full.len())
-            .map(|index| {
-                load(
-                    utilizations[self.queue_of[index]],
-                    self.full[index],
-                    self.most[index],
-                    self.probe,
-                )
-            })
+        self.queue_of
+            .iter()
+            .zip(self.full.iter().zip(&self.most))
+            .map(|(queue, (full, most))| load(utilizations[*queue], *full, *most, self.probe))
             .collect()
     }
 }
