@@ -161,6 +161,22 @@ pub struct ClusterMemory {
     pub last_sample_at: Option<Duration>,
     /// Unit of the endpoints' remembered `cost`, if any was remembered.
     pub cost_basis: Option<CostBasis>,
+    /// The largest cost remembered in the last [`SLOWEST_MEMORY`] (in `cost_basis` units) and
+    /// when it was last the largest of a tick, including endpoints since removed: a newcomer is
+    /// started as if it were that slow (`latency`), so a rolling restart that has already
+    /// replaced the slow pods still starts their successors at a slow pod's share.
+    pub slowest_cost: Option<(f64, Duration)>,
+}
+
+/// How long [`ClusterMemory::slowest_cost`] outlives the endpoints that had it.
+pub const SLOWEST_MEMORY: Duration = Duration::from_secs(600);
+
+impl ClusterMemory {
+    /// [`Self::slowest_cost`] and when it was seen, unless older than [`SLOWEST_MEMORY`] at `now`.
+    pub(crate) fn slowest_cost_at(&self, now: Duration) -> Option<(f64, Duration)> {
+        self.slowest_cost
+            .filter(|(_, seen)| now.saturating_sub(*seen) < SLOWEST_MEMORY)
+    }
 }
 
 /// The result of one tick of weighting for one cluster.

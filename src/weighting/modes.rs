@@ -56,7 +56,9 @@ pub(crate) fn fresh_weights(
         })
         .collect();
     let verdicts = errors::judge(&fresh);
-    let (planned, cost_basis, fill_percentile) = plan_healthy(&fresh, &verdicts, memory, params);
+    let slowest = memory.slowest_cost_at(now).map(|(cost, _)| cost);
+    let (planned, cost_basis, fill_percentile) =
+        plan_healthy(&fresh, &verdicts, (memory.cost_basis, slowest), params);
     let computed: Vec<f64> = planned
         .iter()
         .zip(&verdicts)
@@ -65,8 +67,15 @@ pub(crate) fn fresh_weights(
         .collect();
     let fill = percentile(&computed, fill_percentile)
         .map_or_else(|| middle_weight(params), |value| to_weight(value, params));
-    let mut newcomer_fills =
-        newcomer_fills(observations, &fresh, &planned, &verdicts, params).map(Vec::into_iter);
+    let slowest_seen =
+        slowest.filter(|_| memory.cost_basis.is_some() && memory.cost_basis == cost_basis);
+    let mut newcomer_fills = newcomer_fills(
+        observations,
+        (&fresh, &planned, &verdicts),
+        slowest_seen,
+        params,
+    )
+    .map(Vec::into_iter);
     let mut planned = planned.into_iter().zip(verdicts);
     let mut weights = Vec::with_capacity(observations.len());
     let mut costs = Vec::with_capacity(observations.len());
@@ -123,14 +132,15 @@ pub(crate) fn fresh_weights(
 }
 
 /// Plans the endpoints that are not failing with the cluster's algorithm, and gives each failing
-/// one its probe weight; index-aligned with `fresh`.
+/// one its probe weight; index-aligned with `fresh`. `remembered`: the unit of the remembered
+/// costs and the cluster's remembered slowest cost (see [`capacity::plan_with`]).
 ///
 /// When every endpoint would be held, none is: holding them all changes no share, and the
 /// baseline they are judged against is then their own.
 pub(crate) fn plan_healthy(
     fresh: &[FreshEndpoint],
     verdicts: &[Option<errors::Failing>],
-    memory: &ClusterMemory,
+    remembered: (Option<CostBasis>, Option<f64>),
     params: &Params,
 ) -> (Vec<Planned>, Option<CostBasis>, f64) {
     let held = verdicts.iter().filter(|verdict| verdict.is_some()).count();
@@ -163,7 +173,7 @@ pub(crate) fn plan_healthy(
             params.distance.new_pod_percentile,
         ),
         Algorithm::Capacity | Algorithm::Static => {
-            let (planned, basis) = capacity::plan(&healthy, outside_rps, memory.cost_basis, params);
+            let (planned, basis) = capacity::plan_with(&healthy, outside_rps, remembered, params);
             (planned, Some(basis), 50.0)
         }
     };
@@ -209,14 +219,13 @@ fn stale_sample(observation: &Observation, params: &Params) -> Option<(u64, u64)
 }
 
 /// Under `latency` (capacity algorithm), the weight and share of each endpoint without a fresh
-/// sample, in order: its [`capacity::newcomer_share`] turned into a weight against the planned
-/// ones. `None` for other objectives, when every endpoint is fresh, or when nothing is measured
+/// sample, in order: its [`capacity::newcomer_share`] (at the slowest cost measured now or
+/// remembered, `slowest_seen`) turned into a weight against the planned ones. `None` for other objectives, when every endpoint is fresh, or when nothing is measured
 /// (the percentile fill applies).
 fn newcomer_fills(
     observations: &[Observation],
-    fresh: &[FreshEndpoint],
-    planned: &[Planned],
-    verdicts: &[Option<errors::Failing>],
+    (fresh, planned, verdicts): (&[FreshEndpoint], &[Planned], &[Option<errors::Failing>]),
+    slowest_seen: Option<f64>,
     params: &Params,
 ) -> Option<Vec<(u32, f64)>> {
     if params.algorithm != Algorithm::Capacity
@@ -237,7 +246,7 @@ fn newcomer_fills(
         .filter(|observation| !observation.fresh)
         .map(|observation| observation.limit)
         .collect();
-    let shares = capacity::newcomer_share(&known, &limits)?;
+    let shares = capacity::newcomer_share(&known, &limits, slowest_seen)?;
     let total: f64 = shares.iter().sum();
     let planned_sum: f64 = planned.iter().map(|plan| f64::from(plan.weight)).sum();
     if total >= 1.0 || planned_sum <= 0.0 {

@@ -1,7 +1,11 @@
 //! One tick of one cluster: observe the samples, pick the mode, weigh, apply the limits, and
 //! decide whether the result is worth a push.
 
-use std::{borrow::Borrow, collections::BTreeSet, time::Duration};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use super::limits::{guard_locality_sums, slow_start};
 use super::modes::{equal_weights, fresh_weights, held_weights, Tick};
@@ -55,6 +59,33 @@ pub(crate) fn compute<E: Borrow<Endpoint>>(
     output.memory.last_sample_at = last_sample_at;
     output.dropped_samples = dropped_samples;
     output
+}
+
+/// The largest cost remembered now, or the one remembered from the last
+/// [`SLOWEST_MEMORY`](super::SLOWEST_MEMORY) when larger (in the same unit).
+fn slowest_cost(
+    endpoints: &BTreeMap<EndpointKey, EndpointMemory>,
+    memory: &ClusterMemory,
+    basis: Option<super::CostBasis>,
+    now: Duration,
+) -> Option<(f64, Duration)> {
+    basis?;
+    let current = endpoints
+        .values()
+        .filter(|endpoint| !endpoint.cost_is_floor && !endpoint.failing)
+        .filter_map(|endpoint| endpoint.cost)
+        .filter(|cost| cost.is_finite() && *cost > 0.0)
+        .fold(None, |slowest: Option<f64>, cost| {
+            Some(slowest.map_or(cost, |slowest| slowest.max(cost)))
+        });
+    let remembered = memory
+        .slowest_cost_at(now)
+        .filter(|_| memory.cost_basis == basis);
+    match (current, remembered) {
+        (Some(current), Some((old, seen))) if old > current => Some((old, seen)),
+        (Some(current), _) => Some((current, now)),
+        (None, remembered) => remembered,
+    }
 }
 
 /// Decides whether the tick is worth a push and builds the memory of what is served.
@@ -121,11 +152,14 @@ pub(crate) fn decide_push(
             (observation.key, remembered)
         })
         .collect();
+    let basis = cost_basis.or(memory.cost_basis);
+    let slowest_cost = slowest_cost(&endpoints, memory, basis, now);
     let memory = ClusterMemory {
         endpoints,
         mode,
         last_sample_at: memory.last_sample_at,
-        cost_basis: cost_basis.or(memory.cost_basis),
+        cost_basis: basis,
+        slowest_cost,
     };
     Output {
         weights,
@@ -424,6 +458,36 @@ mod tests {
             let reason = output.weights[3].reason.to_string();
             assert!(reason.contains(explained), "{reason}");
         }
+    }
+
+    #[test]
+    fn latency_remembers_the_slowest_cost_for_the_successors_of_removed_pods() {
+        // 1, 2 and 8 ms pods; the 8 ms one is replaced by a new pod. Measured now, the slowest
+        // is 2 ms (a 25% share); remembered, 8 ms: 125 / (1000 + 500 + 125) = 7.7%, for ten
+        // minutes after the 8 ms pod was last seen.
+        let params = capacity(Objective::Latency);
+        let all = endpoints(4);
+        let first = run(
+            &all[..3],
+            &costed(&[(0.1, 100.0), (0.2, 100.0), (0.8, 100.0)], 5),
+            &ClusterMemory::default(),
+            &params,
+            100,
+        );
+        let replaced = [all[0].clone(), all[1].clone(), all[3].clone()];
+        let mut loads = costed(&[(0.1, 100.0), (0.2, 100.0)], 5);
+        loads.push(EndpointLoad::default());
+        let share_at = |seconds| {
+            let output = run(&replaced, &loads, &first.memory, &params, seconds);
+            assert_eq!(output.weights[2].source, WeightSource::NewPod);
+            shares(&output)[2]
+        };
+        assert!(
+            (share_at(110) - 125.0 / 1625.0).abs() < 0.002,
+            "{}",
+            share_at(110)
+        );
+        assert!((share_at(701) - 0.25).abs() < 0.002, "{}", share_at(701));
     }
 
     #[test]

@@ -81,15 +81,27 @@ struct Smoothed {
     rose: Option<f64>,
 }
 
-/// Weights for the endpoints with fresh CPU, index-aligned with `fresh`, and the unit of the
-/// costs to remember.
-///
-/// `outside_rps` is traffic now served by endpoints outside `fresh` (held as failing) that the
-/// plan must place.
+/// [`plan_with`] without a remembered slowest cost.
+#[cfg(test)]
 pub(crate) fn plan(
     fresh: &[FreshEndpoint],
     outside_rps: f64,
     basis_before: Option<CostBasis>,
+    params: &Params,
+) -> (Vec<Planned>, CostBasis) {
+    plan_with(fresh, outside_rps, (basis_before, None), params)
+}
+
+/// Weights for the endpoints with fresh CPU, index-aligned with `fresh`, and the unit of the
+/// costs to remember.
+///
+/// `outside_rps` is traffic now served by endpoints outside `fresh` (held as failing) that the
+/// plan must place; `slowest_seen` the cluster's remembered slowest cost (in `basis_before`
+/// units), at which newcomers start when it exceeds every measured one.
+pub(crate) fn plan_with(
+    fresh: &[FreshEndpoint],
+    outside_rps: f64,
+    (basis_before, slowest_seen): (Option<CostBasis>, Option<f64>),
     params: &Params,
 ) -> (Vec<Planned>, CostBasis) {
     let basis = if fresh.iter().any(|endpoint| endpoint.rps.is_some()) {
@@ -114,7 +126,8 @@ pub(crate) fn plan(
         Objective::Balance => (balance(&fleet), vec![Placement::Balance; fresh.len()]),
         Objective::Latency => {
             let (mut loads, mut placements) = latency(&fleet, params.probe_share);
-            newcomer_loads(&mut loads, &mut placements, &fleet, &smoothed);
+            let slowest_seen = slowest_seen.filter(|_| basis_before == Some(basis));
+            newcomer_loads(&mut loads, &mut placements, &fleet, &smoothed, slowest_seen);
             (loads, placements)
         }
     };
@@ -277,7 +290,8 @@ fn planning_costs(smoothed: &[Smoothed], slowest: bool) -> Vec<f64> {
 
 /// The share of the traffic each not yet measured endpoint gets under `latency`, index-aligned
 /// with `newcomer_limits`: the share it would carry with the traffic spread in proportion to
-/// capacity, as if it were as slow as the slowest measured endpoint (`known`: cost and limit).
+/// capacity, as if it were as slow as the slowest measured endpoint (`known`: cost and limit),
+/// or as the cluster's remembered slowest cost (`slowest_seen`) when that is larger.
 ///
 /// The plan's usual rule for an unknown cost, the median, would load a newcomer like a typical
 /// pod, which under `latency` is a full weight: in a rolling restart a new pod on a slow node
@@ -285,13 +299,23 @@ fn planning_costs(smoothed: &[Smoothed], slowest: bool) -> Vec<f64> {
 /// cluster's utilization or below (unless it is slower than every pod measured so far), and it
 /// serves enough requests to be measured in a tick or two, so it is not starved either.
 /// `None` when nothing is measured.
-pub(crate) fn newcomer_share(known: &[(f64, f64)], newcomer_limits: &[f64]) -> Option<Vec<f64>> {
+pub(crate) fn newcomer_share(
+    known: &[(f64, f64)],
+    newcomer_limits: &[f64],
+    slowest_seen: Option<f64>,
+) -> Option<Vec<f64>> {
     let valid = |value: f64| value.is_finite() && value > 0.0;
-    let slowest = known
+    let measured = known
         .iter()
         .map(|(cost, _)| *cost)
         .filter(|cost| valid(*cost))
         .fold(0.0, f64::max);
+    if measured <= 0.0 {
+        return None;
+    }
+    let slowest = slowest_seen
+        .filter(|seen| valid(*seen))
+        .map_or(measured, |seen| seen.max(measured));
     if slowest <= 0.0 {
         return None;
     }
@@ -326,6 +350,7 @@ fn newcomer_loads(
     placements: &mut [Placement],
     fleet: &Fleet,
     smoothed: &[Smoothed],
+    slowest_seen: Option<f64>,
 ) {
     if smoothed.iter().all(|smoothed| smoothed.cost.is_some())
         || smoothed.iter().all(|smoothed| smoothed.cost.is_none())
@@ -339,7 +364,7 @@ fn newcomer_loads(
         .map(|index| (fleet.costs[*index], fleet.limits[*index]))
         .collect();
     let limits: Vec<f64> = newcomers.iter().map(|index| fleet.limits[*index]).collect();
-    let Some(shares) = newcomer_share(&pairs, &limits) else {
+    let Some(shares) = newcomer_share(&pairs, &limits, slowest_seen) else {
         return;
     };
     let newcomer_total: f64 = shares.iter().sum();
