@@ -166,7 +166,14 @@ pub struct ClusterMemory {
     /// started as if it were that slow (`latency`), so a rolling restart that has already
     /// replaced the slow pods still starts their successors at a slow pod's share.
     pub slowest_cost: Option<(f64, Duration)>,
+    /// The demand the last plan placed (requests per second) and when.
+    pub planned_demand: Option<(f64, Duration)>,
 }
+
+/// How fast the demand planned may fall: by half in this long. Request rates over a window read
+/// low while a pod's series is younger than the window, so a fall is followed only this fast;
+/// 60 s bridges a `rate[1m]`.
+pub const DEMAND_HALF_LIFE: Duration = Duration::from_secs(60);
 
 /// How long [`ClusterMemory::slowest_cost`] outlives the endpoints that had it.
 pub const SLOWEST_MEMORY: Duration = Duration::from_secs(600);
@@ -176,6 +183,15 @@ impl ClusterMemory {
     pub(crate) fn slowest_cost_at(&self, now: Duration) -> Option<(f64, Duration)> {
         self.slowest_cost
             .filter(|(_, seen)| now.saturating_sub(*seen) < SLOWEST_MEMORY)
+    }
+
+    /// The least demand to plan for at `now`: the last planned demand halved every
+    /// [`DEMAND_HALF_LIFE`] since.
+    pub(crate) fn demand_floor_at(&self, now: Duration) -> Option<f64> {
+        self.planned_demand.map(|(demand, at)| {
+            let halvings = now.saturating_sub(at).as_secs_f64() / DEMAND_HALF_LIFE.as_secs_f64();
+            demand * 0.5_f64.powf(halvings)
+        })
     }
 }
 

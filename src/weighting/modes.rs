@@ -20,6 +20,8 @@ pub(crate) struct Tick {
     pub(crate) cost_basis: Option<CostBasis>,
     /// Held as failing, one per endpoint.
     pub(crate) failing: Vec<bool>,
+    /// The demand planned (requests per second), when this tick planned one.
+    pub(crate) demand: Option<f64>,
 }
 
 /// Runs the algorithm on the endpoints with fresh CPU and fills in the others.
@@ -57,8 +59,13 @@ pub(crate) fn fresh_weights(
         .collect();
     let verdicts = errors::judge(&fresh);
     let slowest = memory.slowest_cost_at(now).map(|(cost, _)| cost);
-    let (planned, cost_basis, fill_percentile) =
-        plan_healthy(&fresh, &verdicts, (memory.cost_basis, slowest), params);
+    let remembered = capacity::Remembered {
+        basis: memory.cost_basis,
+        slowest,
+        demand_floor: memory.demand_floor_at(now),
+    };
+    let (planned, cost_basis, fill_percentile, demand) =
+        plan_healthy(&fresh, &verdicts, remembered, params);
     let computed: Vec<f64> = planned
         .iter()
         .zip(&verdicts)
@@ -128,6 +135,7 @@ pub(crate) fn fresh_weights(
         costs,
         cost_basis,
         failing,
+        demand,
     }
 }
 
@@ -140,9 +148,9 @@ pub(crate) fn fresh_weights(
 pub(crate) fn plan_healthy(
     fresh: &[FreshEndpoint],
     verdicts: &[Option<errors::Failing>],
-    remembered: (Option<CostBasis>, Option<f64>),
+    remembered: capacity::Remembered,
     params: &Params,
-) -> (Vec<Planned>, Option<CostBasis>, f64) {
+) -> (Vec<Planned>, Option<CostBasis>, f64, Option<f64>) {
     let held = verdicts.iter().filter(|verdict| verdict.is_some()).count();
     // Borrowed in the usual case (no one held): this runs for every cluster on every tick.
     let healthy: std::borrow::Cow<'_, [FreshEndpoint]> = if held == 0 || held == fresh.len() {
@@ -166,19 +174,21 @@ pub(crate) fn plan_healthy(
             .filter_map(|(endpoint, _)| endpoint.rps)
             .sum()
     };
-    let (planned, cost_basis, fill_percentile) = match params.algorithm {
+    let (planned, cost_basis, fill_percentile, demand) = match params.algorithm {
         Algorithm::Distance => (
             distance::plan(&healthy, params),
             None,
             params.distance.new_pod_percentile,
+            None,
         ),
         Algorithm::Capacity | Algorithm::Static => {
-            let (planned, basis) = capacity::plan_with(&healthy, outside_rps, remembered, params);
-            (planned, Some(basis), 50.0)
+            let (planned, basis, demand) =
+                capacity::plan_with(&healthy, outside_rps, remembered, params);
+            (planned, Some(basis), 50.0, demand)
         }
     };
     if healthy.len() == fresh.len() {
-        return (planned, cost_basis, fill_percentile);
+        return (planned, cost_basis, fill_percentile, demand);
     }
     let planned_sum: f64 = planned.iter().map(|plan| f64::from(plan.weight)).sum();
     let held_weight = errors::held_weight(planned_sum, held, params);
@@ -199,7 +209,7 @@ pub(crate) fn plan_healthy(
             }),
         })
         .collect();
-    (all, cost_basis, fill_percentile)
+    (all, cost_basis, fill_percentile, demand)
 }
 
 /// Why an endpoint without a fresh sample got the fill-in weight.
@@ -306,6 +316,7 @@ impl Tick {
             costs: remembered_costs(observations),
             cost_basis: None,
             failing: remembered_failing(observations),
+            demand: None,
         }
     }
 }

@@ -107,6 +107,7 @@ pub(crate) fn decide_push(
         costs,
         cost_basis,
         failing,
+        demand,
     } = tick;
     let keys: BTreeSet<EndpointKey> = observations.iter().map(|o| o.key).collect();
     let set_changed = !keys.iter().eq(memory.endpoints.keys());
@@ -160,6 +161,9 @@ pub(crate) fn decide_push(
         last_sample_at: memory.last_sample_at,
         cost_basis: basis,
         slowest_cost,
+        // A tick that planned nothing (holding, fallback) keeps the last plan's demand, so the
+        // floor goes on decaying from it.
+        planned_demand: demand.map(|demand| (demand, now)).or(memory.planned_demand),
     };
     Output {
         weights,
@@ -491,6 +495,50 @@ mod tests {
     }
 
     #[test]
+    fn a_fall_in_demand_is_followed_at_the_half_life() {
+        // 2 x 1 ms and 2 x 3 ms pods at 1,200 rps, then the rates read 600 (a real fall, or
+        // rates of young series read low). The plan places 1,200 * 0.5^(t / 60 s) at least.
+        let params = capacity(Objective::Latency);
+        let fleet = endpoints(4);
+        let at = |rps: f64| {
+            costed(
+                &[
+                    (rps * 0.001, rps),
+                    (rps * 0.001, rps),
+                    (rps * 0.003, rps),
+                    (rps * 0.003, rps),
+                ],
+                1,
+            )
+        };
+        let first = run(&fleet, &at(300.0), &ClusterMemory::default(), &params, 100);
+        assert_eq!(
+            first.memory.planned_demand,
+            Some((1200.0, Duration::from_secs(100)))
+        );
+        let planned = |seconds: u64| {
+            let output = run(&fleet, &at(150.0), &first.memory, &params, seconds);
+            output
+                .memory
+                .planned_demand
+                .map(|(demand, _)| demand)
+                .unwrap_or_default()
+        };
+        assert!((planned(160) - 600.0_f64.max(1200.0 * 0.5)).abs() < 1e-6);
+        assert!((planned(130) - 1200.0 * 0.5_f64.powf(0.5)).abs() < 1e-6);
+        assert!(
+            (planned(400) - 600.0).abs() < 1e-6,
+            "read wins once the floor is below it"
+        );
+        // A rise is taken at once.
+        let output = run(&fleet, &at(600.0), &first.memory, &params, 101);
+        assert_eq!(
+            output.memory.planned_demand.map(|(demand, _)| demand),
+            Some(2400.0)
+        );
+    }
+
+    #[test]
     fn distance_new_pods_start_at_the_configured_percentile() {
         let params = Params {
             algorithm: Algorithm::Distance,
@@ -670,8 +718,10 @@ mod tests {
         let mut output = run(&fleet, &measured, &ClusterMemory::default(), &params, 0);
         let mut memory = output.memory.clone();
         let loads = vec![busy(0.3), busy(0.3), idle.clone(), idle];
+        // Ticks two minutes apart: the demand fell by half, and the plan follows a fall only at
+        // `DEMAND_HALF_LIFE` (test `a_fall_in_demand_is_followed_at_the_half_life`).
         for tick in 1..4 {
-            output = run(&fleet, &loads, &memory, &params, tick * 10);
+            output = run(&fleet, &loads, &memory, &params, tick * 120);
             memory = output.memory.clone();
         }
         for weight in &output.weights[2..] {

@@ -81,7 +81,20 @@ struct Smoothed {
     rose: Option<f64>,
 }
 
-/// [`plan_with`] without a remembered slowest cost.
+/// What the planner takes from the cluster's memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Remembered {
+    /// Unit of the endpoints' remembered costs.
+    pub(crate) basis: Option<CostBasis>,
+    /// The cluster's remembered slowest cost, in `basis` units: newcomers start at it when it
+    /// exceeds every measured one.
+    pub(crate) slowest: Option<f64>,
+    /// The least demand to plan for, in requests per second: the demand planned before, decayed
+    /// (see `weighting::DEMAND_HALF_LIFE`).
+    pub(crate) demand_floor: Option<f64>,
+}
+
+/// [`plan_with`] with nothing remembered but the unit of the costs.
 #[cfg(test)]
 pub(crate) fn plan(
     fresh: &[FreshEndpoint],
@@ -89,28 +102,39 @@ pub(crate) fn plan(
     basis_before: Option<CostBasis>,
     params: &Params,
 ) -> (Vec<Planned>, CostBasis) {
-    plan_with(fresh, outside_rps, (basis_before, None), params)
+    let remembered = Remembered {
+        basis: basis_before,
+        ..Remembered::default()
+    };
+    let (planned, basis, _) = plan_with(fresh, outside_rps, remembered, params);
+    (planned, basis)
 }
 
-/// Weights for the endpoints with fresh CPU, index-aligned with `fresh`, and the unit of the
-/// costs to remember.
+/// Weights for the endpoints with fresh CPU, index-aligned with `fresh`, the unit of the costs
+/// to remember, and the demand planned (requests per second, when costs are per request).
 ///
 /// `outside_rps` is traffic now served by endpoints outside `fresh` (held as failing) that the
-/// plan must place; `slowest_seen` the cluster's remembered slowest cost (in `basis_before`
-/// units), at which newcomers start when it exceeds every measured one.
+/// plan must place.
+///
+/// The demand planned never falls faster than `remembered.demand_floor` allows: request rates
+/// over a window read low while a pod's series is younger than the window (a rolling restart
+/// under `rate[1m]` read 40% of the offered load), and a demand read low concentrates the
+/// `latency` plan on the cheapest pods past their ceiling. A demand read high only spreads the
+/// plan wider, so rises are taken at once.
 pub(crate) fn plan_with(
     fresh: &[FreshEndpoint],
     outside_rps: f64,
-    (basis_before, slowest_seen): (Option<CostBasis>, Option<f64>),
+    remembered: Remembered,
     params: &Params,
-) -> (Vec<Planned>, CostBasis) {
+) -> (Vec<Planned>, CostBasis, Option<f64>) {
+    let (basis_before, slowest_seen) = (remembered.basis, remembered.slowest);
     let basis = if fresh.iter().any(|endpoint| endpoint.rps.is_some()) {
         CostBasis::PerRequest
     } else {
         CostBasis::Relative
     };
     if fresh.is_empty() {
-        return (Vec::new(), basis);
+        return (Vec::new(), basis, None);
     }
     let shares = served_shares(fresh);
     let smoothed = smoothed_costs(fresh, &shares, basis, basis_before, params);
@@ -120,6 +144,11 @@ pub(crate) fn plan_with(
     let mut fleet = fleet(fresh, &shares, &values, basis, params);
     if basis == CostBasis::PerRequest && outside_rps.is_finite() && outside_rps > 0.0 {
         fleet.demand += outside_rps;
+    }
+    if basis == CostBasis::PerRequest {
+        if let Some(floor) = remembered.demand_floor.filter(|floor| floor.is_finite()) {
+            fleet.demand = fleet.demand.max(floor);
+        }
     }
     let suspects = cap_suspects(&mut fleet, fresh);
     let (loads, placements) = match params.objective {
@@ -155,7 +184,8 @@ pub(crate) fn plan_with(
             }
         })
         .collect();
-    (planned, basis)
+    let demand = (basis == CostBasis::PerRequest).then_some(fleet.demand);
+    (planned, basis, demand)
 }
 
 /// The share of traffic each endpoint was served, from the weights in force; an endpoint without
