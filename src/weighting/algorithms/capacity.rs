@@ -654,6 +654,11 @@ mod tests {
         }
     }
 
+    /// The plan of `fresh` with costs remembered per request.
+    fn per_request(fresh: &[FreshEndpoint], objective: Objective) -> Vec<Planned> {
+        plan(fresh, 0.0, Some(CostBasis::PerRequest), &params(objective)).0
+    }
+
     fn weights(fresh: &[FreshEndpoint], objective: Objective) -> Vec<u32> {
         plan(fresh, 0.0, None, &params(objective))
             .0
@@ -722,13 +727,7 @@ mod tests {
             endpoint.limit = 4.0;
             endpoint.cost = remembered;
         }
-        plan(
-            &fresh,
-            0.0,
-            Some(CostBasis::PerRequest),
-            &params(Objective::Latency),
-        )
-        .0
+        per_request(&fresh, Objective::Latency)
     }
 
     #[test]
@@ -772,13 +771,7 @@ mod tests {
         for endpoint in &mut fresh {
             endpoint.cost = remembered;
         }
-        let planned = plan(
-            &fresh,
-            0.0,
-            Some(CostBasis::PerRequest),
-            &params(Objective::Latency),
-        )
-        .0;
+        let planned = per_request(&fresh, Objective::Latency);
         let cost = planned[0].cost.map(|cost| cost.value).unwrap_or_default();
         // Evidence 2 / 20 rps, smoothing 0.5: 0.002 + 0.05 * (0.008 - 0.002); no fast path.
         assert!((cost - 0.0023).abs() < 1e-12, "{cost}");
@@ -918,13 +911,7 @@ mod tests {
             endpoint.cost = remembered;
             endpoint.limit = 4.0;
         }
-        let planned = plan(
-            &fresh,
-            0.0,
-            Some(CostBasis::PerRequest),
-            &params(Objective::Balance),
-        )
-        .0;
+        let planned = per_request(&fresh, Objective::Balance);
         let cost = |index: usize| {
             planned[index]
                 .cost
@@ -964,13 +951,7 @@ mod tests {
                     )
                 })
                 .collect();
-            let planned = plan(
-                &fresh,
-                0.0,
-                Some(CostBasis::PerRequest),
-                &params(Objective::Balance),
-            )
-            .0;
+            let planned = per_request(&fresh, Objective::Balance);
             for (index, planned) in planned.iter().enumerate() {
                 costs[index] = planned.cost.map_or(costs[index], |cost| cost.value);
                 previous[index] = Some(planned.weight);

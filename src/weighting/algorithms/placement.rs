@@ -182,13 +182,7 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
     }
     let ceiling = fleet.ceiling.min(MAX_MODELLED_UTILIZATION);
     let full = fleet.full_capacities();
-    // At the ceiling (suspects capped): the most each endpoint may be planned.
-    let most: Vec<f64> = fleet
-        .capacities
-        .iter()
-        .zip(&full)
-        .map(|(capacity, full)| capacity.min(ceiling * full))
-        .collect();
+    let most = most_traffic(fleet, ceiling, &full);
     if fleet.demand >= most.iter().sum::<f64>() {
         let spread = spread_over(fleet.demand, &most);
         return (
@@ -241,6 +235,17 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
         })
         .collect();
     (loads, placements)
+}
+
+/// The most traffic each endpoint may be planned: at the ceiling, suspects capped (`full`: its
+/// traffic at full utilization).
+fn most_traffic(fleet: &Fleet, ceiling: f64, full: &[f64]) -> Vec<f64> {
+    fleet
+        .capacities
+        .iter()
+        .zip(full)
+        .map(|(capacity, full)| capacity.min(ceiling * full))
+        .collect()
 }
 
 /// `demand` in proportion to `capacities` (equally when they are all zero).
@@ -799,12 +804,7 @@ mod tests {
     fn model(fleet: &Fleet, probe_share: f64) -> Model {
         let ceiling = fleet.ceiling.min(MAX_MODELLED_UTILIZATION);
         let full = fleet.full_capacities();
-        let most: Vec<f64> = fleet
-            .capacities
-            .iter()
-            .zip(&full)
-            .map(|(capacity, full)| capacity.min(ceiling * full))
-            .collect();
+        let most = most_traffic(fleet, ceiling, &full);
         let probe = probe_share * fleet.demand / fleet.costs.len() as f64;
         Model::new(fleet, ceiling, full, most, probe)
     }
