@@ -800,6 +800,20 @@ mod tests {
         fleets
     }
 
+    /// Runs `check` on every test fleet (the uneven ones and the seed fleet at several loads)
+    /// with every probe share: `(load share, probe share, fleet)`.
+    fn each_fleet(mut check: impl FnMut(f64, f64, &Fleet)) {
+        for share in [0.05, 0.3, 0.5, 0.7, 0.85, 0.89] {
+            for probe_share in [0.0, 0.002, 0.5] {
+                let mut fleets = uneven_fleets();
+                fleets.push(seed_fleet(share, DEFAULT_CEILING));
+                for fleet in &fleets {
+                    check(share, probe_share, fleet);
+                }
+            }
+        }
+    }
+
     /// The latency plan's model of `fleet` with probes of `probe_share` of the demand.
     fn model(fleet: &Fleet, probe_share: f64) -> Model {
         let ceiling = fleet.ceiling.min(MAX_MODELLED_UTILIZATION);
@@ -811,68 +825,56 @@ mod tests {
 
     #[test]
     fn a_queue_load_is_the_sum_of_its_endpoints() {
-        for share in [0.05, 0.3, 0.5, 0.7, 0.85, 0.89] {
-            for probe_share in [0.0, 0.002, 0.5] {
-                let mut fleets = uneven_fleets();
-                fleets.push(seed_fleet(share, DEFAULT_CEILING));
-                for fleet in fleets {
-                    let model = model(&fleet, probe_share);
-                    for (queue, loads) in model.queue_loads.iter().enumerate() {
-                        // A grid, each breakpoint and the ceiling itself.
-                        let mut at: Vec<f64> = (0..=200)
-                            .map(|step| model.ceiling * f64::from(step) / 200.0)
-                            .collect();
-                        at.extend(loads.joins.iter().map(|join| join.0));
-                        at.extend(loads.fills.iter().map(|fill| fill.0));
-                        for utilization in at {
-                            let summed: f64 = (0..fleet.costs.len())
-                                .filter(|index| model.queue_of[*index] == queue)
-                                .map(|index| {
-                                    load(
-                                        utilization.min(model.ceiling),
-                                        model.full[index],
-                                        model.most[index],
-                                        model.probe,
-                                    )
-                                })
-                                .sum();
-                            let found = loads.at(utilization);
-                            assert!(
-                                (found - summed).abs() <= 1e-12 * summed.max(1e-300),
-                                "{share} {probe_share} {utilization}: {found} vs {summed}"
-                            );
-                        }
-                    }
+        each_fleet(|share, probe_share, fleet| {
+            let model = model(fleet, probe_share);
+            for (queue, loads) in model.queue_loads.iter().enumerate() {
+                // A grid, each breakpoint and the ceiling itself.
+                let mut at: Vec<f64> = (0..=200)
+                    .map(|step| model.ceiling * f64::from(step) / 200.0)
+                    .collect();
+                at.extend(loads.joins.iter().map(|join| join.0));
+                at.extend(loads.fills.iter().map(|fill| fill.0));
+                for utilization in at {
+                    let summed: f64 = (0..fleet.costs.len())
+                        .filter(|index| model.queue_of[*index] == queue)
+                        .map(|index| {
+                            load(
+                                utilization.min(model.ceiling),
+                                model.full[index],
+                                model.most[index],
+                                model.probe,
+                            )
+                        })
+                        .sum();
+                    let found = loads.at(utilization);
+                    assert!(
+                        (found - summed).abs() <= 1e-12 * summed.max(1e-300),
+                        "{share} {probe_share} {utilization}: {found} vs {summed}"
+                    );
                 }
             }
-        }
+        });
     }
 
     #[test]
     fn the_search_total_is_the_sum_of_the_loads() {
-        for share in [0.05, 0.3, 0.5, 0.7, 0.85, 0.89] {
-            for probe_share in [0.0, 0.002, 0.5] {
-                let mut fleets = uneven_fleets();
-                fleets.push(seed_fleet(share, DEFAULT_CEILING));
-                for fleet in fleets {
-                    let model = model(&fleet, probe_share);
-                    let mut search = Search::new(&model);
-                    for _ in 0..MARGINAL_STEPS {
-                        let middle = 0.5 * (search.low + search.high);
-                        if middle <= search.low || middle >= search.high {
-                            break;
-                        }
-                        let summed: f64 = model.loads(middle).iter().sum();
-                        let total = search.total(middle);
-                        assert!(
-                            (total - summed).abs() <= 1e-9 * summed,
-                            "{share} {probe_share} {middle}: {total} vs {summed}"
-                        );
-                        search.narrow(middle, total < fleet.demand);
-                    }
+        each_fleet(|share, probe_share, fleet| {
+            let model = model(fleet, probe_share);
+            let mut search = Search::new(&model);
+            for _ in 0..MARGINAL_STEPS {
+                let middle = 0.5 * (search.low + search.high);
+                if middle <= search.low || middle >= search.high {
+                    break;
                 }
+                let summed: f64 = model.loads(middle).iter().sum();
+                let total = search.total(middle);
+                assert!(
+                    (total - summed).abs() <= 1e-9 * summed,
+                    "{share} {probe_share} {middle}: {total} vs {summed}"
+                );
+                search.narrow(middle, total < fleet.demand);
             }
-        }
+        });
     }
 
     #[test]
