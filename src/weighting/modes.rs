@@ -140,8 +140,8 @@ pub(crate) fn fresh_weights(
 }
 
 /// Plans the endpoints that are not failing with the cluster's algorithm, and gives each failing
-/// one its probe weight; index-aligned with `fresh`. `remembered`: the unit of the remembered
-/// costs and the cluster's remembered slowest cost (see [`capacity::plan_with`]).
+/// one its probe weight; index-aligned with `fresh`, with the demand planned. `remembered`: what
+/// the planner takes from the cluster's memory (see [`capacity::plan_with`]).
 ///
 /// When every endpoint would be held, none is: holding them all changes no share, and the
 /// baseline they are judged against is then their own.
@@ -230,8 +230,9 @@ fn stale_sample(observation: &Observation, params: &Params) -> Option<(u64, u64)
 
 /// Under `latency` (capacity algorithm), the weight and share of each endpoint without a fresh
 /// sample, in order: its [`capacity::newcomer_share`] (at the slowest cost measured now or
-/// remembered, `slowest_seen`) turned into a weight against the planned ones. `None` for other objectives, when every endpoint is fresh, or when nothing is measured
-/// (the percentile fill applies).
+/// remembered, `slowest_seen`) turned into a weight against the planned ones. `None` for other
+/// objectives, when every endpoint is fresh, or when nothing is measured (the percentile fill
+/// applies).
 fn newcomer_fills(
     observations: &[Observation],
     (fresh, planned, verdicts): (&[FreshEndpoint], &[Planned], &[Option<errors::Failing>]),

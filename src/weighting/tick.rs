@@ -75,9 +75,7 @@ fn slowest_cost(
         .filter(|endpoint| !endpoint.cost_is_floor && !endpoint.failing)
         .filter_map(|endpoint| endpoint.cost)
         .filter(|cost| cost.is_finite() && *cost > 0.0)
-        .fold(None, |slowest: Option<f64>, cost| {
-            Some(slowest.map_or(cost, |slowest| slowest.max(cost)))
-        });
+        .reduce(f64::max);
     let remembered = memory
         .slowest_cost_at(now)
         .filter(|_| memory.cost_basis == basis);

@@ -118,7 +118,7 @@ pub(crate) fn plan(
 ///
 /// The demand planned never falls faster than `remembered.demand_floor` allows: request rates
 /// over a window read low while a pod's series is younger than the window (a rolling restart
-/// under `rate[1m]` read 40% of the offered load), and a demand read low concentrates the
+/// under `rate[1m]`), and a demand read low concentrates the
 /// `latency` plan on the cheapest pods past their ceiling. A demand read high only spreads the
 /// plan wider, so rises are taken at once.
 pub(crate) fn plan_with(
@@ -346,9 +346,6 @@ pub(crate) fn newcomer_share(
     let slowest = slowest_seen
         .filter(|seen| valid(*seen))
         .map_or(measured, |seen| seen.max(measured));
-    if slowest <= 0.0 {
-        return None;
-    }
     let capacity: f64 = known
         .iter()
         .filter(|(cost, limit)| valid(*cost) && valid(*limit))
