@@ -129,6 +129,7 @@ fn record_report(bencher: divan::Bencher) {
                 port: 8080,
                 configured_weight: None,
                 pod: None,
+                node: None,
                 locality: Locality::default(),
                 health: HealthStatus::Healthy,
             }),

@@ -20,6 +20,9 @@ pub struct Endpoint {
     pub configured_weight: Option<u32>,
     /// Pod name: the join key with metrics samples.
     pub pod: Option<String>,
+    /// Name of the node the pod runs on (Kubernetes `nodeName`): pods of a cluster on one node
+    /// run at that node's speed, so a new pod there starts at the cost measured on it.
+    pub node: Option<String>,
     /// Envoy locality; the sum of weights is bounded per locality.
     pub locality: Locality,
     /// Health status to report to Envoy.

@@ -185,6 +185,7 @@ mod tests {
             port,
             configured_weight: None,
             pod: pod.map(str::to_string),
+            node: None,
             locality: Locality::default(),
             health: HealthStatus::Healthy,
         }

@@ -26,6 +26,7 @@ fn snapshot(weights: &[(u8, u32)]) -> Snapshot {
                 port: 80,
                 configured_weight: None,
                 pod: None,
+                node: None,
                 locality: Locality::default(),
                 health: HealthStatus::Healthy,
             }),

@@ -46,6 +46,9 @@ pub struct EndpointConfig {
     pub weight: Option<u64>,
     /// Pod name: the key that joins this endpoint with its metrics.
     pub pod: Option<String>,
+    /// Node the pod runs on: a new pod on a node where the cluster was measured starts at the
+    /// cost measured there (`latency`).
+    pub node: Option<String>,
     /// Locality region.
     pub region: Option<String>,
     /// Locality zone.
@@ -170,6 +173,7 @@ fn validate_endpoint(
         port: port?,
         configured_weight: weight,
         pod: endpoint.pod.clone(),
+        node: endpoint.node.clone(),
         locality: Locality {
             region: endpoint.region.clone().unwrap_or_default(),
             zone: endpoint.zone.clone().unwrap_or_default(),

@@ -63,6 +63,8 @@ pub struct SliceEndpoint {
     pub health: HealthStatus,
     /// Pod name from `targetRef`, the join key with metrics.
     pub pod: Option<String>,
+    /// `nodeName`: the node the pod runs on.
+    pub node: Option<String>,
     /// Zone, the Envoy locality zone.
     pub zone: String,
 }
@@ -168,6 +170,7 @@ pub fn slice_info(slice: &EndpointSlice) -> Option<(ObjectKey, SliceInfo)> {
                     conditions.and_then(|conditions| conditions.terminating),
                 ),
                 pod,
+                node: endpoint.node_name.clone(),
                 zone: endpoint.zone.clone().unwrap_or_default(),
             })
         })
@@ -288,6 +291,7 @@ fn port_endpoints(slices: &[&SliceInfo], port_name: &str) -> Vec<Endpoint> {
                 port: *target_port,
                 configured_weight: None,
                 pod: endpoint.pod.clone(),
+                node: endpoint.node.clone(),
                 locality: Locality {
                     zone: endpoint.zone.clone(),
                     ..Locality::default()
@@ -578,7 +582,8 @@ mod tests {
                     { "addresses": ["10.0.0.2"], "conditions": { "ready": false, "serving": true, "terminating": true },
                       "targetRef": { "kind": "Pod", "name": "checkout-2" }, "zone": "z2" },
                     { "addresses": ["10.0.0.1"], "conditions": { "ready": true },
-                      "targetRef": { "kind": "Pod", "name": "checkout-1" }, "zone": "z1" }
+                      "targetRef": { "kind": "Pod", "name": "checkout-1" }, "zone": "z1",
+                      "nodeName": "node-a" }
                 ]),
             ),
             slice(
@@ -586,7 +591,8 @@ mod tests {
                 "checkout",
                 serde_json::json!([
                     { "addresses": ["10.0.0.1"], "conditions": { "ready": true },
-                      "targetRef": { "kind": "Pod", "name": "checkout-1" }, "zone": "z1" }
+                      "targetRef": { "kind": "Pod", "name": "checkout-1" }, "zone": "z1",
+                      "nodeName": "node-a" }
                 ]),
             ),
             slice(
@@ -621,6 +627,12 @@ mod tests {
         assert_eq!(checkout[0].port, 9090, "the slice's target port");
         assert_eq!(checkout[0].pod.as_deref(), Some("checkout-1"));
         assert_eq!(checkout[0].locality.zone, "z1");
+        assert_eq!(
+            checkout[0].node.as_deref(),
+            Some("node-a"),
+            "the slice's nodeName"
+        );
+        assert_eq!(checkout[1].node, None, "no nodeName");
         assert_eq!(checkout[0].health, HealthStatus::Healthy);
         assert_eq!(checkout[1].health, HealthStatus::Draining);
         assert_eq!(found["checkout.shop:8080"], *checkout);

@@ -891,6 +891,7 @@ mod tests {
             port: 80,
             configured_weight: None,
             pod: None,
+            node: None,
             locality: Locality::default(),
             health: HealthStatus::Healthy,
         }

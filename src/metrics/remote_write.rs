@@ -661,6 +661,7 @@ mod tests {
                 port: 80,
                 configured_weight: None,
                 pod: Some((*pod).to_string()),
+                node: None,
                 locality: Default::default(),
                 health: crate::model::HealthStatus::Healthy,
             })
@@ -744,6 +745,7 @@ mod tests {
             address: "10.0.0.2".parse().expect("ip"),
             port: 80,
             configured_weight: None,
+            node: None,
             pod: Some("b".into()),
             locality: Default::default(),
             health: crate::model::HealthStatus::Healthy,

@@ -266,6 +266,7 @@ mod tests {
                 port,
                 configured_weight: None,
                 pod,
+                node: None,
                 locality: Locality {
                     region,
                     zone,

@@ -253,6 +253,7 @@ pub(crate) mod testing {
                     port: 9000,
                     configured_weight: Some(*weight),
                     pod: None,
+                    node: None,
                     locality: Locality::default(),
                     health: HealthStatus::Healthy,
                 }),
@@ -280,6 +281,7 @@ mod tests {
                 port,
                 configured_weight: Some(weight),
                 pod: Some(format!("pod-{port}")),
+                node: None,
                 locality: Locality {
                     zone: zone.into(),
                     ..Default::default()

@@ -168,6 +168,10 @@ pub struct ClusterMemory {
     pub slowest_cost: Option<(f64, Duration)>,
     /// The demand the last plan placed (requests per second) and when.
     pub planned_demand: Option<(f64, Duration)>,
+    /// Per node (`Endpoint::node`), the largest per-request cost measured there and when it was
+    /// last measured, kept [`SLOWEST_MEMORY`] after the node's last endpoint left: a new pod on
+    /// a node already measured starts at that node's cost instead of the slowest one.
+    pub node_costs: BTreeMap<String, (f64, Duration)>,
 }
 
 /// How fast the demand planned may fall: by half in this long. Request rates over a window read
@@ -179,6 +183,18 @@ pub const DEMAND_HALF_LIFE: Duration = Duration::from_secs(60);
 pub const SLOWEST_MEMORY: Duration = Duration::from_secs(600);
 
 impl ClusterMemory {
+    /// The per-request cost last measured on `node`, unless older than [`SLOWEST_MEMORY`] at
+    /// `now` or the remembered costs are not per request.
+    pub(crate) fn node_cost_at(&self, node: &str, now: Duration) -> Option<f64> {
+        if self.cost_basis != Some(CostBasis::PerRequest) {
+            return None;
+        }
+        self.node_costs
+            .get(node)
+            .filter(|(_, seen)| now.saturating_sub(*seen) < SLOWEST_MEMORY)
+            .map(|(cost, _)| *cost)
+    }
+
     /// [`Self::slowest_cost`] and when it was seen, unless older than [`SLOWEST_MEMORY`] at `now`.
     pub(crate) fn slowest_cost_at(&self, now: Duration) -> Option<(f64, Duration)> {
         self.slowest_cost
@@ -317,6 +333,7 @@ mod tests {
             port,
             configured_weight: weight,
             pod: None,
+            node: None,
             locality: Locality::default(),
             health: HealthStatus::Healthy,
         }

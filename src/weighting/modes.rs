@@ -5,10 +5,13 @@ use std::time::Duration;
 use super::algorithms::{capacity, distance};
 use super::errors;
 use super::observe::{explained, Observation};
-use super::plan::{middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned};
+use super::plan::{bounds, middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned};
 use super::{
     Algorithm, ClusterMemory, ClusterMode, CostBasis, Params, Reason, Weight, WeightSource,
 };
+
+/// A newcomer's weight, its share of the traffic, and whether its node's cost set it.
+type NewcomerFill = (u32, f64, bool);
 
 /// The weights of one tick before publishing, with the costs to remember.
 pub(crate) struct Tick {
@@ -55,6 +58,7 @@ pub(crate) fn fresh_weights(
                 .as_ref()
                 .is_some_and(|memory| memory.failing),
             load_is_in_flight: observation.cpu_is_in_flight,
+            node_cost: observation.node_cost,
         })
         .collect();
     let verdicts = errors::judge(&fresh);
@@ -76,13 +80,16 @@ pub(crate) fn fresh_weights(
         .map_or_else(|| middle_weight(params), |value| to_weight(value, params));
     let slowest_seen =
         slowest.filter(|_| memory.cost_basis.is_some() && memory.cost_basis == cost_basis);
-    let mut newcomer_fills = newcomer_fills(
+    let per_request = cost_basis == Some(CostBasis::PerRequest);
+    let (mut newcomer_fills, planned_scale) = match newcomer_fills(
         observations,
         (&fresh, &planned, &verdicts),
-        slowest_seen,
+        (slowest_seen, per_request),
         params,
-    )
-    .map(Vec::into_iter);
+    ) {
+        Some((fills, scale)) => (Some(fills.into_iter()), scale),
+        None => (None, 1.0),
+    };
     let mut planned = planned.into_iter().zip(verdicts);
     let mut weights = Vec::with_capacity(observations.len());
     let mut costs = Vec::with_capacity(observations.len());
@@ -105,16 +112,21 @@ pub(crate) fn fresh_weights(
                 if observation.cpu_is_in_flight {
                     reason.in_flight_load();
                 }
-                weights.push(explained(observation, plan.weight, source, reason));
+                let weight = if planned_scale < 1.0 {
+                    to_weight(f64::from(plan.weight) * planned_scale, params)
+                } else {
+                    plan.weight
+                };
+                weights.push(explained(observation, weight, source, reason));
                 costs.push(plan.cost.or(remembered_cost));
                 failing.push(verdict.is_some());
             }
             None => {
                 let newcomer = newcomer_fills.as_mut().and_then(Iterator::next);
                 let (weight, reason) = match newcomer {
-                    Some((weight, share)) => (
+                    Some((weight, share, on_node)) => (
                         weight,
-                        Reason::new_pod_share(stale_sample(observation, params), share),
+                        Reason::new_pod_share(stale_sample(observation, params), share, on_node),
                     ),
                     None => (fill, fill_in_reason(observation, fill_percentile, params)),
                 };
@@ -229,16 +241,18 @@ fn stale_sample(observation: &Observation, params: &Params) -> Option<(u64, u64)
 }
 
 /// Under `latency` (capacity algorithm), the weight and share of each endpoint without a fresh
-/// sample, in order: its [`capacity::newcomer_share`] (at the slowest cost measured now or
-/// remembered, `slowest_seen`) turned into a weight against the planned ones. `None` for other
+/// sample, in order, and whether its node's cost set it: its [`capacity::newcomer_share`] (at
+/// its node's cost, else at the slowest cost measured now or remembered, `slowest_seen`) turned
+/// into a weight against the planned ones, and the factor to scale the planned weights by (1
+/// unless a newcomer's weight would pass the largest). `None` for other
 /// objectives, when every endpoint is fresh, or when nothing is measured (the percentile fill
 /// applies).
 fn newcomer_fills(
     observations: &[Observation],
     (fresh, planned, verdicts): (&[FreshEndpoint], &[Planned], &[Option<errors::Failing>]),
-    slowest_seen: Option<f64>,
+    (slowest_seen, per_request): (Option<f64>, bool),
     params: &Params,
-) -> Option<Vec<(u32, f64)>> {
+) -> Option<(Vec<NewcomerFill>, f64)> {
     if params.algorithm != Algorithm::Capacity
         || params.objective != super::Objective::Latency
         || fresh.len() == observations.len()
@@ -252,28 +266,49 @@ fn newcomer_fills(
         .filter(|(_, verdict)| verdict.is_none())
         .filter_map(|((endpoint, plan), _)| Some((plan.cost?.value, endpoint.limit)))
         .collect();
-    let limits: Vec<f64> = observations
+    let limits: Vec<(f64, Option<f64>)> = observations
         .iter()
         .filter(|observation| !observation.fresh)
-        .map(|observation| observation.limit)
+        .map(|observation| {
+            (
+                observation.limit,
+                observation.node_cost.filter(|_| per_request),
+            )
+        })
         .collect();
     let shares = capacity::newcomer_share(&known, &limits, slowest_seen)?;
+    let on_node = limits.iter().map(|(_, node_cost)| node_cost.is_some());
     let total: f64 = shares.iter().sum();
     let planned_sum: f64 = planned.iter().map(|plan| f64::from(plan.weight)).sum();
     if total >= 1.0 || planned_sum <= 0.0 {
         return None;
     }
-    Some(
+    // A newcomer whose share needs a weight past the largest scales the planned weights down
+    // instead, so it keeps its share.
+    let largest = shares
+        .iter()
+        .fold(0.0, |largest: f64, share| largest.max(*share));
+    let top = largest / (1.0 - total) * planned_sum;
+    let (_, high) = bounds(params);
+    let scale = if top > f64::from(high) {
+        f64::from(high) / top
+    } else {
+        1.0
+    };
+    Some((
         shares
             .into_iter()
-            .map(|share| {
+            .zip(on_node)
+            .map(|(share, on_node)| {
                 (
-                    to_weight(share / (1.0 - total) * planned_sum, params),
+                    to_weight(share / (1.0 - total) * planned_sum * scale, params),
                     share,
+                    on_node,
                 )
             })
             .collect(),
-    )
+        scale,
+    ))
 }
 
 /// Holding: every endpoint keeps its served weight; unknown ones get the median of those.

@@ -32,6 +32,9 @@ pub(crate) struct Observation {
     pub(crate) cpu_is_in_flight: bool,
     /// What the previous tick remembered of this endpoint.
     pub(crate) remembered: Option<EndpointMemory>,
+    /// Without a remembered cost: the per-request cost measured on its node (see
+    /// [`ClusterMemory::node_costs`]), the one to start a newcomer at.
+    pub(crate) node_cost: Option<f64>,
 }
 
 /// Keeps a reading only when its value is a finite non-negative number; counts the others.
@@ -51,6 +54,7 @@ pub(crate) fn observe(
     load: &EndpointLoad,
     memory: &ClusterMemory,
     params: &Params,
+    now: Duration,
     dropped_samples: &mut usize,
 ) -> Observation {
     let key = endpoint_key(endpoint);
@@ -65,6 +69,15 @@ pub(crate) fn observe(
     let latency = valid(load.latency, dropped_samples);
     let fresh = cpu.is_some_and(|reading| reading.age <= params.stale_after);
     let remembered = memory.endpoints.get(&key).cloned();
+    let node_cost = endpoint
+        .node
+        .as_deref()
+        .filter(|_| {
+            remembered
+                .as_ref()
+                .is_none_or(|memory| memory.cost.is_none())
+        })
+        .and_then(|node| memory.node_cost_at(node, now));
     Observation {
         key,
         cpu,
@@ -76,6 +89,7 @@ pub(crate) fn observe(
         fresh,
         cpu_is_in_flight: false,
         remembered,
+        node_cost,
     }
 }
 

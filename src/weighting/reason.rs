@@ -34,6 +34,9 @@ pub(crate) enum CostSource {
     /// Never measured, under `latency`: the slowest measured cost, its traffic spread in
     /// proportion to capacity (see `capacity::newcomer_share`).
     AssumedSlowest,
+    /// Never measured, under `latency`: the cost measured on its node, its traffic spread in
+    /// proportion to capacity (see `capacity::newcomer_share`).
+    AssumedNode,
     /// Measured and risen by this factor this tick: the endpoint is moved off without the step
     /// limit.
     Rose(f64),
@@ -98,12 +101,15 @@ enum Cause {
         weight: u32,
         scale: f64,
     },
-    /// No fresh sample, under `latency`: the weight for its share at the slowest measured cost.
+    /// No fresh sample, under `latency`: the weight for its share at the slowest measured cost,
+    /// or at its node's.
     NewPodShare {
         /// As in `NewPod`.
         stale: Option<(u64, u64)>,
         /// Its planned share of the cluster's traffic.
         share: f64,
+        /// At the cost measured on its node rather than the slowest.
+        on_node: bool,
     },
     /// No fresh sample: the fill-in weight.
     NewPod {
@@ -194,8 +200,12 @@ impl Reason {
     }
 
     /// No fresh sample under `latency`: started at `share` of the traffic.
-    pub(crate) fn new_pod_share(stale: Option<(u64, u64)>, share: f64) -> Self {
-        Self::from_cause(Cause::NewPodShare { stale, share })
+    pub(crate) fn new_pod_share(stale: Option<(u64, u64)>, share: f64, on_node: bool) -> Self {
+        Self::from_cause(Cause::NewPodShare {
+            stale,
+            share,
+            on_node,
+        })
     }
 
     /// Holding: the remembered weight kept (`kept`) or the median of the held weights.
@@ -317,11 +327,20 @@ impl fmt::Display for Cause {
                     "; weight at p{percentile:.0} of the computed weights"
                 )
             }
-            Self::NewPodShare { stale, share } => {
+            Self::NewPodShare {
+                stale,
+                share,
+                on_node,
+            } => {
                 write_new_pod(formatter, *stale)?;
+                let cost = if *on_node {
+                    "the cost measured on its node"
+                } else {
+                    "the slowest measured cost"
+                };
                 write!(
                     formatter,
-                    "; weight for {:.2}% of the traffic (its capacity share at the slowest measured cost, until measured)",
+                    "; weight for {:.2}% of the traffic (its capacity share at {cost}, until measured)",
                     share * 100.0
                 )
             }
@@ -400,6 +419,9 @@ fn capacity_text(
         CostSource::Assumed => text.push_str(" (assumed: the median, none measured yet)"),
         CostSource::AssumedSlowest => {
             text.push_str(" (assumed: the slowest measured, none measured yet)")
+        }
+        CostSource::AssumedNode => {
+            text.push_str(" (assumed: as measured on its node, none measured yet)")
         }
         CostSource::Rose(factor) => {
             text.push_str(" (rose x");

@@ -15,6 +15,7 @@ pub(crate) fn endpoint(index: usize) -> Endpoint {
         port: 8080,
         configured_weight: None,
         pod: Some(format!("pod-{index}")),
+        node: None,
         locality: Locality::default(),
         health: HealthStatus::Healthy,
     }

@@ -39,6 +39,7 @@ pub(crate) fn compute<E: Borrow<Endpoint>>(
                 &load,
                 memory,
                 params,
+                now,
                 &mut dropped_samples,
             )
         })
@@ -56,9 +57,57 @@ pub(crate) fn compute<E: Borrow<Endpoint>>(
     slow_start(&mut tick.weights, &observations, memory, params, now);
     guard_locality_sums(&mut tick.weights, endpoints);
     let mut output = decide_push(&observations, memory, mode, tick, params, now);
+    output.memory.node_costs = node_costs(endpoints, &output.memory, memory, now);
     output.memory.last_sample_at = last_sample_at;
     output.dropped_samples = dropped_samples;
     output
+}
+
+/// The node costs to remember after this tick (see [`ClusterMemory::node_costs`]): on each node,
+/// the largest per-request cost of its endpoints now remembered (saturated or failing ones left
+/// out), and the earlier entries of the nodes without one, until they are
+/// [`SLOWEST_MEMORY`](super::SLOWEST_MEMORY) old.
+fn node_costs<E: Borrow<Endpoint>>(
+    endpoints: &[E],
+    after: &ClusterMemory,
+    before: &ClusterMemory,
+    now: Duration,
+) -> BTreeMap<String, (f64, Duration)> {
+    if after.cost_basis != Some(super::CostBasis::PerRequest) {
+        return BTreeMap::new();
+    }
+    let mut costs: BTreeMap<String, (f64, Duration)> = if before.cost_basis == after.cost_basis {
+        before
+            .node_costs
+            .iter()
+            .filter(|(_, (_, seen))| now.saturating_sub(*seen) < super::SLOWEST_MEMORY)
+            .map(|(node, entry)| (node.clone(), *entry))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let mut measured: BTreeMap<&str, f64> = BTreeMap::new();
+    for endpoint in endpoints {
+        let endpoint = endpoint.borrow();
+        let Some(node) = endpoint.node.as_deref() else {
+            continue;
+        };
+        let Some(cost) = after
+            .endpoints
+            .get(&endpoint_key(endpoint))
+            .filter(|memory| !memory.cost_is_floor && !memory.failing)
+            .and_then(|memory| memory.cost)
+            .filter(|cost| cost.is_finite() && *cost > 0.0)
+        else {
+            continue;
+        };
+        let largest = measured.entry(node).or_insert(cost);
+        *largest = largest.max(cost);
+    }
+    for (node, cost) in measured {
+        costs.insert(node.to_owned(), (cost, now));
+    }
+    costs
 }
 
 /// The largest cost remembered now, or the one remembered from the last
@@ -162,6 +211,8 @@ pub(crate) fn decide_push(
         // A tick that planned nothing (holding, fallback) keeps the last plan's demand, so the
         // floor goes on decaying from it.
         planned_demand: demand.map(|demand| (demand, now)).or(memory.planned_demand),
+        // Filled in by `compute`, which knows the endpoints' nodes.
+        node_costs: BTreeMap::new(),
     };
     Output {
         weights,
@@ -490,6 +541,84 @@ mod tests {
             share_at(110)
         );
         assert!((share_at(701) - 0.25).abs() < 0.002, "{}", share_at(701));
+    }
+
+    #[test]
+    fn latency_starts_a_new_pod_at_the_cost_measured_on_its_node() {
+        // 1, 2 and 8 ms pods on nodes n0, n1, n2; the 1 ms pod is replaced by a new pod. On n0
+        // it starts at the 1 ms pod's capacity share, 1000 / (1000 + 500 + 125); on a node never
+        // measured, at the slowest cost's, 125 / (500 + 125 + 125); on n0 after ten minutes
+        // without a pod measured there, at the slowest cost's again.
+        let params = capacity(Objective::Latency);
+        let on = |mut endpoint: Endpoint, node: &str| {
+            endpoint.node = Some(node.to_owned());
+            endpoint
+        };
+        let all = endpoints(4);
+        let before = [
+            on(all[0].clone(), "n0"),
+            on(all[1].clone(), "n1"),
+            on(all[2].clone(), "n2"),
+        ];
+        let first = run(
+            &before,
+            &costed(&[(0.1, 100.0), (0.2, 100.0), (0.8, 100.0)], 5),
+            &ClusterMemory::default(),
+            &params,
+            100,
+        );
+        assert_eq!(
+            first.memory.node_costs.get("n0").map(|(cost, _)| *cost),
+            first
+                .memory
+                .endpoints
+                .values()
+                .next()
+                .and_then(|memory| memory.cost)
+        );
+        let mut loads = costed(&[(0.2, 100.0), (0.8, 100.0)], 5);
+        loads.push(EndpointLoad::default());
+        let share_on = |node: &str, seconds| {
+            let replaced = [
+                before[1].clone(),
+                before[2].clone(),
+                on(all[3].clone(), node),
+            ];
+            let output = run(&replaced, &loads, &first.memory, &params, seconds);
+            assert_eq!(output.weights[2].source, WeightSource::NewPod);
+            let reason = output.weights[2].reason.to_string();
+            (shares(&output)[2], reason)
+        };
+        let (share, reason) = share_on("n0", 110);
+        assert!((share - 1000.0 / 1625.0).abs() < 0.002, "{share}");
+        assert!(reason.contains("measured on its node"), "{reason}");
+        let (share, reason) = share_on("n9", 110);
+        assert!((share - 125.0 / 750.0).abs() < 0.002, "{share}");
+        assert!(reason.contains("slowest measured"), "{reason}");
+        let (share, _) = share_on("n0", 701);
+        assert!((share - 125.0 / 750.0).abs() < 0.002, "{share}");
+    }
+
+    #[test]
+    fn a_node_keeps_no_cost_of_a_failing_pod() {
+        // A pod failing fast on n0 reads as the cheapest; held, it leaves n0 without a cost, so
+        // its successor there is not started as a fast pod.
+        let params = capacity(Objective::Latency);
+        let mut fleet = endpoints(3);
+        for (index, endpoint) in fleet.iter_mut().enumerate() {
+            endpoint.node = Some(format!("n{index}"));
+        }
+        let mut loads = costed(&[(0.01, 100.0), (0.2, 100.0), (0.2, 100.0)], 5);
+        for (load, errors) in loads.iter_mut().zip([90.0, 0.0, 0.0]) {
+            load.errors = Some(crate::weighting::Reading {
+                value: errors,
+                age: Duration::from_secs(5),
+            });
+        }
+        let output = run(&fleet, &loads, &ClusterMemory::default(), &params, 100);
+        assert_eq!(output.weights[0].source, WeightSource::Failing);
+        assert!(!output.memory.node_costs.contains_key("n0"));
+        assert!(output.memory.node_costs.contains_key("n1"));
     }
 
     #[test]

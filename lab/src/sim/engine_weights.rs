@@ -35,6 +35,7 @@ impl EngineWeights {
                 port: FIRST_PORT.saturating_add(u16::try_from(index).unwrap_or(u16::MAX)),
                 configured_weight: None,
                 pod: Some(format!("pod-{index}")),
+                node: None,
                 locality: Locality::default(),
                 health: HealthStatus::default(),
             })

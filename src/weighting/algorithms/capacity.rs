@@ -139,7 +139,20 @@ pub(crate) fn plan_with(
     let shares = served_shares(fresh);
     let smoothed = smoothed_costs(fresh, &shares, basis, basis_before, params);
     let latency_objective = params.objective == Objective::Latency;
-    let values = planning_costs(&smoothed, latency_objective);
+    // A node's cost stands in only for the `latency` newcomer rule, in the unit it was kept in.
+    let per_request_before =
+        basis == CostBasis::PerRequest && basis_before == Some(CostBasis::PerRequest);
+    let node_costs: Vec<Option<f64>> = fresh
+        .iter()
+        .zip(&smoothed)
+        .map(|(endpoint, smoothed)| {
+            endpoint
+                .node_cost
+                .filter(|cost| cost.is_finite() && *cost > 0.0)
+                .filter(|_| latency_objective && per_request_before && smoothed.cost.is_none())
+        })
+        .collect();
+    let values = planning_costs(&smoothed, latency_objective, &node_costs);
     let rose: Vec<bool> = smoothed.iter().map(|cost| cost.rose.is_some()).collect();
     let mut fleet = fleet(fresh, &shares, &values, basis, params);
     if basis == CostBasis::PerRequest && outside_rps.is_finite() && outside_rps > 0.0 {
@@ -156,7 +169,13 @@ pub(crate) fn plan_with(
         Objective::Latency => {
             let (mut loads, mut placements) = latency(&fleet, params.probe_share);
             let slowest_seen = slowest_seen.filter(|_| basis_before == Some(basis));
-            newcomer_loads(&mut loads, &mut placements, &fleet, &smoothed, slowest_seen);
+            newcomer_loads(
+                &mut loads,
+                &mut placements,
+                &fleet,
+                &smoothed,
+                (slowest_seen, &node_costs),
+            );
             (loads, placements)
         }
     };
@@ -166,6 +185,9 @@ pub(crate) fn plan_with(
         .map(|(index, weight)| {
             let utilization = loads[index] * fleet.costs[index] / fresh[index].limit;
             let source = match smoothed[index] {
+                Smoothed { cost: None, .. } if node_costs[index].is_some() => {
+                    CostSource::AssumedNode
+                }
                 Smoothed { cost: None, .. } if latency_objective => CostSource::AssumedSlowest,
                 Smoothed { cost: None, .. } => CostSource::Assumed,
                 Smoothed {
@@ -300,8 +322,9 @@ fn smoothed_costs(
 
 /// The costs to plan with: the smoothed ones, and for endpoints without one the median of those
 /// (1.0 when no endpoint has one), so an unmeasured endpoint is planned as a typical one; the
-/// largest instead with `slowest` (the `latency` objective, see [`newcomer_share`]).
-fn planning_costs(smoothed: &[Smoothed], slowest: bool) -> Vec<f64> {
+/// largest instead with `slowest` (the `latency` objective, see [`newcomer_share`]), and its
+/// node's cost when known (`node_costs`, index-aligned).
+fn planning_costs(smoothed: &[Smoothed], slowest: bool, node_costs: &[Option<f64>]) -> Vec<f64> {
     let typical = if smoothed.iter().all(|smoothed| smoothed.cost.is_some()) {
         // Not needed: skip the sort on the hot path (every tick, every cluster).
         1.0
@@ -314,14 +337,24 @@ fn planning_costs(smoothed: &[Smoothed], slowest: bool) -> Vec<f64> {
     };
     smoothed
         .iter()
-        .map(|smoothed| smoothed.cost.map_or(typical, |cost| cost.value))
+        .zip(node_costs)
+        .map(|(smoothed, node_cost)| {
+            smoothed
+                .cost
+                .map_or(node_cost.unwrap_or(typical), |cost| cost.value)
+        })
         .collect()
 }
 
 /// The share of the traffic each not yet measured endpoint gets under `latency`, index-aligned
-/// with `newcomer_limits`: the share it would carry with the traffic spread in proportion to
-/// capacity, as if it were as slow as the slowest measured endpoint (`known`: cost and limit),
-/// or as the cluster's remembered slowest cost (`slowest_seen`) when that is larger.
+/// with `newcomers` (limit, and the cost measured on its node if known): the share it would
+/// carry with the traffic spread in proportion to capacity, as if it were as slow as its node's
+/// cost, or without one as the slowest measured endpoint (`known`: cost and limit), or as the
+/// cluster's remembered slowest cost (`slowest_seen`) when that is larger.
+///
+/// A node's cost is the better guess: pods of one cluster differ in speed by the node they run
+/// on, so a pod replacing one on the same node (a rolling restart that reuses the nodes) starts
+/// near the share it will keep instead of a slow pod's.
 ///
 /// The plan's usual rule for an unknown cost, the median, would load a newcomer like a typical
 /// pod, which under `latency` is a full weight: in a rolling restart a new pod on a slow node
@@ -331,7 +364,7 @@ fn planning_costs(smoothed: &[Smoothed], slowest: bool) -> Vec<f64> {
 /// `None` when nothing is measured.
 pub(crate) fn newcomer_share(
     known: &[(f64, f64)],
-    newcomer_limits: &[f64],
+    newcomers: &[(f64, Option<f64>)],
     slowest_seen: Option<f64>,
 ) -> Option<Vec<f64>> {
     let valid = |value: f64| value.is_finite() && value > 0.0;
@@ -346,28 +379,24 @@ pub(crate) fn newcomer_share(
     let slowest = slowest_seen
         .filter(|seen| valid(*seen))
         .map_or(measured, |seen| seen.max(measured));
+    let full: Vec<f64> = newcomers
+        .iter()
+        .map(|(limit, node_cost)| {
+            let cost = node_cost.filter(|cost| valid(*cost)).unwrap_or(slowest);
+            if valid(*limit) {
+                limit / cost
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let capacity: f64 = known
         .iter()
         .filter(|(cost, limit)| valid(*cost) && valid(*limit))
         .map(|(cost, limit)| limit / cost)
         .sum::<f64>()
-        + newcomer_limits
-            .iter()
-            .filter(|limit| valid(**limit))
-            .map(|limit| limit / slowest)
-            .sum::<f64>();
-    Some(
-        newcomer_limits
-            .iter()
-            .map(|limit| {
-                if valid(*limit) {
-                    limit / slowest / capacity
-                } else {
-                    0.0
-                }
-            })
-            .collect(),
-    )
+        + full.iter().sum::<f64>();
+    Some(full.into_iter().map(|full| full / capacity).collect())
 }
 
 /// Under `latency`, gives each endpoint without a cost its [`newcomer_share`] of the demand and
@@ -377,7 +406,7 @@ fn newcomer_loads(
     placements: &mut [Placement],
     fleet: &Fleet,
     smoothed: &[Smoothed],
-    slowest_seen: Option<f64>,
+    (slowest_seen, node_costs): (Option<f64>, &[Option<f64>]),
 ) {
     if smoothed.iter().all(|smoothed| smoothed.cost.is_some())
         || smoothed.iter().all(|smoothed| smoothed.cost.is_none())
@@ -390,7 +419,10 @@ fn newcomer_loads(
         .iter()
         .map(|index| (fleet.costs[*index], fleet.limits[*index]))
         .collect();
-    let limits: Vec<f64> = newcomers.iter().map(|index| fleet.limits[*index]).collect();
+    let limits: Vec<(f64, Option<f64>)> = newcomers
+        .iter()
+        .map(|index| (fleet.limits[*index], node_costs[*index]))
+        .collect();
     let Some(shares) = newcomer_share(&pairs, &limits, slowest_seen) else {
         return;
     };
@@ -641,6 +673,7 @@ mod tests {
             errors: Some(0.0),
             failing: false,
             load_is_in_flight: false,
+            node_cost: None,
         }
     }
 
@@ -936,6 +969,7 @@ mod tests {
             let fresh: Vec<FreshEndpoint> = (0..2)
                 .map(|index| FreshEndpoint {
                     load_is_in_flight: true,
+                    node_cost: None,
                     limit: 4.0,
                     cost: Some(Cost {
                         value: costs[index],
