@@ -1,6 +1,6 @@
 //! Configuration texts of a bench run: Envoy bootstrap, adaptive-eds config, scrape config.
 
-use crate::fleet::Pod;
+use crate::fleet::{Pod, RestartNode};
 use clap::ValueEnum;
 
 /// One balancing setup compared by `lab bench`.
@@ -228,6 +228,8 @@ pub struct ServerSettings<'a> {
     pub pods: &'a [Pod],
     /// Each pod's port, index-aligned with `pods`.
     pub ports: &'a [u16],
+    /// Each pod's node name, index-aligned with `pods` (see [`pod_nodes`]).
+    pub nodes: &'a [String],
     /// Indices (into `pods`) of the endpoint set served to Envoy; the CPU limits cover every pod.
     pub endpoints: &'a [usize],
     /// xDS listen port.
@@ -254,6 +256,7 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         namespace,
         pods,
         ports,
+        nodes,
         endpoints,
         xds_port,
         admin_port,
@@ -294,16 +297,36 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: {tick_seconds}s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
         probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
     );
-    for (pod, port) in endpoints
-        .iter()
-        .filter_map(|&index| Some((pods.get(index)?, ports.get(index)?)))
-    {
+    for &index in endpoints {
+        let (Some(pod), Some(port)) = (pods.get(index), ports.get(index)) else {
+            continue;
+        };
+        let node = nodes
+            .get(index)
+            .map_or(String::new(), |node| format!(", node: {node}"));
         text.push_str(&format!(
-            "      - {{ address: 127.0.0.1, port: {port}, pod: {} }}\n",
+            "      - {{ address: 127.0.0.1, port: {port}, pod: {}{node} }}\n",
             pod.name
         ));
     }
     text
+}
+
+/// The node of each pod, index-aligned with `pods`: `node-<pod>` for the first `initial` pods,
+/// and for a rolling restart's replacements (pod `initial + i` replaces pod `i`) a node of their
+/// own, or with [`RestartNode::Same`] the node of the pod they replace.
+pub fn pod_nodes(pods: &[Pod], initial: usize, placement: RestartNode) -> Vec<String> {
+    let mut nodes: Vec<String> = Vec::with_capacity(pods.len());
+    for (index, pod) in pods.iter().enumerate() {
+        let node = match index.checked_sub(initial) {
+            Some(replaced) if placement == RestartNode::Same && replaced < initial => {
+                nodes[replaced].clone()
+            }
+            _ => format!("node-{}", pod.name),
+        };
+        nodes.push(node);
+    }
+    nodes
 }
 
 /// VictoriaMetrics or vmagent scrape config: every pod's `/metrics` every `interval` seconds.
@@ -386,6 +409,7 @@ mod tests {
             namespace: "lab",
             pods,
             ports: &[21001],
+            nodes: &[],
             endpoints: &[0],
             xds_port: 1,
             admin_port: 2,
@@ -453,8 +477,11 @@ mod tests {
             "{prod}"
         );
         let rolled = fleet.with_replacements().pods();
+        let nodes = pod_nodes(&rolled, 1, RestartNode::New);
+        assert_eq!(nodes, ["node-p-0", "node-p-v2-0"]);
         let second = server_config(&ServerSettings {
             ports: &[21001, 21002],
+            nodes: &nodes,
             endpoints: &[1],
             ..settings(&rolled, sources[0], true)
         });
@@ -463,6 +490,9 @@ mod tests {
             !second.contains("port: 21001") && second.contains("port: 21002"),
             "{second}"
         );
+        assert!(second.contains("node: node-p-v2-0"), "{second}");
+        let same = pod_nodes(&rolled, 1, RestartNode::Same);
+        assert_eq!(same, ["node-p-0", "node-p-0"], "the replaced pod's node");
         assert!(second.contains("\"p-0\""), "every pod's limit: {second}");
     }
 }

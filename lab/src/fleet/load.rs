@@ -120,7 +120,7 @@ fn validate_scenario(scenario: &Scenario, origin: &str, fleet: &Fleet) -> Result
         let (factor, pod) = match &event.action {
             Action::SetSlowdown { pod, factor } => (*factor, Some(pod)),
             Action::SetLoadFactor { factor } => (*factor, None),
-            Action::RollingRestart { every } => {
+            Action::RollingRestart { every, .. } => {
                 if every.is_zero() {
                     return Err(invalid(
                         origin,

@@ -4,7 +4,7 @@ mod load;
 mod scenario;
 
 pub use load::{load_fleet, load_scenario, parse_fleet, parse_scenario, FleetError};
-pub use scenario::{Action, Event, Scenario, REPLACEMENT_SUFFIX};
+pub use scenario::{Action, Event, RestartNode, Scenario, REPLACEMENT_SUFFIX};
 
 /// Default time a failed request holds its worker slot before the error answer, milliseconds:
 /// a fast failure (a refused dependency, an open circuit breaker) costs a fraction of a request.

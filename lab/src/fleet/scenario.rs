@@ -60,7 +60,23 @@ pub enum Action {
         /// Time between the starts of two replacements, such as `2s`.
         #[serde(with = "humantime_serde")]
         every: Duration,
+        /// The node each new pod runs on, as the control plane is told (`node` of the endpoint).
+        #[serde(default)]
+        node: RestartNode,
     },
+}
+
+/// Where a rolling restart's new pods run. Every pod of the lab runs on a node of its own (its
+/// speed is the node's); what changes is whether the control plane has measured that node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartNode {
+    /// On a node never measured (`node-<new pod>`): as when a rollout lands on fresh nodes.
+    #[default]
+    New,
+    /// On the node of the pod it replaces (`node-<old pod>`): as when a rollout reuses the
+    /// nodes the cluster already runs on.
+    Same,
 }
 
 /// Suffix of the replacement group of a rolling restart: `fib25-0` is replaced by `fib25-v2-0`.
@@ -109,9 +125,20 @@ impl Scenario {
     /// When the rolling restart starts and the time between its steps, if the scenario has one.
     pub fn rolling_restart(&self) -> Option<(Duration, Duration)> {
         self.events.iter().find_map(|event| match event.action {
-            Action::RollingRestart { every } => Some((event.at, every)),
+            Action::RollingRestart { every, .. } => Some((event.at, every)),
             _ => None,
         })
+    }
+
+    /// Where the rolling restart's new pods run (`New` without a rolling restart).
+    pub fn restart_node(&self) -> RestartNode {
+        self.events
+            .iter()
+            .find_map(|event| match event.action {
+                Action::RollingRestart { node, .. } => Some(node),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 
     /// Times at which the offered load changes, in order.

@@ -16,11 +16,11 @@ use lab::bench::process::{
 };
 use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
 use lab::bench::setup::{
-    envoy_bootstrap, scrape_config, server_config, BenchPolicy, EnvoyReports, MetricsPath,
-    MetricsSource, ServerSettings, CLUSTER,
+    envoy_bootstrap, pod_nodes, scrape_config, server_config, BenchPolicy, EnvoyReports,
+    MetricsPath, MetricsSource, ServerSettings, CLUSTER,
 };
 use lab::bench::utilization::busiest_per_window;
-use lab::fleet::{load_fleet, load_scenario, Action, Pod, Scenario};
+use lab::fleet::{load_fleet, load_scenario, Action, Pod, RestartNode, Scenario};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -114,6 +114,8 @@ struct RunContext {
     /// Every pod the emulator serves (with a rolling restart, the replacements after the
     /// originals), index-aligned with `ports`.
     pods: Vec<Pod>,
+    /// Each pod's node, index-aligned with `pods` (see `setup::pod_nodes`).
+    nodes: Vec<String>,
     /// How many of `pods` form the endpoint set at the start (the originals).
     initial: usize,
     /// A rolling restart's start and step interval.
@@ -240,6 +242,7 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
     let count = u16::try_from(pods.len()).context("too many pods")?;
     Ok(RunContext {
         ports: (0..count).map(|index| args.base_port + index).collect(),
+        nodes: pod_nodes(&pods, initial, scenario.restart_node()),
         pods,
         initial,
         rolling,
@@ -355,9 +358,13 @@ fn write_report(
 
 /// What the report's header says of a rolling restart (nothing without one).
 fn rolling_description(context: &RunContext) -> String {
+    let node = match context.scenario.restart_node() {
+        RestartNode::New => "on a node never measured (`node-<new pod>`)",
+        RestartNode::Same => "on the node of the pod it replaces (`node-<old pod>`)",
+    };
     match context.rolling {
         Some((at, every)) => format!(
-            "Rolling restart from {at:?}, one pod every {every:?}: pod `<group>-<i>` replaced by `<group>-v2-<i>` (new port), added to the endpoint set once it answers, the old one removed once every Envoy routes to the new one, then stopped once no Envoy routes to it. Every policy gets EDS from adaptive-eds during it (the baselines with `algorithm: static`, equal weights).\n\n"
+            "Rolling restart from {at:?}, one pod every {every:?}: pod `<group>-<i>` replaced by `<group>-v2-<i>` (new port) {node}, added to the endpoint set once it answers, the old one removed once every Envoy routes to the new one, then stopped once no Envoy routes to it. Every policy gets EDS from adaptive-eds during it (the baselines with `algorithm: static`, equal weights).\n\n"
         ),
         None => String::new(),
     }
@@ -597,6 +604,7 @@ fn write_server_config(
         namespace: &context.namespace,
         pods: &context.pods,
         ports: &context.ports,
+        nodes: &context.nodes,
         endpoints,
         xds_port: file.xds_port,
         admin_port: file.admin_port,
