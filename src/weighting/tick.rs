@@ -600,6 +600,40 @@ mod tests {
     }
 
     #[test]
+    fn a_new_pod_measured_slow_falls_to_its_target_in_one_tick() {
+        // 1 and 2 ms pods at 30% of their cores; a new pod starts at the 2 ms pod's capacity
+        // share, then reads 40 ms a request: the `latency` plan keeps it at a probe, and its
+        // weight goes there at once instead of halving tick after tick.
+        let params = capacity(Objective::Latency);
+        let fleet = endpoints(3);
+        let first = run(
+            &fleet[..2],
+            &costed(&[(0.3, 300.0), (0.6, 300.0)], 1),
+            &ClusterMemory::default(),
+            &params,
+            100,
+        );
+        let mut loads = costed(&[(0.3, 300.0), (0.6, 300.0)], 1);
+        loads.push(EndpointLoad::default());
+        let joined = run(&fleet, &loads, &first.memory, &params, 101);
+        assert_eq!(joined.weights[2].source, WeightSource::NewPod);
+        let guessed = joined.weights[2].weight;
+        let measured = run(
+            &fleet,
+            &costed(&[(0.3, 300.0), (0.6, 300.0), (0.8, 20.0)], 1),
+            &joined.memory,
+            &params,
+            102,
+        );
+        assert_eq!(measured.weights[2].source, WeightSource::Fresh);
+        assert!(
+            measured.weights[2].weight * 10 < guessed,
+            "{guessed} -> {:?}",
+            values(&measured)
+        );
+    }
+
+    #[test]
     fn a_node_keeps_no_cost_of_a_failing_pod() {
         // A pod failing fast on n0 reads as the cheapest; held, it leaves n0 without a cost, so
         // its successor there is not started as a fast pod.

@@ -153,7 +153,15 @@ pub(crate) fn plan_with(
         })
         .collect();
     let values = planning_costs(&smoothed, latency_objective, &node_costs);
-    let rose: Vec<bool> = smoothed.iter().map(|cost| cost.rose.is_some()).collect();
+    // A first estimate replaces a guess (a newcomer's share), not a measured state: like a clear
+    // rise, it may bring the weight down to its target in one tick.
+    let rose: Vec<bool> = smoothed
+        .iter()
+        .zip(fresh)
+        .map(|(cost, endpoint)| {
+            cost.rose.is_some() || (endpoint.cost.is_none() && cost.cost.is_some())
+        })
+        .collect();
     let mut fleet = fleet(fresh, &shares, &values, basis, params);
     if basis == CostBasis::PerRequest && outside_rps.is_finite() && outside_rps > 0.0 {
         fleet.demand += outside_rps;
@@ -569,8 +577,8 @@ fn fleet(
 
 /// Weights in proportion to the planned traffic, the largest at the maximum weight.
 ///
-/// `rose` marks the endpoints whose cost clearly rose this tick: their weight is not held back
-/// by the step limit on the way down.
+/// `rose` marks the endpoints whose cost clearly rose this tick, or was estimated for the first
+/// time: their weight is not held back by the step limit on the way down.
 fn weights_for(loads: &[f64], fresh: &[FreshEndpoint], rose: &[bool], params: &Params) -> Vec<u32> {
     let largest = loads.iter().copied().fold(0.0, f64::max);
     if largest <= 0.0 {
@@ -728,16 +736,20 @@ mod tests {
 
     #[test]
     fn weights_move_at_most_max_step_per_tick() {
-        // Target ratio 10:1 from 1:1; each share moves at most x2 against the typical change.
-        let fresh = [
-            endpoint(0.1, Some(100.0), Some(1000)),
-            endpoint(1.0, Some(100.0), Some(1000)),
-        ];
+        // Target ratio 10:1 from 1:1 with the costs measured before (1 and 10 ms); each share
+        // moves at most x2 against the typical change. (A first estimate is not step-limited on
+        // the way down: test `a_new_pod_measured_slow_falls_to_its_target_in_one_tick`.)
+        let measured = |cpu: f64, previous: u32| {
+            let mut endpoint = endpoint(cpu, Some(100.0), Some(previous));
+            endpoint.cost = Some(Cost {
+                value: cpu / 100.0,
+                is_floor: false,
+            });
+            endpoint
+        };
+        let fresh = [measured(0.1, 1000), measured(1.0, 1000)];
         assert_eq!(weights(&fresh, Objective::Balance), vec![10000, 2500]);
-        let settled = [
-            endpoint(0.1, Some(100.0), Some(10000)),
-            endpoint(1.0, Some(100.0), Some(2500)),
-        ];
+        let settled = [measured(0.1, 10000), measured(1.0, 2500)];
         assert_eq!(weights(&settled, Objective::Balance), vec![10000, 1000]);
     }
 
