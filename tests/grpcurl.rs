@@ -11,7 +11,7 @@ const CLUSTERS: &str = r#"
 clusters:
   - name: checkout
     endpoints:
-      - { address: 127.0.0.1, port: 9001, weight: 300, pod: checkout-a, zone: z1 }
+      - { address: 127.0.0.1, port: 9001, weight: 300, pod: checkout-a, node: node-1, zone: z1 }
       - { address: 127.0.0.1, port: 9002 }
 "#;
 
@@ -106,6 +106,8 @@ async fn grpcurl_lists_describes_and_inspects_what_envoy_sees() {
         "Inspect shows what Envoy holds"
     );
     assert_eq!(cluster["endpoints"][0]["reason"], "configured");
+    assert_eq!(cluster["endpoints"][0]["pod"], "checkout-a");
+    assert_eq!(cluster["endpoints"][0]["node"], "node-1");
     assert_eq!(
         cluster["endpoints"][1]["reason"],
         "equal share (mean of the configured weights)"

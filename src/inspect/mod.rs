@@ -109,6 +109,7 @@ impl pb::inspect_server::Inspect for InspectService {
                     port: u32::from(served.endpoint.port),
                     weight: served.weight,
                     pod: served.endpoint.pod.clone().unwrap_or_default(),
+                    node: served.endpoint.node.clone().unwrap_or_default(),
                     zone: served.endpoint.locality.zone.clone(),
                     health: health_name(served.endpoint.health).into(),
                     reason: served.reason.to_string(),

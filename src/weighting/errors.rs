@@ -127,7 +127,7 @@ mod tests {
             ramping: false,
             failing,
             load_is_in_flight: false,
-            node_cost: None,
+            node_prior: None,
         }
     }
 

@@ -168,10 +168,30 @@ pub struct ClusterMemory {
     pub slowest_cost: Option<(f64, Duration)>,
     /// The demand the last plan placed (requests per second) and when.
     pub planned_demand: Option<(f64, Duration)>,
-    /// Per node (`Endpoint::node`), the largest per-request cost measured there and when it was
-    /// last measured, kept [`SLOWEST_MEMORY`] after the node's last endpoint left: a new pod on
-    /// a node already measured starts at that node's cost instead of the slowest one.
-    pub node_costs: BTreeMap<String, (f64, Duration)>,
+    /// Per node (`Endpoint::node`), what was last measured there, kept [`SLOWEST_MEMORY`] after
+    /// the node's last endpoint left: a new pod on a node already measured starts from it
+    /// instead of the slowest cost.
+    pub nodes: BTreeMap<String, NodeMemory>,
+}
+
+/// What the weighting remembers of one node of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeMemory {
+    /// The largest per-request cost of the cluster's endpoints measured on the node.
+    pub cost: f64,
+    /// The smallest share of the cluster's traffic one of them was served (weight / sum).
+    pub share: f64,
+    /// `now` of the last tick that measured it.
+    pub seen: Duration,
+}
+
+/// A newcomer's start from its node's memory: the cost measured there, and the share served.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct NodePrior {
+    /// Per-request cost.
+    pub cost: f64,
+    /// Share of the cluster's traffic.
+    pub share: f64,
 }
 
 /// How fast the demand planned may fall: by half in this long. Request rates over a window read
@@ -183,16 +203,19 @@ pub const DEMAND_HALF_LIFE: Duration = Duration::from_secs(60);
 pub const SLOWEST_MEMORY: Duration = Duration::from_secs(600);
 
 impl ClusterMemory {
-    /// The per-request cost last measured on `node`, unless older than [`SLOWEST_MEMORY`] at
-    /// `now` or the remembered costs are not per request.
-    pub(crate) fn node_cost_at(&self, node: &str, now: Duration) -> Option<f64> {
+    /// What was last measured on `node`, unless older than [`SLOWEST_MEMORY`] at `now` or the
+    /// remembered costs are not per request.
+    pub(crate) fn node_prior_at(&self, node: &str, now: Duration) -> Option<NodePrior> {
         if self.cost_basis != Some(CostBasis::PerRequest) {
             return None;
         }
-        self.node_costs
+        self.nodes
             .get(node)
-            .filter(|(_, seen)| now.saturating_sub(*seen) < SLOWEST_MEMORY)
-            .map(|(cost, _)| *cost)
+            .filter(|memory| now.saturating_sub(memory.seen) < SLOWEST_MEMORY)
+            .map(|memory| NodePrior {
+                cost: memory.cost,
+                share: memory.share,
+            })
     }
 
     /// [`Self::slowest_cost`] and when it was seen, unless older than [`SLOWEST_MEMORY`] at `now`.

@@ -7,7 +7,8 @@ use super::errors;
 use super::observe::{explained, Observation};
 use super::plan::{bounds, middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned};
 use super::{
-    Algorithm, ClusterMemory, ClusterMode, CostBasis, Params, Reason, Weight, WeightSource,
+    Algorithm, ClusterMemory, ClusterMode, CostBasis, NodePrior, Params, Reason, Weight,
+    WeightSource,
 };
 
 /// A newcomer's weight, its share of the traffic, and whether its node's cost set it.
@@ -58,7 +59,7 @@ pub(crate) fn fresh_weights(
                 .as_ref()
                 .is_some_and(|memory| memory.failing),
             load_is_in_flight: observation.cpu_is_in_flight,
-            node_cost: observation.node_cost,
+            node_prior: observation.node_prior,
         })
         .collect();
     let verdicts = errors::judge(&fresh);
@@ -271,18 +272,18 @@ fn newcomer_fills(
         .filter(|(_, verdict)| verdict.is_none())
         .filter_map(|((endpoint, plan), _)| Some((plan.cost?.value, endpoint.limit)))
         .collect();
-    let limits: Vec<(f64, Option<f64>)> = observations
+    let limits: Vec<(f64, Option<NodePrior>)> = observations
         .iter()
         .filter(|observation| !observation.fresh)
         .map(|observation| {
             (
                 observation.limit,
-                observation.node_cost.filter(|_| per_request),
+                observation.node_prior.filter(|_| per_request),
             )
         })
         .collect();
     let shares = capacity::newcomer_share(&known, &limits, slowest_seen)?;
-    let on_node = limits.iter().map(|(_, node_cost)| node_cost.is_some());
+    let on_node = limits.iter().map(|(_, prior)| prior.is_some());
     let total: f64 = shares.iter().sum();
     let planned_sum: f64 = planned.iter().map(|plan| f64::from(plan.weight)).sum();
     if total >= 1.0 || planned_sum <= 0.0 {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::plan::endpoint_key;
 use super::{
-    ClusterMemory, ClusterMode, EndpointKey, EndpointLoad, EndpointMemory, Params, Reading, Reason,
-    Weight, WeightSource,
+    ClusterMemory, ClusterMode, EndpointKey, EndpointLoad, EndpointMemory, NodePrior, Params,
+    Reading, Reason, Weight, WeightSource,
 };
 use crate::model::Endpoint;
 
@@ -32,9 +32,9 @@ pub(crate) struct Observation {
     pub(crate) cpu_is_in_flight: bool,
     /// What the previous tick remembered of this endpoint.
     pub(crate) remembered: Option<EndpointMemory>,
-    /// Without a remembered cost: the per-request cost measured on its node (see
-    /// [`ClusterMemory::node_costs`]), the one to start a newcomer at.
-    pub(crate) node_cost: Option<f64>,
+    /// Without a remembered cost: what was measured on its node (see
+    /// [`ClusterMemory::nodes`]), the start of a newcomer.
+    pub(crate) node_prior: Option<NodePrior>,
 }
 
 /// Keeps a reading only when its value is a finite non-negative number; counts the others.
@@ -69,7 +69,7 @@ pub(crate) fn observe(
     let latency = valid(load.latency, dropped_samples);
     let fresh = cpu.is_some_and(|reading| reading.age <= params.stale_after);
     let remembered = memory.endpoints.get(&key).cloned();
-    let node_cost = endpoint
+    let node_prior = endpoint
         .node
         .as_deref()
         .filter(|_| {
@@ -77,7 +77,7 @@ pub(crate) fn observe(
                 .as_ref()
                 .is_none_or(|memory| memory.cost.is_none())
         })
-        .and_then(|node| memory.node_cost_at(node, now));
+        .and_then(|node| memory.node_prior_at(node, now));
     Observation {
         key,
         cpu,
@@ -89,7 +89,7 @@ pub(crate) fn observe(
         fresh,
         cpu_is_in_flight: false,
         remembered,
-        node_cost,
+        node_prior,
     }
 }
 

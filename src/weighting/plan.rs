@@ -49,8 +49,8 @@ pub(crate) struct FreshEndpoint {
     pub failing: bool,
     /// `cpu` holds requests in flight (the cluster has no CPU signal).
     pub load_is_in_flight: bool,
-    /// Without a remembered cost: the per-request cost measured on its node, if any.
-    pub node_cost: Option<f64>,
+    /// Without a remembered cost: what was measured on its node, if any.
+    pub node_prior: Option<super::NodePrior>,
 }
 
 /// An algorithm's answer for one fresh endpoint.

@@ -13,7 +13,7 @@ use super::observe::{decide_mode, in_flight_for_cpu, observe, youngest_sample, O
 use super::plan::endpoint_key;
 use super::{
     static_weights, Algorithm, ClusterMemory, ClusterMode, EndpointKey, EndpointLoad,
-    EndpointMemory, Output, Params,
+    EndpointMemory, NodeMemory, Output, Params,
 };
 use crate::model::Endpoint;
 
@@ -57,57 +57,72 @@ pub(crate) fn compute<E: Borrow<Endpoint>>(
     slow_start(&mut tick.weights, &observations, memory, params, now);
     guard_locality_sums(&mut tick.weights, endpoints);
     let mut output = decide_push(&observations, memory, mode, tick, params, now);
-    output.memory.node_costs = node_costs(endpoints, &output.memory, memory, now);
+    output.memory.nodes = node_memory(endpoints, &output.memory, memory, now);
     output.memory.last_sample_at = last_sample_at;
     output.dropped_samples = dropped_samples;
     output
 }
 
-/// The node costs to remember after this tick (see [`ClusterMemory::node_costs`]): on each node,
-/// the largest per-request cost of its endpoints now remembered (saturated or failing ones left
-/// out), and the earlier entries of the nodes without one, until they are
-/// [`SLOWEST_MEMORY`](super::SLOWEST_MEMORY) old.
-fn node_costs<E: Borrow<Endpoint>>(
+/// The nodes to remember after this tick (see [`ClusterMemory::nodes`]): on each node, the
+/// largest per-request cost of its endpoints now remembered (saturated or failing ones left out)
+/// and the smallest share of the traffic one of them is served, and the earlier entries of the
+/// nodes without one, until they are [`SLOWEST_MEMORY`](super::SLOWEST_MEMORY) old.
+fn node_memory<E: Borrow<Endpoint>>(
     endpoints: &[E],
     after: &ClusterMemory,
     before: &ClusterMemory,
     now: Duration,
-) -> BTreeMap<String, (f64, Duration)> {
+) -> BTreeMap<String, NodeMemory> {
     if after.cost_basis != Some(super::CostBasis::PerRequest) {
         return BTreeMap::new();
     }
-    let mut costs: BTreeMap<String, (f64, Duration)> = if before.cost_basis == after.cost_basis {
+    let mut nodes: BTreeMap<String, NodeMemory> = if before.cost_basis == after.cost_basis {
         before
-            .node_costs
+            .nodes
             .iter()
-            .filter(|(_, (_, seen))| now.saturating_sub(*seen) < super::SLOWEST_MEMORY)
-            .map(|(node, entry)| (node.clone(), *entry))
+            .filter(|(_, memory)| now.saturating_sub(memory.seen) < super::SLOWEST_MEMORY)
+            .map(|(node, memory)| (node.clone(), *memory))
             .collect()
     } else {
         BTreeMap::new()
     };
-    let mut measured: BTreeMap<&str, f64> = BTreeMap::new();
+    let total: f64 = after
+        .endpoints
+        .values()
+        .map(|memory| f64::from(memory.weight))
+        .sum();
+    let mut measured: BTreeMap<&str, NodeMemory> = BTreeMap::new();
     for endpoint in endpoints {
         let endpoint = endpoint.borrow();
         let Some(node) = endpoint.node.as_deref() else {
             continue;
         };
-        let Some(cost) = after
+        let Some((cost, weight)) = after
             .endpoints
             .get(&endpoint_key(endpoint))
             .filter(|memory| !memory.cost_is_floor && !memory.failing)
-            .and_then(|memory| memory.cost)
-            .filter(|cost| cost.is_finite() && *cost > 0.0)
+            .and_then(|memory| Some((memory.cost?, memory.weight)))
+            .filter(|(cost, _)| cost.is_finite() && *cost > 0.0)
         else {
             continue;
         };
-        let largest = measured.entry(node).or_insert(cost);
-        *largest = largest.max(cost);
+        let share = if total > 0.0 {
+            f64::from(weight) / total
+        } else {
+            0.0
+        };
+        let entry = measured.entry(node).or_insert(NodeMemory {
+            cost,
+            share,
+            seen: now,
+        });
+        entry.cost = entry.cost.max(cost);
+        entry.share = entry.share.min(share);
     }
-    for (node, cost) in measured {
-        costs.insert(node.to_owned(), (cost, now));
+    for (node, memory) in measured {
+        nodes.insert(node.to_owned(), memory);
     }
-    costs
+    nodes
 }
 
 /// The largest cost remembered now, or the one remembered from the last
@@ -212,7 +227,7 @@ pub(crate) fn decide_push(
         // floor goes on decaying from it.
         planned_demand: demand.map(|demand| (demand, now)).or(memory.planned_demand),
         // Filled in by `compute`, which knows the endpoints' nodes.
-        node_costs: BTreeMap::new(),
+        nodes: BTreeMap::new(),
     };
     Output {
         weights,
@@ -568,7 +583,7 @@ mod tests {
             100,
         );
         assert_eq!(
-            first.memory.node_costs.get("n0").map(|(cost, _)| *cost),
+            first.memory.nodes.get("n0").map(|node| node.cost),
             first
                 .memory
                 .endpoints
@@ -597,6 +612,20 @@ mod tests {
         assert!(reason.contains("slowest measured"), "{reason}");
         let (share, _) = share_on("n0", 701);
         assert!((share - 125.0 / 750.0).abs() < 0.002, "{share}");
+        // The 8 ms pod is replaced instead: on n2 its successor gets at most the share served
+        // there (the plan keeps it near a probe), not its capacity share, 125 / 1625.
+        let served = first.memory.nodes.get("n2").map_or(1.0, |node| node.share);
+        assert!(served < 0.02, "{served}");
+        let replaced = [
+            before[0].clone(),
+            before[1].clone(),
+            on(all[3].clone(), "n2"),
+        ];
+        let mut loads = costed(&[(0.1, 100.0), (0.2, 100.0)], 5);
+        loads.push(EndpointLoad::default());
+        let output = run(&replaced, &loads, &first.memory, &params, 110);
+        let share = shares(&output)[2];
+        assert!(share <= served * 1.05 + 1e-4, "{share} vs {served}");
     }
 
     #[test]
@@ -651,8 +680,8 @@ mod tests {
         }
         let output = run(&fleet, &loads, &ClusterMemory::default(), &params, 100);
         assert_eq!(output.weights[0].source, WeightSource::Failing);
-        assert!(!output.memory.node_costs.contains_key("n0"));
-        assert!(output.memory.node_costs.contains_key("n1"));
+        assert!(!output.memory.nodes.contains_key("n0"));
+        assert!(output.memory.nodes.contains_key("n1"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::placement::{balance, cap_suspects, latency};
 use crate::weighting::{
     plan::{middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned},
     reason::{CostSource, Placement},
-    CostBasis, Objective, Params, Reason,
+    CostBasis, NodePrior, Objective, Params, Reason,
 };
 
 /// Request rates at or below this (per second) are too small to divide CPU by.
@@ -142,15 +142,19 @@ pub(crate) fn plan_with(
     // A node's cost stands in only for the `latency` newcomer rule, in the unit it was kept in.
     let per_request_before =
         basis == CostBasis::PerRequest && basis_before == Some(CostBasis::PerRequest);
-    let node_costs: Vec<Option<f64>> = fresh
+    let node_priors: Vec<Option<NodePrior>> = fresh
         .iter()
         .zip(&smoothed)
         .map(|(endpoint, smoothed)| {
             endpoint
-                .node_cost
-                .filter(|cost| cost.is_finite() && *cost > 0.0)
+                .node_prior
+                .filter(|prior| prior.cost.is_finite() && prior.cost > 0.0)
                 .filter(|_| latency_objective && per_request_before && smoothed.cost.is_none())
         })
+        .collect();
+    let node_costs: Vec<Option<f64>> = node_priors
+        .iter()
+        .map(|prior| prior.map(|prior| prior.cost))
         .collect();
     let values = planning_costs(&smoothed, latency_objective, &node_costs);
     // A first estimate replaces a guess (a newcomer's share), not a measured state: like a clear
@@ -182,7 +186,7 @@ pub(crate) fn plan_with(
                 &mut placements,
                 &fleet,
                 &smoothed,
-                (slowest_seen, &node_costs),
+                (slowest_seen, &node_priors),
             );
             (loads, placements)
         }
@@ -355,10 +359,11 @@ fn planning_costs(smoothed: &[Smoothed], slowest: bool, node_costs: &[Option<f64
 }
 
 /// The share of the traffic each not yet measured endpoint gets under `latency`, index-aligned
-/// with `newcomers` (limit, and the cost measured on its node if known): the share it would
+/// with `newcomers` (limit, and what was measured on its node if known): the share it would
 /// carry with the traffic spread in proportion to capacity, as if it were as slow as its node's
 /// cost, or without one as the slowest measured endpoint (`known`: cost and limit), or as the
-/// cluster's remembered slowest cost (`slowest_seen`) when that is larger.
+/// cluster's remembered slowest cost (`slowest_seen`) when that is larger. On a known node, at
+/// most the share served there (a slow node's is a probe: the plan keeps slow pods at one).
 ///
 /// A node's cost is the better guess: pods of one cluster differ in speed by the node they run
 /// on, so a pod replacing one on the same node (a rolling restart that reuses the nodes) starts
@@ -372,7 +377,7 @@ fn planning_costs(smoothed: &[Smoothed], slowest: bool, node_costs: &[Option<f64
 /// `None` when nothing is measured.
 pub(crate) fn newcomer_share(
     known: &[(f64, f64)],
-    newcomers: &[(f64, Option<f64>)],
+    newcomers: &[(f64, Option<NodePrior>)],
     slowest_seen: Option<f64>,
 ) -> Option<Vec<f64>> {
     let valid = |value: f64| value.is_finite() && value > 0.0;
@@ -389,8 +394,11 @@ pub(crate) fn newcomer_share(
         .map_or(measured, |seen| seen.max(measured));
     let full: Vec<f64> = newcomers
         .iter()
-        .map(|(limit, node_cost)| {
-            let cost = node_cost.filter(|cost| valid(*cost)).unwrap_or(slowest);
+        .map(|(limit, prior)| {
+            let cost = prior
+                .map(|prior| prior.cost)
+                .filter(|cost| valid(*cost))
+                .unwrap_or(slowest);
             if valid(*limit) {
                 limit / cost
             } else {
@@ -404,7 +412,18 @@ pub(crate) fn newcomer_share(
         .map(|(cost, limit)| limit / cost)
         .sum::<f64>()
         + full.iter().sum::<f64>();
-    Some(full.into_iter().map(|full| full / capacity).collect())
+    Some(
+        full.into_iter()
+            .zip(newcomers)
+            .map(|(full, (_, prior))| {
+                let share = full / capacity;
+                match prior.map(|prior| prior.share) {
+                    Some(served) if served.is_finite() && served >= 0.0 => share.min(served),
+                    _ => share,
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Under `latency`, gives each endpoint without a cost its [`newcomer_share`] of the demand and
@@ -414,7 +433,7 @@ fn newcomer_loads(
     placements: &mut [Placement],
     fleet: &Fleet,
     smoothed: &[Smoothed],
-    (slowest_seen, node_costs): (Option<f64>, &[Option<f64>]),
+    (slowest_seen, node_priors): (Option<f64>, &[Option<NodePrior>]),
 ) {
     if smoothed.iter().all(|smoothed| smoothed.cost.is_some())
         || smoothed.iter().all(|smoothed| smoothed.cost.is_none())
@@ -427,9 +446,9 @@ fn newcomer_loads(
         .iter()
         .map(|index| (fleet.costs[*index], fleet.limits[*index]))
         .collect();
-    let limits: Vec<(f64, Option<f64>)> = newcomers
+    let limits: Vec<(f64, Option<NodePrior>)> = newcomers
         .iter()
-        .map(|index| (fleet.limits[*index], node_costs[*index]))
+        .map(|index| (fleet.limits[*index], node_priors[*index]))
         .collect();
     let Some(shares) = newcomer_share(&pairs, &limits, slowest_seen) else {
         return;
@@ -681,7 +700,7 @@ mod tests {
             errors: Some(0.0),
             failing: false,
             load_is_in_flight: false,
-            node_cost: None,
+            node_prior: None,
         }
     }
 
@@ -981,7 +1000,7 @@ mod tests {
             let fresh: Vec<FreshEndpoint> = (0..2)
                 .map(|index| FreshEndpoint {
                     load_is_in_flight: true,
-                    node_cost: None,
+                    node_prior: None,
                     limit: 4.0,
                     cost: Some(Cost {
                         value: costs[index],

@@ -82,7 +82,7 @@ mod tests {
             errors: None,
             failing: false,
             load_is_in_flight: false,
-            node_cost: None,
+            node_prior: None,
         }
     }
 
