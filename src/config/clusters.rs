@@ -173,7 +173,7 @@ fn validate_endpoint(
         port: port?,
         configured_weight: weight,
         pod: endpoint.pod.clone(),
-        node: endpoint.node.clone(),
+        node: endpoint.node.clone().filter(|node| !node.trim().is_empty()),
         locality: Locality {
             region: endpoint.region.clone().unwrap_or_default(),
             zone: endpoint.zone.clone().unwrap_or_default(),

@@ -248,7 +248,7 @@ clusters:
   - name: checkout
     endpoints:
       - { address: 127.0.0.1, port: 9001, weight: 300, pod: checkout-a, node: node-1, zone: z1 }
-      - { address: 127.0.0.1, port: 9002 }
+      - { address: 127.0.0.1, port: 9002, node: "" }
 "#,
         )
         .expect("valid");
@@ -258,6 +258,7 @@ clusters:
         assert_eq!(endpoints[0].pod.as_deref(), Some("checkout-a"));
         assert_eq!(endpoints[0].locality.zone, "z1");
         assert_eq!(endpoints[0].node.as_deref(), Some("node-1"));
+        assert_eq!(endpoints[1].node, None, "an empty node is no node");
         assert_eq!(endpoints[1].configured_weight, None);
         assert_eq!(config.xds_listen, "127.0.0.1:18000".parse().expect("addr"));
     }

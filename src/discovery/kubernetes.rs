@@ -170,7 +170,7 @@ pub fn slice_info(slice: &EndpointSlice) -> Option<(ObjectKey, SliceInfo)> {
                     conditions.and_then(|conditions| conditions.terminating),
                 ),
                 pod,
-                node: endpoint.node_name.clone(),
+                node: endpoint.node_name.clone().filter(|node| !node.is_empty()),
                 zone: endpoint.zone.clone().unwrap_or_default(),
             })
         })

@@ -224,20 +224,10 @@ impl ClusterMemory {
             .filter(|(_, seen)| now.saturating_sub(*seen) < SLOWEST_MEMORY)
     }
 
-    /// The least demand to plan for at `now`: the last planned demand, kept whole while an
-    /// endpoint that joined after the first tick is younger than [`DEMAND_HALF_LIFE`] (its
-    /// request rate reads low while its series is younger than the rate window: in a rolling
-    /// restart every new pod's does), else halved every [`DEMAND_HALF_LIFE`] since. `joined`:
-    /// an endpoint joins with this tick.
-    pub(crate) fn demand_floor_at(&self, now: Duration, joined: bool) -> Option<f64> {
-        let young = joined
-            || self.endpoints.values().any(|endpoint| {
-                !endpoint.initial && now.saturating_sub(endpoint.first_seen) < DEMAND_HALF_LIFE
-            });
+    /// The least demand to plan for at `now`: the last planned demand halved every
+    /// [`DEMAND_HALF_LIFE`] since.
+    pub(crate) fn demand_floor_at(&self, now: Duration) -> Option<f64> {
         self.planned_demand.map(|(demand, at)| {
-            if young {
-                return demand;
-            }
             let halvings = now.saturating_sub(at).as_secs_f64() / DEMAND_HALF_LIFE.as_secs_f64();
             demand * 0.5_f64.powf(halvings)
         })

@@ -67,12 +67,7 @@ pub(crate) fn fresh_weights(
     let remembered = capacity::Remembered {
         basis: memory.cost_basis,
         slowest,
-        demand_floor: memory.demand_floor_at(
-            now,
-            observations
-                .iter()
-                .any(|observation| observation.remembered.is_none()),
-        ),
+        demand_floor: memory.demand_floor_at(now),
     };
     let (planned, cost_basis, fill_percentile, demand) =
         plan_healthy(&fresh, &verdicts, remembered, params);

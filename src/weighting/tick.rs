@@ -685,52 +685,6 @@ mod tests {
     }
 
     #[test]
-    fn the_demand_is_kept_while_a_new_pod_is_young() {
-        // 1,200 rps planned; a pod joins at 100 s and the rates read half (young series over a
-        // window). The plan keeps 1,200 until the pod is 60 s old, then halves it per 60 s.
-        let params = capacity(Objective::Latency);
-        let all = endpoints(3);
-        let first = run(
-            &all[..2],
-            &costed(&[(0.6, 600.0), (0.6, 600.0)], 1),
-            &ClusterMemory::default(),
-            &params,
-            90,
-        );
-        let grown = run(
-            &all,
-            &costed(&[(0.3, 300.0), (0.3, 300.0), (0.0, 0.0)], 1),
-            &first.memory,
-            &params,
-            100,
-        );
-        let demand = |memory: &ClusterMemory| memory.planned_demand.map(|(demand, _)| demand);
-        assert_eq!(demand(&grown.memory), Some(1200.0));
-        let mut memory = grown.memory;
-        for seconds in [110, 130, 150] {
-            let output = run(
-                &all,
-                &costed(&[(0.3, 300.0), (0.3, 300.0), (0.0, 0.0)], 1),
-                &memory,
-                &params,
-                seconds,
-            );
-            memory = output.memory;
-            assert_eq!(demand(&memory), Some(1200.0), "at {seconds} s");
-        }
-        let output = run(
-            &all,
-            &costed(&[(0.3, 300.0), (0.3, 300.0), (0.0, 0.0)], 1),
-            &memory,
-            &params,
-            190,
-        );
-        let expected = 1200.0 * 0.5_f64.powf(40.0 / 60.0);
-        let planned = demand(&output.memory).unwrap_or_default();
-        assert!((planned - expected).abs() < 1e-6, "{planned} vs {expected}");
-    }
-
-    #[test]
     fn a_fall_in_demand_is_followed_at_the_half_life() {
         // 2 x 1 ms and 2 x 3 ms pods at 1,200 rps, then the rates read 600 (a real fall, or
         // rates of young series read low). The plan places 1,200 * 0.5^(t / 60 s) at least.
