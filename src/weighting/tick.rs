@@ -73,7 +73,11 @@ fn node_memory<E: Borrow<Endpoint>>(
     before: &ClusterMemory,
     now: Duration,
 ) -> BTreeMap<String, NodeMemory> {
-    if after.cost_basis != Some(super::CostBasis::PerRequest) {
+    let no_nodes = before.nodes.is_empty()
+        && endpoints
+            .iter()
+            .all(|endpoint| endpoint.borrow().node.is_none());
+    if no_nodes || after.cost_basis != Some(super::CostBasis::PerRequest) {
         return BTreeMap::new();
     }
     let mut nodes: BTreeMap<String, NodeMemory> = if before.cost_basis == after.cost_basis {

@@ -142,16 +142,24 @@ pub(crate) fn plan_with(
     // A node's cost stands in only for the `latency` newcomer rule, in the unit it was kept in.
     let per_request_before =
         basis == CostBasis::PerRequest && basis_before == Some(CostBasis::PerRequest);
-    let node_priors: Vec<Option<NodePrior>> = fresh
+    // Empty (no allocation on the hot path) unless an endpoint has one.
+    let node_priors: Vec<Option<NodePrior>> = if fresh
         .iter()
-        .zip(&smoothed)
-        .map(|(endpoint, smoothed)| {
-            endpoint
-                .node_prior
-                .filter(|prior| prior.cost.is_finite() && prior.cost > 0.0)
-                .filter(|_| latency_objective && per_request_before && smoothed.cost.is_none())
-        })
-        .collect();
+        .any(|endpoint| endpoint.node_prior.is_some())
+    {
+        fresh
+            .iter()
+            .zip(&smoothed)
+            .map(|(endpoint, smoothed)| {
+                endpoint
+                    .node_prior
+                    .filter(|prior| prior.cost.is_finite() && prior.cost > 0.0)
+                    .filter(|_| latency_objective && per_request_before && smoothed.cost.is_none())
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let node_costs: Vec<Option<f64>> = node_priors
         .iter()
         .map(|prior| prior.map(|prior| prior.cost))
@@ -197,7 +205,9 @@ pub(crate) fn plan_with(
         .map(|(index, weight)| {
             let utilization = loads[index] * fleet.costs[index] / fresh[index].limit;
             let source = match smoothed[index] {
-                Smoothed { cost: None, .. } if node_costs[index].is_some() => {
+                Smoothed { cost: None, .. }
+                    if node_costs.get(index).is_some_and(Option::is_some) =>
+                {
                     CostSource::AssumedNode
                 }
                 Smoothed { cost: None, .. } if latency_objective => CostSource::AssumedSlowest,
@@ -335,7 +345,7 @@ fn smoothed_costs(
 /// The costs to plan with: the smoothed ones, and for endpoints without one the median of those
 /// (1.0 when no endpoint has one), so an unmeasured endpoint is planned as a typical one; the
 /// largest instead with `slowest` (the `latency` objective, see [`newcomer_share`]), and its
-/// node's cost when known (`node_costs`, index-aligned).
+/// node's cost when known (`node_costs`, index-aligned, or empty when none is).
 fn planning_costs(smoothed: &[Smoothed], slowest: bool, node_costs: &[Option<f64>]) -> Vec<f64> {
     let typical = if smoothed.iter().all(|smoothed| smoothed.cost.is_some()) {
         // Not needed: skip the sort on the hot path (every tick, every cluster).
@@ -349,8 +359,9 @@ fn planning_costs(smoothed: &[Smoothed], slowest: bool, node_costs: &[Option<f64
     };
     smoothed
         .iter()
-        .zip(node_costs)
-        .map(|(smoothed, node_cost)| {
+        .enumerate()
+        .map(|(index, smoothed)| {
+            let node_cost = node_costs.get(index).copied().flatten();
             smoothed
                 .cost
                 .map_or(node_cost.unwrap_or(typical), |cost| cost.value)
@@ -433,7 +444,7 @@ fn newcomer_loads(
     placements: &mut [Placement],
     fleet: &Fleet,
     smoothed: &[Smoothed],
-    (slowest_seen, node_priors): (Option<f64>, &[Option<NodePrior>]),
+    (slowest_seen, node_priors): (Option<f64>, &[Option<NodePrior>]), // node_priors: empty when none
 ) {
     if smoothed.iter().all(|smoothed| smoothed.cost.is_some())
         || smoothed.iter().all(|smoothed| smoothed.cost.is_none())
@@ -448,7 +459,12 @@ fn newcomer_loads(
         .collect();
     let limits: Vec<(f64, Option<NodePrior>)> = newcomers
         .iter()
-        .map(|index| (fleet.limits[*index], node_priors[*index]))
+        .map(|index| {
+            (
+                fleet.limits[*index],
+                node_priors.get(*index).copied().flatten(),
+            )
+        })
         .collect();
     let Some(shares) = newcomer_share(&pairs, &limits, slowest_seen) else {
         return;
