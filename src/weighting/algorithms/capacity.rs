@@ -438,13 +438,14 @@ pub(crate) fn newcomer_share(
 }
 
 /// Under `latency`, gives each endpoint without a cost its [`newcomer_share`] of the demand and
-/// scales the planned loads of the others to the rest.
+/// scales the planned loads of the others to the rest. `node_priors` is index-aligned, or empty
+/// when no endpoint has one.
 fn newcomer_loads(
     loads: &mut [f64],
     placements: &mut [Placement],
     fleet: &Fleet,
     smoothed: &[Smoothed],
-    (slowest_seen, node_priors): (Option<f64>, &[Option<NodePrior>]), // node_priors: empty when none
+    (slowest_seen, node_priors): (Option<f64>, &[Option<NodePrior>]),
 ) {
     if smoothed.iter().all(|smoothed| smoothed.cost.is_some())
         || smoothed.iter().all(|smoothed| smoothed.cost.is_none())
