@@ -136,6 +136,15 @@ pub struct EndpointMemory {
     pub failing: bool,
 }
 
+impl EndpointMemory {
+    /// The remembered cost when it is a measurement to start others from: finite, positive, not
+    /// a saturated lower bound, and not of a pod held as failing.
+    pub(crate) fn measured_cost(&self) -> Option<f64> {
+        self.cost
+            .filter(|cost| !self.cost_is_floor && !self.failing && cost.is_finite() && *cost > 0.0)
+    }
+}
+
 /// The unit of the remembered costs, so an average never mixes two units.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CostBasis {

@@ -104,9 +104,7 @@ fn node_memory<E: Borrow<Endpoint>>(
         let Some((cost, weight)) = after
             .endpoints
             .get(&endpoint_key(endpoint))
-            .filter(|memory| !memory.cost_is_floor && !memory.failing)
-            .and_then(|memory| Some((memory.cost?, memory.weight)))
-            .filter(|(cost, _)| cost.is_finite() && *cost > 0.0)
+            .and_then(|memory| Some((memory.measured_cost()?, memory.weight)))
         else {
             continue;
         };
@@ -140,9 +138,7 @@ fn slowest_cost(
     basis?;
     let current = endpoints
         .values()
-        .filter(|endpoint| !endpoint.cost_is_floor && !endpoint.failing)
-        .filter_map(|endpoint| endpoint.cost)
-        .filter(|cost| cost.is_finite() && *cost > 0.0)
+        .filter_map(EndpointMemory::measured_cost)
         .reduce(f64::max);
     let remembered = memory
         .slowest_cost_at(now)

@@ -160,11 +160,7 @@ pub(crate) fn plan_with(
     } else {
         Vec::new()
     };
-    let node_costs: Vec<Option<f64>> = node_priors
-        .iter()
-        .map(|prior| prior.map(|prior| prior.cost))
-        .collect();
-    let values = planning_costs(&smoothed, latency_objective, &node_costs);
+    let values = planning_costs(&smoothed, latency_objective, &node_priors);
     // A first estimate replaces a guess (a newcomer's share), not a measured state: like a clear
     // rise, it may bring the weight down to its target in one tick.
     let rose: Vec<bool> = smoothed
@@ -206,7 +202,7 @@ pub(crate) fn plan_with(
             let utilization = loads[index] * fleet.costs[index] / fresh[index].limit;
             let source = match smoothed[index] {
                 Smoothed { cost: None, .. }
-                    if node_costs.get(index).is_some_and(Option::is_some) =>
+                    if node_priors.get(index).is_some_and(Option::is_some) =>
                 {
                     CostSource::AssumedNode
                 }
@@ -345,8 +341,12 @@ fn smoothed_costs(
 /// The costs to plan with: the smoothed ones, and for endpoints without one the median of those
 /// (1.0 when no endpoint has one), so an unmeasured endpoint is planned as a typical one; the
 /// largest instead with `slowest` (the `latency` objective, see [`newcomer_share`]), and its
-/// node's cost when known (`node_costs`, index-aligned, or empty when none is).
-fn planning_costs(smoothed: &[Smoothed], slowest: bool, node_costs: &[Option<f64>]) -> Vec<f64> {
+/// node's cost when known (`node_priors`, index-aligned, or empty when none is).
+fn planning_costs(
+    smoothed: &[Smoothed],
+    slowest: bool,
+    node_priors: &[Option<NodePrior>],
+) -> Vec<f64> {
     let typical = if smoothed.iter().all(|smoothed| smoothed.cost.is_some()) {
         // Not needed: skip the sort on the hot path (every tick, every cluster).
         1.0
@@ -361,7 +361,11 @@ fn planning_costs(smoothed: &[Smoothed], slowest: bool, node_costs: &[Option<f64
         .iter()
         .enumerate()
         .map(|(index, smoothed)| {
-            let node_cost = node_costs.get(index).copied().flatten();
+            let node_cost = node_priors
+                .get(index)
+                .copied()
+                .flatten()
+                .map(|prior| prior.cost);
             smoothed
                 .cost
                 .map_or(node_cost.unwrap_or(typical), |cost| cost.value)
