@@ -275,7 +275,10 @@ fn a_failing_pod_is_held_at_a_probe_for_every_objective() {
         assert_eq!(held.source, super::WeightSource::Failing);
         let reason = held.reason.to_string();
         assert!(
-            reason.contains("failing: 90.0% errors vs 0.0% in the rest of the cluster"),
+            reason.contains(
+                "failing: 90.0% errors vs 0.0% in the rest of the cluster; held at a 0.3% probe \
+                 until it answers 5 requests well (0.0 so far)"
+            ),
             "{reason}"
         );
         assert!(outputs[5]
@@ -309,6 +312,36 @@ fn a_failing_pod_comes_back_when_it_recovers() {
     let last = history.last().cloned().unwrap_or_default();
     assert_eq!(last[0], 10_000, "{last:?}");
     assert!(history[1][0] <= 4 * history[0][0].max(1), "{history:?}");
+}
+
+#[test]
+fn a_failing_pod_of_a_quiet_cluster_comes_back_when_it_recovers() {
+    // At 100 rps a held pod's probe sees about 0.3 requests per second: no single tick has a
+    // request per second of evidence, but ten-second ticks add up to enough requests.
+    let params = params(Objective::Latency);
+    let mut failing = failing_seed(true);
+    failing.rps = 100.0;
+    let (outputs, history) = failing.run(&params, 4);
+    assert!(outputs[3]
+        .memory
+        .endpoints
+        .values()
+        .any(|memory| memory.failing));
+    let mut recovered = failing.clone();
+    recovered.error_ratios[0] = 0.0;
+    let memory = outputs[3].memory.clone();
+    let (outputs, _) = recovered.run_from(&params, 4..12, memory, history.last().cloned());
+    let released = outputs.iter().position(|output| {
+        !output
+            .memory
+            .endpoints
+            .values()
+            .any(|memory| memory.failing)
+    });
+    assert!(
+        released.is_some_and(|tick| tick <= 3),
+        "released after {released:?} ticks"
+    );
 }
 
 #[test]

@@ -134,6 +134,9 @@ pub struct EndpointMemory {
     pub initial: bool,
     /// Held at a probe because its error ratio was clearly above the cluster's.
     pub failing: bool,
+    /// While held: requests its probe answered within the error margin since it last clearly
+    /// failed. It is released once they are enough evidence, however slowly they came.
+    pub healthy_requests: f64,
 }
 
 impl EndpointMemory {
@@ -177,6 +180,8 @@ pub struct ClusterMemory {
     pub slowest_cost: Option<(f64, Duration)>,
     /// The demand the last plan placed (requests per second) and when.
     pub planned_demand: Option<(f64, Duration)>,
+    /// `now` of the last tick, so this tick's rates can be counted as requests.
+    pub last_tick: Option<Duration>,
     /// Per node (`Endpoint::node`), what was last measured there, kept [`SLOWEST_MEMORY`] after
     /// the node's last endpoint left: a new pod on a node already measured starts from it
     /// instead of the slowest cost.

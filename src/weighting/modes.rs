@@ -22,8 +22,9 @@ pub(crate) struct Tick {
     pub(crate) costs: Vec<Option<Cost>>,
     /// Unit of the costs, when this tick estimated any.
     pub(crate) cost_basis: Option<CostBasis>,
-    /// Held as failing, one per endpoint.
-    pub(crate) failing: Vec<bool>,
+    /// Held as failing, one per endpoint: the healthy requests counted since it last clearly
+    /// failed (see [`errors::judge`]).
+    pub(crate) held: Vec<Option<f64>>,
     /// The demand planned (requests per second), when this tick planned one.
     pub(crate) demand: Option<f64>,
 }
@@ -54,15 +55,17 @@ pub(crate) fn fresh_weights(
                 .errors
                 .filter(|reading| reading.age <= params.stale_after)
                 .map(|reading| reading.value),
-            failing: observation
-                .remembered
-                .as_ref()
-                .is_some_and(|memory| memory.failing),
+            held: observation.remembered.as_ref().and_then(remembered_hold),
             load_is_in_flight: observation.cpu_is_in_flight,
             node_prior: observation.node_prior,
         })
         .collect();
-    let verdicts = errors::judge(&fresh);
+    // Rates times the time they covered, bounded by how long a reading stays fresh.
+    let elapsed = memory
+        .last_tick
+        .map_or(Duration::ZERO, |last| now.saturating_sub(last))
+        .min(params.stale_after);
+    let verdicts = errors::judge(&fresh, elapsed);
     let slowest = memory.slowest_cost_at(now).map(|(cost, _)| cost);
     let remembered = capacity::Remembered {
         basis: memory.cost_basis,
@@ -94,7 +97,7 @@ pub(crate) fn fresh_weights(
     let mut planned = planned.into_iter().zip(verdicts);
     let mut weights = Vec::with_capacity(observations.len());
     let mut costs = Vec::with_capacity(observations.len());
-    let mut failing = Vec::with_capacity(observations.len());
+    let mut held = Vec::with_capacity(observations.len());
     for observation in observations {
         let remembered_cost = observation.remembered.as_ref().and_then(Cost::remembered);
         let plan = if observation.fresh {
@@ -120,7 +123,7 @@ pub(crate) fn fresh_weights(
                 };
                 weights.push(explained(observation, weight, source, reason));
                 costs.push(plan.cost.or(remembered_cost));
-                failing.push(verdict.is_some());
+                held.push(verdict.map(|failing| failing.healthy_requests));
             }
             None => {
                 let newcomer = newcomer_fills.as_mut().and_then(Iterator::next);
@@ -134,12 +137,7 @@ pub(crate) fn fresh_weights(
                 weights.push(explained(observation, weight, WeightSource::NewPod, reason));
                 costs.push(remembered_cost);
                 // A held endpoint without a fresh sample stays held until one clears it.
-                failing.push(
-                    observation
-                        .remembered
-                        .as_ref()
-                        .is_some_and(|memory| memory.failing),
-                );
+                held.push(observation.remembered.as_ref().and_then(remembered_hold));
             }
         }
     }
@@ -147,7 +145,7 @@ pub(crate) fn fresh_weights(
         weights,
         costs,
         cost_basis,
-        failing,
+        held,
         demand,
     }
 }
@@ -212,7 +210,12 @@ pub(crate) fn plan_healthy(
         .map(|(endpoint, verdict)| match verdict {
             Some(failing) => Planned {
                 weight: held_weight,
-                reason: Reason::failing(failing.ratio, failing.baseline, errors::HELD_SHARE),
+                reason: Reason::failing(
+                    failing.ratio,
+                    failing.baseline,
+                    errors::HELD_SHARE,
+                    (failing.healthy_requests, errors::RELEASE_MIN_REQUESTS),
+                ),
                 cost: endpoint.cost,
             },
             None => planned.next().unwrap_or_else(|| Planned {
@@ -352,7 +355,7 @@ impl Tick {
             weights,
             costs: remembered_costs(observations),
             cost_basis: None,
-            failing: remembered_failing(observations),
+            held: remembered_holds(observations),
             demand: None,
         }
     }
@@ -386,16 +389,16 @@ pub(crate) fn equal_weights(
 }
 
 /// The failing holds remembered so far, unchanged.
-pub(crate) fn remembered_failing(observations: &[Observation]) -> Vec<bool> {
+pub(crate) fn remembered_holds(observations: &[Observation]) -> Vec<Option<f64>> {
     observations
         .iter()
-        .map(|observation| {
-            observation
-                .remembered
-                .as_ref()
-                .is_some_and(|memory| memory.failing)
-        })
+        .map(|observation| observation.remembered.as_ref().and_then(remembered_hold))
         .collect()
+}
+
+/// An endpoint's hold, if it is held: the healthy requests counted so far.
+fn remembered_hold(memory: &super::EndpointMemory) -> Option<f64> {
+    memory.failing.then_some(memory.healthy_requests)
 }
 
 /// The costs remembered so far, unchanged.

@@ -45,8 +45,9 @@ pub(crate) struct FreshEndpoint {
     pub cost: Option<Cost>,
     /// In its slow start: its weight in force was set by the ramp, so it is not step-limited.
     pub ramping: bool,
-    /// Held as failing after the last tick (see `errors::judge`).
-    pub failing: bool,
+    /// Held as failing after the last tick (see `errors::judge`): the healthy requests counted
+    /// since it last clearly failed.
+    pub held: Option<f64>,
     /// `cpu` holds requests in flight (the cluster has no CPU signal).
     pub load_is_in_flight: bool,
     /// Without a remembered cost: what was measured on its node, if any.

@@ -131,6 +131,8 @@ enum Cause {
         ratio: f64,
         baseline: f64,
         share: f64,
+        healthy: f64,
+        needed: f64,
     },
 }
 
@@ -230,12 +232,20 @@ impl Reason {
         Self::from_cause(Cause::Fallback { age_seconds })
     }
 
-    /// Held at `share` of the traffic: error ratio `ratio` against the cluster's `baseline`.
-    pub(crate) fn failing(ratio: f64, baseline: f64, share: f64) -> Self {
+    /// Held at `share` of the traffic: error ratio `ratio` against the cluster's `baseline`,
+    /// with `healthy` of the `needed` requests towards its release counted.
+    pub(crate) fn failing(
+        ratio: f64,
+        baseline: f64,
+        share: f64,
+        (healthy, needed): (f64, f64),
+    ) -> Self {
         Self::from_cause(Cause::Failing {
             ratio,
             baseline,
             share,
+            healthy,
+            needed,
         })
     }
 
@@ -371,6 +381,8 @@ impl fmt::Display for Cause {
                 ratio,
                 baseline,
                 share,
+                healthy,
+                needed,
             } => {
                 if ratio.is_nan() {
                     formatter.write_str("failing: held since an earlier tick, no error rate now")?;
@@ -384,7 +396,8 @@ impl fmt::Display for Cause {
                 }
                 write!(
                     formatter,
-                    "; held at a {:.1}% probe until it answers well",
+                    "; held at a {:.1}% probe until it answers {needed:.0} requests well \
+                     ({healthy:.1} so far)",
                     share * 100.0
                 )
             }

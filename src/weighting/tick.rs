@@ -168,7 +168,7 @@ pub(crate) fn decide_push(
         mut weights,
         costs,
         cost_basis,
-        failing,
+        held,
         demand,
     } = tick;
     let keys: BTreeSet<EndpointKey> = observations.iter().map(|o| o.key).collect();
@@ -196,8 +196,8 @@ pub(crate) fn decide_push(
         .iter()
         .zip(&weights)
         .zip(costs)
-        .zip(failing)
-        .map(|(((observation, weight), cost), failing)| {
+        .zip(held)
+        .map(|(((observation, weight), cost), held)| {
             let (first_seen, initial) = observation
                 .remembered
                 .as_ref()
@@ -210,7 +210,8 @@ pub(crate) fn decide_push(
                 cost_is_floor: cost.is_some_and(|cost| cost.is_floor),
                 first_seen,
                 initial,
-                failing,
+                failing: held.is_some(),
+                healthy_requests: held.unwrap_or(0.0),
             };
             (observation.key, remembered)
         })
@@ -226,6 +227,7 @@ pub(crate) fn decide_push(
         // A tick that planned nothing (holding, fallback) keeps the last plan's demand, so the
         // floor goes on decaying from it.
         planned_demand: demand.map(|demand| (demand, now)).or(memory.planned_demand),
+        last_tick: Some(now),
         // Filled in by `compute`, which knows the endpoints' nodes.
         nodes: BTreeMap::new(),
     };

@@ -719,7 +719,7 @@ mod tests {
             cost: None,
             ramping: false,
             errors: Some(0.0),
-            failing: false,
+            held: None,
             load_is_in_flight: false,
             node_prior: None,
         }

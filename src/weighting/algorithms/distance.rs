@@ -80,7 +80,7 @@ mod tests {
             cost: None,
             ramping: false,
             errors: None,
-            failing: false,
+            held: None,
             load_is_in_flight: false,
             node_prior: None,
         }
