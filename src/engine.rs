@@ -6,8 +6,11 @@
 use std::{
     collections::BTreeMap,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
+
+// Tokio's clock, so tests can pause it; the same as the monotonic clock otherwise.
+use tokio::time::Instant;
 
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::AtomicU64;
@@ -127,29 +130,52 @@ impl Engine {
     }
 
     /// Recomputes every cluster whose tick is due; returns how many were recomputed.
+    ///
+    /// A cluster fed by the PromQL pull ticks when its pull has answered (see [`Engine::pulled`]),
+    /// so its samples are never a tick old; the timer ticks it only when the pull is half a tick
+    /// late (a hung metrics server), so it still falls back to holding and equal weights.
     pub fn tick(&mut self) -> usize {
-        let started = Instant::now();
         let now = self.now();
         let due: Vec<String> = self
             .clusters
             .iter()
             .filter(|(name, state)| {
-                let tick = self.config.settings(name).tick;
-                state
-                    .last_tick
-                    .is_none_or(|last| now.saturating_sub(last) + Duration::from_millis(50) >= tick)
+                let settings = self.config.settings(name);
+                let period = if settings.queries.is_some() {
+                    settings.tick + settings.tick / 2
+                } else {
+                    settings.tick
+                };
+                state.last_tick.is_none_or(|last| {
+                    now.saturating_sub(last) + Duration::from_millis(50) >= period
+                })
             })
             .map(|(name, _)| name.clone())
             .collect();
-        for name in &due {
+        self.recompute_ticked(&due)
+    }
+
+    /// The PromQL pull has just written the samples of these clusters: it is their tick.
+    pub fn pulled(&mut self, clusters: &[String]) -> usize {
+        let known: Vec<String> = clusters
+            .iter()
+            .filter(|name| self.clusters.contains_key(*name))
+            .cloned()
+            .collect();
+        self.recompute_ticked(&known)
+    }
+
+    fn recompute_ticked(&mut self, names: &[String]) -> usize {
+        let started = Instant::now();
+        for name in names {
             self.recompute(name, false);
         }
-        if !due.is_empty() {
+        if !names.is_empty() {
             self.metrics
                 .tick_duration
                 .observe(started.elapsed().as_secs_f64());
         }
-        due.len()
+        names.len()
     }
 
     fn recompute(&mut self, name: &str, force: bool) {
@@ -264,14 +290,20 @@ impl Engine {
         changed
     }
 
-    /// Runs until every source is gone: applies updates as they come, ticks, follows config reloads.
+    /// Runs until every source is gone: applies updates as they come, ticks (on its timer, and
+    /// for pull-fed clusters when `pulled` names them), follows config reloads.
     pub async fn run(
         mut self,
         mut updates: mpsc::Receiver<Vec<ClusterUpdate>>,
         mut config: watch::Receiver<Arc<AdaptiveConfig>>,
+        mut pulled: mpsc::Receiver<Vec<String>>,
     ) {
+        let mut pulling = true;
+        // One timer for the whole run: a sleep started afresh after every update would never
+        // fire while updates come more often than the period (a busy Kubernetes source).
+        let period = |config: &AdaptiveConfig| config.shortest_tick().min(Duration::from_secs(1));
+        let mut ticks = tick_timer(period(&self.config));
         loop {
-            let period = self.config.shortest_tick().min(Duration::from_secs(1));
             tokio::select! {
                 batch = updates.recv() => match batch {
                     Some(batch) => self.apply(batch),
@@ -282,11 +314,20 @@ impl Engine {
                         return;
                     }
                     let next = config.borrow_and_update().clone();
+                    if period(&next) != ticks.period() {
+                        ticks = tick_timer(period(&next));
+                    }
                     self.reconfigure(next);
                 }
-                _ = tokio::time::sleep(period) => {
+                _ = ticks.tick() => {
                     self.tick();
                 }
+                names = pulled.recv(), if pulling => match names {
+                    Some(names) => {
+                        self.pulled(&names);
+                    }
+                    None => pulling = false,
+                },
             }
             self.publish();
         }
@@ -311,6 +352,14 @@ impl Engine {
 }
 
 /// Removes a cluster's old per-endpoint series (its endpoint set changed or it is gone).
+/// The engine's wake-up timer: every `period`, the first one a period from now; a late wake-up
+/// delays the next ones instead of bunching them.
+fn tick_timer(period: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
 fn forget_endpoint_metrics(metrics: &Metrics, labels: &[EndpointLabels]) {
     for label in labels {
         metrics.endpoint_weight.remove(label);
@@ -517,5 +566,105 @@ mod tests {
             !text.contains("pod=\"one\""),
             "removed cluster's series are gone:\n{text}"
         );
+    }
+
+    /// The `adaptive_eds_tick_duration_seconds_count` of this registry.
+    fn ticks(registry: &prometheus_client::registry::Registry) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text.lines()
+            .find_map(|line| line.strip_prefix("adaptive_eds_tick_duration_seconds_count "))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pulled_cluster_ticks_when_its_pull_answers() {
+        let config = config::parse(
+            "tick: 1s\nmetrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n",
+        )
+        .expect("valid");
+        let (metrics, registry) = Metrics::registered();
+        let mut engine = Engine::new(
+            Arc::new(config.adaptive.clone()),
+            cpu_table([("one".to_string(), 0.2)]),
+            SnapshotStore::new(),
+            metrics,
+        );
+        engine.apply(crate::discovery::file::diff(
+            &BTreeMap::new(),
+            &config.clusters,
+        ));
+        let (_updates, receiver) = mpsc::channel(1);
+        let (config_sender, config_receiver) = watch::channel(Arc::new(config.adaptive.clone()));
+        let (pulls, pulled) = mpsc::channel(1);
+        let running = tokio::spawn(engine.run(receiver, config_receiver, pulled));
+        // Pulls answering every second, 0.4 s out of phase with the engine's timer: ten ticks,
+        // all of them on a pull (the timer adds none while the pulls keep the tick).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for _ in 0..10 {
+            pulls
+                .send(vec!["a".to_string(), "gone".to_string()])
+                .await
+                .expect("runs");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(ticks(&registry), 10);
+        // The pull hangs: the timer ticks every second and a half at most.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let timer_ticks = ticks(&registry) - 10;
+        assert!((2..=4).contains(&timer_ticks), "{timer_ticks} ticks in 6 s");
+        drop(config_sender);
+        running.await.expect("stops with its config");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_go_on_while_updates_keep_coming() {
+        // Cluster `a` is only ever ticked; cluster `b` gets an endpoint update every 300 ms (a
+        // busy Kubernetes source), more often than the 1 s tick.
+        let config = config::parse(
+            "tick: 1s\nmetrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n",
+        )
+        .expect("valid");
+        let (metrics, registry) = Metrics::registered();
+        let engine = Engine::new(
+            Arc::new(config.adaptive.clone()),
+            cpu_table([("one".to_string(), 0.2)]),
+            SnapshotStore::new(),
+            metrics,
+        );
+        let (updates, receiver) = mpsc::channel(4);
+        let (_config_sender, config_receiver) = watch::channel(Arc::new(config.adaptive.clone()));
+        let (_pulls, pulled) = mpsc::channel(1);
+        let running = tokio::spawn(engine.run(receiver, config_receiver, pulled));
+        let initial = crate::discovery::file::diff(&BTreeMap::new(), &config.clusters);
+        updates.send(initial).await.expect("engine runs");
+        for round in 0..34u8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let endpoint = Endpoint {
+                address: format!("10.1.0.{}", round % 2 + 1)
+                    .parse()
+                    .expect("address"),
+                port: 1,
+                configured_weight: None,
+                pod: None,
+                node: None,
+                locality: crate::model::Locality::default(),
+                health: crate::model::HealthStatus::default(),
+            };
+            let update = ClusterUpdate::Reset {
+                cluster: "b".into(),
+                endpoints: vec![endpoint],
+            };
+            updates.send(vec![update]).await.expect("engine runs");
+        }
+        drop(updates);
+        running
+            .await
+            .expect("engine stops when its sources are gone");
+        // About ten seconds at a 1 s tick (its pull never answers here: the timer's fallback
+        // ticks it every second and a half or two).
+        let ticks = ticks(&registry);
+        assert!(ticks >= 5, "{ticks} ticks in 10 s");
     }
 }

@@ -73,10 +73,12 @@ pub async fn serve(
     engine.apply(source.initial_updates());
     engine.publish();
     let (updates_sender, updates) = mpsc::channel(16);
+    let (pulled_sender, pulled) = mpsc::channel(4);
     tasks.spawn(prometheus::run(
         settings.clone(),
         table.clone(),
         metrics.clone(),
+        pulled_sender,
     ));
     if let Some(series) = &series {
         tasks.spawn(remote_write::aggregate(
@@ -85,7 +87,7 @@ pub async fn serve(
             table.clone(),
         ));
     }
-    tasks.spawn(engine.run(updates, settings.clone()));
+    tasks.spawn(engine.run(updates, settings.clone(), pulled));
     if let Some(kubernetes) = kubernetes {
         tasks.spawn(kubernetes.run(updates_sender.clone()));
     }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::batch::{self, TemplatePlans};
 use crate::config::adaptive::{AdaptiveConfig, ClusterSettings};
@@ -319,18 +319,24 @@ pub fn with_zero_errors(mut errors: SampleSet, rps: &SampleSet) -> SampleSet {
     errors
 }
 
-/// Pulls every adaptive cluster once per its tick until `config` is closed.
+/// Pulls every adaptive cluster once per its tick until `config` is closed, and names the
+/// clusters of each pull on `pulled` once their samples are in `table` (the engine ticks them
+/// then).
 ///
 /// Runs beside serving: a slow or dead metrics server only delays this loop.
 pub async fn run(
     mut config: watch::Receiver<Arc<AdaptiveConfig>>,
     table: SampleTable,
     metrics: Metrics,
+    pulled: mpsc::Sender<Vec<String>>,
 ) {
     let mut client: Option<(PullSettings, PromQlClient)> = None;
     let mut last_pull: HashMap<String, tokio::time::Instant> = HashMap::new();
     // The templates read once per config, not once per tick.
     let mut plans: Option<(Arc<AdaptiveConfig>, TemplatePlans)> = None;
+    // Wake-ups a fixed period apart, however long a pull takes (up to that period), so a
+    // cluster's pulls, and the ticks they trigger, keep its tick.
+    let mut wakeups: Option<tokio::time::Interval> = None;
     loop {
         let current = config.borrow_and_update().clone();
         client = refresh_client(client, current.prometheus.as_ref());
@@ -363,11 +369,23 @@ pub async fn run(
             }
             if !due.is_empty() {
                 promql.pull(&due, plans, &table, &metrics).await;
+                let names = due.iter().map(|(name, _)| (*name).to_string()).collect();
+                // Fails only once the engine has stopped, and then nothing is served any more.
+                let _ = pulled.send(names).await;
             }
         }
-        let wait = tokio::time::sleep(current.shortest_tick().min(Duration::from_secs(1)));
+        let period = current.shortest_tick().min(Duration::from_secs(1));
+        let timer = match wakeups.take() {
+            Some(timer) if timer.period() == period => wakeups.insert(timer),
+            _ => {
+                let mut timer =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                wakeups.insert(timer)
+            }
+        };
         tokio::select! {
-            _ = wait => {}
+            _ = timer.tick() => {}
             changed = config.changed() => if changed.is_err() { return },
         }
     }
