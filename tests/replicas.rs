@@ -122,12 +122,22 @@ async fn two_replicas_fed_by_different_envoys_serve_the_same_weights() {
     let traffic_b = Traffic::start(envoy_b.listener_port, 1, Duration::from_secs(180));
 
     // Both replicas weigh from the pulled sums: the same samples, the same weights.
+    let started = std::time::Instant::now();
+    let seen = std::sync::Mutex::new(None::<String>);
     let settled = wait_for(
         Duration::from_secs(30),
         "both replicas serve fresh, equal weights",
         || async {
             let a = inspect_weights(replicas[0].0, cluster).await?;
             let b = inspect_weights(replicas[1].0, cluster).await?;
+            // What each poll saw, on stderr (shown when the test fails).
+            let observed = format!("{a:?} {b:?}");
+            let mut seen = seen.lock().ok()?;
+            if seen.replace(observed.clone()) != Some(observed) {
+                let elapsed = started.elapsed().as_secs_f64();
+                eprintln!("{elapsed:.1} s into the traffic: {a:?} {b:?}");
+            }
+            drop(seen);
             let fresh = a.iter().all(|(_, _, source)| source == "fresh");
             (fresh && agree(&a, &b, 0.05)).then_some((a, b))
         },

@@ -334,9 +334,6 @@ pub async fn run(
     let mut last_pull: HashMap<String, tokio::time::Instant> = HashMap::new();
     // The templates read once per config, not once per tick.
     let mut plans: Option<(Arc<AdaptiveConfig>, TemplatePlans)> = None;
-    // Wake-ups a fixed period apart, however long a pull takes (up to that period), so a
-    // cluster's pulls, and the ticks they trigger, keep its tick.
-    let mut wakeups: Option<tokio::time::Interval> = None;
     loop {
         let current = config.borrow_and_update().clone();
         client = refresh_client(client, current.prometheus.as_ref());
@@ -374,18 +371,12 @@ pub async fn run(
                 let _ = pulled.send(names).await;
             }
         }
-        let period = current.shortest_tick().min(Duration::from_secs(1));
-        let timer = match wakeups.take() {
-            Some(timer) if timer.period() == period => wakeups.insert(timer),
-            _ => {
-                let mut timer =
-                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                wakeups.insert(timer)
-            }
-        };
+        // A sleep after the pull, not a fixed period: the pulls drift against the store's
+        // scrapes, so two replicas pulling the same store do not stay locked on either side of
+        // one scrape (each reading different samples, tick after tick).
+        let wait = tokio::time::sleep(current.shortest_tick().min(Duration::from_secs(1)));
         tokio::select! {
-            _ = timer.tick() => {}
+            _ = wait => {}
             changed = config.changed() => if changed.is_err() { return },
         }
     }
