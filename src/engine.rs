@@ -578,13 +578,23 @@ mod tests {
             .unwrap_or(0)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pulled_cluster_ticks_when_its_pull_answers() {
+    /// A config with one pull-fed cluster `a` (pod `one`) ticking every second, and metrics.
+    fn pulled_cluster() -> (
+        config::ValidConfig,
+        Metrics,
+        prometheus_client::registry::Registry,
+    ) {
         let config = config::parse(
             "tick: 1s\nmetrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n",
         )
         .expect("valid");
         let (metrics, registry) = Metrics::registered();
+        (config, metrics, registry)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pulled_cluster_ticks_when_its_pull_answers() {
+        let (config, metrics, registry) = pulled_cluster();
         let mut engine = Engine::new(
             Arc::new(config.adaptive.clone()),
             cpu_table([("one".to_string(), 0.2)]),
@@ -622,11 +632,7 @@ mod tests {
     async fn ticks_go_on_while_updates_keep_coming() {
         // Cluster `a` is only ever ticked; cluster `b` gets an endpoint update every 300 ms (a
         // busy Kubernetes source), more often than the 1 s tick.
-        let config = config::parse(
-            "tick: 1s\nmetrics: { prometheus: { url: \"http://127.0.0.1:1\" } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n",
-        )
-        .expect("valid");
-        let (metrics, registry) = Metrics::registered();
+        let (config, metrics, registry) = pulled_cluster();
         let engine = Engine::new(
             Arc::new(config.adaptive.clone()),
             cpu_table([("one".to_string(), 0.2)]),
