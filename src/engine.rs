@@ -351,7 +351,6 @@ impl Engine {
     }
 }
 
-/// Removes a cluster's old per-endpoint series (its endpoint set changed or it is gone).
 /// The engine's wake-up timer: every `period`, the first one a period from now; a late wake-up
 /// delays the next ones instead of bunching them.
 fn tick_timer(period: Duration) -> tokio::time::Interval {
@@ -360,6 +359,7 @@ fn tick_timer(period: Duration) -> tokio::time::Interval {
     timer
 }
 
+/// Removes a cluster's old per-endpoint series (its endpoint set changed or it is gone).
 fn forget_endpoint_metrics(metrics: &Metrics, labels: &[EndpointLabels]) {
     for label in labels {
         metrics.endpoint_weight.remove(label);
