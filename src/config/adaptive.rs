@@ -269,7 +269,7 @@ weighting: { objective: fastest }
 tick: 0s
 metrics:
   prometheus: { url: "ftp://x", cpu_query: "up{job=\"${job}\"}" }
-weighting: { stale_after: 10m, fallback_after: 1m, utilization_ceiling: 1.5, min_weight: 50, max_weight: 10, smoothing: 0 }
+weighting: { stale_after: 10m, fallback_after: 1m, utilization_ceiling: 1.5, surge_headroom: 0.5, min_weight: 50, max_weight: 10, smoothing: 0 }
 clusters: [{ name: a }]
 "#,
         );
@@ -279,6 +279,7 @@ clusters: [{ name: a }]
             "weighting.fallback_after: must be at least stale_after",
             "weighting.smoothing: expected 0.01..1, got 0",
             "weighting.utilization_ceiling: expected 0.01..1, got 1.5",
+            "weighting.surge_headroom: expected 1..100, got 0.5",
             "weighting.max_weight: must be at least min_weight (50), got 10",
             "metrics.prometheus.cpu_query: unknown placeholder ${job}",
         ];

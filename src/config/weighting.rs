@@ -34,6 +34,8 @@ pub struct WeightingConfig {
     pub utilization_ceiling: Option<f64>,
     /// `latency`: traffic share kept, in all, on the endpoints outside the plan.
     pub probe_share: Option<f64>,
+    /// `latency`: sudden rise in demand the plan keeps room for.
+    pub surge_headroom: Option<f64>,
     /// CPU limit (cores) assumed when unknown.
     pub default_cpu_limit: Option<f64>,
     /// Total CPU (cores) under which a cluster is idle.
@@ -235,6 +237,13 @@ fn numbers_from(params: &mut Params, config: &WeightingConfig, knobs: &mut Knobs
         "probe_share",
         (0.0, 0.5),
         "0..0.5",
+    );
+    knobs.number(
+        &mut params.surge_headroom,
+        config.surge_headroom,
+        "surge_headroom",
+        (1.0, 100.0),
+        "1..100",
     );
     knobs.number(
         &mut params.default_cpu_limit,

@@ -12,6 +12,16 @@ fn params(objective: Objective) -> Params {
     }
 }
 
+/// [`params`] without room for a sudden rise (`surge_headroom` 1): the plan for the demand
+/// seen, whose shape some tests check (the room has its own test,
+/// `a_sudden_rise_finds_every_pod_under_the_ceiling`).
+fn params_without_room(objective: Objective) -> Params {
+    Params {
+        surge_headroom: 1.0,
+        ..params(objective)
+    }
+}
+
 /// Four one-core endpoints costing 1, 2, 4 and 8 ms per request.
 fn ladder(rps: f64, report_rps: bool) -> Model {
     Model::fleet(
@@ -190,7 +200,7 @@ fn seed_fleet_loads_the_cheapest_pods_hardest() {
     // the rest, the 5.5 ms pods a little and the 22 ms pod its probe.
     for report_rps in [true, false] {
         let model = seed_fleet(6000.0, report_rps);
-        let (_, history) = model.run(&params(Objective::Latency), 5);
+        let (_, history) = model.run(&params_without_room(Objective::Latency), 5);
         let utilizations = model.utilizations(&history[4]);
         for utilization in &utilizations[..3] {
             assert!((0.6..0.75).contains(utilization), "{utilizations:?}");
@@ -261,10 +271,41 @@ fn error_rate(model: &Model, weights: &[u32]) -> f64 {
 }
 
 #[test]
+fn a_sudden_rise_finds_every_pod_under_the_ceiling() {
+    // 2,500 rps is a sixth of the seed fleet's capacity. The weights settled at it meet a
+    // tripled demand before any sample shows the rise: with the default room every pod is
+    // still under the ceiling; planned for the demand seen, the 2 ms pods are taken past full.
+    let ceiling = Params::default().utilization_ceiling;
+    for report_rps in [true, false] {
+        let quiet = seed_fleet(2500.0, report_rps);
+        let tripled = seed_fleet(7500.0, report_rps);
+        let (outputs, history) = quiet.run(&params(Objective::Latency), 5);
+        let after = tripled.utilizations(&history[4]);
+        assert!(
+            after
+                .iter()
+                .all(|utilization| *utilization <= ceiling + 0.01),
+            "{after:?}"
+        );
+        let reason = outputs[4].weights[0].reason.to_string();
+        assert!(reason.contains("room for a x3.0 rise"), "{reason}");
+        let (_, history) = quiet.run(&params_without_room(Objective::Latency), 5);
+        let after = tripled.utilizations(&history[4]);
+        assert!(after[0] >= 1.0, "{after:?}");
+        // Still the latency plan: the quiet cluster's 2 ms pods carry most of its traffic.
+        let traffic = quiet.traffic(&quiet.run(&params(Objective::Latency), 5).1[4]);
+        assert!(
+            traffic[..3].iter().sum::<f64>() >= 0.6 * 2500.0,
+            "{traffic:?}"
+        );
+    }
+}
+
+#[test]
 fn a_failing_pod_is_held_at_a_probe_for_every_objective() {
     for objective in [Objective::Latency, Objective::Balance] {
         let model = failing_seed(true);
-        let (outputs, history) = model.run(&params(objective), 6);
+        let (outputs, history) = model.run(&params_without_room(objective), 6);
         // Held from the first tick with its samples (equal weights served before it).
         for weights in &history {
             let share = model.traffic(weights)[0] / model.rps;
@@ -370,7 +411,7 @@ fn load_reports_alone_plan_from_requests_in_flight() {
     // `default_cpu_limit` is read as how many it serves at once (4 workers, as the pods' cores).
     let params = Params {
         default_cpu_limit: 4.0,
-        ..params(Objective::Latency)
+        ..params_without_room(Objective::Latency)
     };
     let mut model = failing_seed(true);
     model.report_cpu = false;

@@ -8,6 +8,12 @@ use std::time::Duration;
 /// pods below the 0.95 at which a CPU reading counts as saturated.
 pub const DEFAULT_UTILIZATION_CEILING: f64 = 0.9;
 
+/// The default `surge_headroom`: room for the demand to triple before the samples show it
+/// (15 s scrapes under `rate[1m]` show a step in demand fully only after about a minute). The
+/// price is the p99 of a quiet cluster: it stays at what it is at half load instead of falling
+/// further (README, "Room for a sudden rise").
+pub const DEFAULT_SURGE_HEADROOM: f64 = 3.0;
+
 /// Which algorithm computes a cluster's weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Algorithm {
@@ -82,6 +88,11 @@ pub struct Params {
     /// the latency tail: the default 0.2% keeps them to a fifth of the 1% that p99 reads (the
     /// README's probe sweep on the harsh lab fleet measures what each share costs).
     pub probe_share: f64,
+    /// `latency`: the factor by which the demand may rise at once, before the samples show it,
+    /// and still find every endpoint under `utilization_ceiling`: no endpoint is planned above
+    /// `utilization_ceiling / surge_headroom` while the demand fits well under that (see
+    /// `placement::SURGE_ROOM_LIMIT`); 1 plans for the demand seen.
+    pub surge_headroom: f64,
     /// CPU limit (cores) assumed for endpoints whose limit is unknown; in a cluster without any
     /// CPU reading, the number of requests an endpoint serves at once.
     pub default_cpu_limit: f64,
@@ -107,6 +118,7 @@ impl Default for Params {
             smoothing: 0.5,
             utilization_ceiling: DEFAULT_UTILIZATION_CEILING,
             probe_share: 0.002,
+            surge_headroom: DEFAULT_SURGE_HEADROOM,
             default_cpu_limit: 1.0,
             idle_cpu: 0.01,
             slow_start: Duration::ZERO,

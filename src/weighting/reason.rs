@@ -64,6 +64,9 @@ pub(crate) enum Bound {
     Free,
     /// The utilization ceiling (this one).
     Ceiling(f64),
+    /// The utilization below the ceiling that leaves room for the demand to grow by `rise`
+    /// before the samples show it (`surge_headroom`).
+    Headroom { utilization: f64, rise: f64 },
     /// Its probe: even idle, it costs more than the others at the margin.
     Probe,
 }
@@ -455,6 +458,13 @@ fn capacity_text(
                     text.push_str(", at the ceiling ");
                     push_fixed(&mut text, ceiling, 2);
                 }
+                Bound::Headroom { utilization, rise } => {
+                    text.push_str(", at ");
+                    push_fixed(&mut text, utilization, 2);
+                    text.push_str(": room for a x");
+                    push_fixed(&mut text, rise, 1);
+                    text.push_str(" rise");
+                }
                 Bound::Probe => text.push_str(", probe"),
             }
             text.push(')');
@@ -574,6 +584,22 @@ mod tests {
                     },
                 ),
                 "fresh: cost 0.0100 cpu-s/req (assumed: the median, none measured yet), planned util 0.90 (latency tier 1, at the ceiling 0.90)",
+            ),
+            (
+                Reason::capacity(
+                    CostBasis::PerRequest,
+                    0.002,
+                    CostSource::Measured,
+                    0.3,
+                    Placement::Latency {
+                        tier: 1,
+                        bound: Bound::Headroom {
+                            utilization: 0.3,
+                            rise: 3.0,
+                        },
+                    },
+                ),
+                "fresh: cost 0.0020 cpu-s/req, planned util 0.30 (latency tier 1, at 0.30: room for a x3.0 rise)",
             ),
             (
                 Reason::capacity(

@@ -240,6 +240,8 @@ pub struct ServerSettings<'a> {
     pub metrics: MetricsSource<'a>,
     /// `weighting.probe_share`, when not the server's default.
     pub probe_share: Option<f64>,
+    /// `weighting.surge_headroom`, when not the server's default.
+    pub surge_headroom: Option<f64>,
     /// Window of the counter rates (PromQL `rate(...[N])` or remote-write `rate_window`), seconds.
     pub rate_window: u64,
     /// The server's `tick`, seconds.
@@ -262,6 +264,7 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         admin_port,
         metrics,
         probe_share,
+        surge_headroom,
         rate_window,
         tick_seconds,
         error_signal,
@@ -294,8 +297,11 @@ pub fn server_config(settings: &ServerSettings<'_>) -> String {
         source.push_str("  load_reports: { enabled: true, interval: 1s }\n");
     }
     let mut text = format!(
-        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: {tick_seconds}s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
+        "xds: {{ listen: \"127.0.0.1:{xds_port}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin_port}\" }}\ntick: {tick_seconds}s\nmetrics:\n{source}weighting:\n  algorithm: {algorithm}\n  objective: {objective}\n{probe}{surge}clusters:\n  - name: {CLUSTER}\n    namespace: {namespace}\n    container: {container}\n    endpoints:\n",
         probe = probe_share.map_or(String::new(), |share| format!("  probe_share: {share}\n")),
+        surge = surge_headroom.map_or(String::new(), |headroom| {
+            format!("  surge_headroom: {headroom}\n")
+        }),
     );
     for &index in endpoints {
         let (Some(pod), Some(port)) = (pods.get(index), ports.get(index)) else {
@@ -415,6 +421,7 @@ mod tests {
             admin_port: 2,
             metrics,
             probe_share: None,
+            surge_headroom: None,
             rate_window: 5,
             tick_seconds: 1,
             error_signal: errors,

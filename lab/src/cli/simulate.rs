@@ -94,6 +94,9 @@ pub struct SimulateArgs {
     /// Engine `probe_share` for the engine providers (default: the engine's own default).
     #[arg(long)]
     probe_share: Option<f64>,
+    /// Engine `surge_headroom` for the engine providers (default: the engine's own default).
+    #[arg(long)]
+    surge_headroom: Option<f64>,
     /// Whether the engine providers see each endpoint's error rate (as an `error_query` or
     /// load reports give it) or CPU and request rates only.
     #[arg(long, value_enum, default_value_t = Switch::On)]
@@ -116,6 +119,7 @@ fn provider(
             algorithm,
             objective,
             probe_share: args.probe_share.unwrap_or(defaults.probe_share),
+            surge_headroom: args.surge_headroom.unwrap_or(defaults.surge_headroom),
             ..defaults
         };
         Box::new(

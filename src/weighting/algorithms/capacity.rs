@@ -183,7 +183,8 @@ pub(crate) fn plan_with(
     let (loads, placements) = match params.objective {
         Objective::Balance => (balance(&fleet), vec![Placement::Balance; fresh.len()]),
         Objective::Latency => {
-            let (mut loads, mut placements) = latency(&fleet, params.probe_share);
+            let (mut loads, mut placements) =
+                latency(&fleet, params.probe_share, params.surge_headroom);
             let slowest_seen = slowest_seen.filter(|_| basis_before == Some(basis));
             newcomer_loads(
                 &mut loads,

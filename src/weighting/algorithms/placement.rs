@@ -175,7 +175,11 @@ const MARGINAL_STEPS: usize = 100;
 /// cost (cores over capacity), so noise between equally cheap endpoints cannot reorder them.
 ///
 /// Returns the planned traffic and how each endpoint was placed.
-pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placement>) {
+pub(crate) fn latency(
+    fleet: &Fleet,
+    probe_share: f64,
+    surge_headroom: f64,
+) -> (Vec<f64>, Vec<Placement>) {
     let count = fleet.costs.len();
     if count == 0 {
         return (Vec::new(), Vec::new());
@@ -183,7 +187,8 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
     let ceiling = fleet.ceiling.min(MAX_MODELLED_UTILIZATION);
     let full = fleet.full_capacities();
     let most = most_traffic(fleet, ceiling, &full);
-    if fleet.demand >= most.iter().sum::<f64>() {
+    let most_total: f64 = most.iter().sum();
+    if fleet.demand >= most_total {
         let spread = spread_over(fleet.demand, &most);
         return (
             spread,
@@ -195,8 +200,14 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
             ],
         );
     }
+    let surge_ceiling = surge_ceiling(ceiling, fleet.demand, most_total, surge_headroom);
+    let most = if surge_ceiling < ceiling {
+        most_traffic(fleet, surge_ceiling, &full)
+    } else {
+        most
+    };
     let probe = (probe_share.clamp(0.0, 0.5) * fleet.demand / count as f64).max(0.0);
-    let model = Model::new(fleet, ceiling, full, most, probe);
+    let model = Model::new(fleet, surge_ceiling, full, most, probe);
     let mut search = Search::new(&model);
     for _ in 0..MARGINAL_STEPS {
         if search.high - search.low <= MARGINAL_PRECISION * search.high {
@@ -220,13 +231,21 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
     for (load, high) in loads.iter_mut().zip(&high_loads) {
         *load += fraction * (high - *load);
     }
+    let at_most = if surge_ceiling < ceiling {
+        Bound::Headroom {
+            utilization: surge_ceiling,
+            rise: ceiling / surge_ceiling,
+        }
+    } else {
+        Bound::Ceiling(fleet.ceiling)
+    };
     let placements = loads
         .iter()
         .zip(model.tier_of.iter().zip(&model.most))
         .map(|(load, (tier, most))| Placement::Latency {
             tier: tier + 1,
             bound: if *load >= most * (1.0 - 1e-9) {
-                Bound::Ceiling(fleet.ceiling)
+                at_most
             } else if *load <= probe * (1.0 + 1e-9) {
                 Bound::Probe
             } else {
@@ -235,6 +254,27 @@ pub(crate) fn latency(fleet: &Fleet, probe_share: f64) -> (Vec<f64>, Vec<Placeme
         })
         .collect();
     (loads, placements)
+}
+
+/// The share of the cluster's traffic at the ceiling up to which a plan keeps room for a
+/// sudden rise: past it the room shrinks, so that the plan never spreads the demand by capacity
+/// (every pod at one utilization, the whole latency win lost) before the ceiling itself binds.
+/// At 0.8 the pods keep room for the demand to grow by a quarter even then.
+pub(crate) const SURGE_ROOM_LIMIT: f64 = 0.8;
+
+/// The utilization the `latency` plan keeps every endpoint under so that the demand may grow
+/// by `headroom` before the samples show it and still find every endpoint under `ceiling`:
+/// `ceiling / headroom`, raised (at most to `ceiling`) where the demand would otherwise take
+/// more than [`SURGE_ROOM_LIMIT`] of what the endpoints take below it. `most_total` is the
+/// traffic they take at `ceiling`.
+fn surge_ceiling(ceiling: f64, demand: f64, most_total: f64, headroom: f64) -> f64 {
+    let roomy = ceiling / headroom.max(1.0);
+    let needed = if most_total > 0.0 {
+        ceiling * demand / (SURGE_ROOM_LIMIT * most_total)
+    } else {
+        ceiling
+    };
+    roomy.max(needed).min(ceiling)
 }
 
 /// The most traffic each endpoint may be planned: at the ceiling, suspects capped (`full`: its
@@ -618,10 +658,62 @@ mod tests {
     const DEFAULT_CEILING: f64 = crate::weighting::params::DEFAULT_UTILIZATION_CEILING;
 
     #[test]
+    fn latency_keeps_room_for_a_rise_while_the_demand_allows() {
+        let fleet = seed_fleet(1.0 / 6.0, DEFAULT_CEILING);
+        // Without room, a tripled demand at the same split takes the 2 ms pods past full.
+        let bare = utilizations(&fleet, &latency(&fleet, 0.002, 1.0).0);
+        assert!(3.0 * bare[0] > 1.0, "{bare:?}");
+        // With room for x3, it finds every pod under the ceiling.
+        let (loads, placements) = latency(&fleet, 0.002, 3.0);
+        let total: f64 = loads.iter().sum();
+        assert!((total - fleet.demand).abs() < 1e-9 * fleet.demand);
+        let roomy = utilizations(&fleet, &loads);
+        assert!(
+            roomy
+                .iter()
+                .all(|utilization| 3.0 * utilization <= DEFAULT_CEILING + 1e-9),
+            "{roomy:?}"
+        );
+        assert!(
+            matches!(
+                placements[0],
+                Placement::Latency {
+                    tier: 1,
+                    bound: Bound::Headroom { rise, .. },
+                } if (rise - 3.0).abs() < 1e-9
+            ),
+            "{placements:?}"
+        );
+        // As the demand grows the room shrinks (without a jump: the test
+        // `latency_is_continuous_in_the_demand` runs with it too), the cheapest pods stay the
+        // hottest (the plan never turns into the spread by capacity before the ceiling binds),
+        // and from where the demand would take more than `SURGE_ROOM_LIMIT` of what the pods
+        // take at the ceiling the plan is the one without room.
+        for step in 1..=178 {
+            let share = f64::from(step) * 0.005;
+            let fleet = seed_fleet(share, DEFAULT_CEILING);
+            let roomy = utilizations(&fleet, &latency(&fleet, 0.002, 3.0).0);
+            let bare = utilizations(&fleet, &latency(&fleet, 0.002, 1.0).0);
+            assert!(
+                roomy.iter().all(|u| *u <= DEFAULT_CEILING + 1e-9),
+                "{share}"
+            );
+            if (0.05..0.86).contains(&share) {
+                assert!(roomy[0] > roomy[5], "{share}: {roomy:?}");
+            }
+            if share >= SURGE_ROOM_LIMIT * DEFAULT_CEILING + 0.005 {
+                for (with, without) in roomy.iter().zip(&bare) {
+                    assert!((with - without).abs() < 1e-6, "{share}: {roomy:?} {bare:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn latency_places_the_demand_under_the_ceiling_cheapest_hottest() {
         for share in [0.05, 0.3, 0.5, 0.7, 0.8, 0.85, 0.89] {
             let fleet = seed_fleet(share, DEFAULT_CEILING);
-            let (loads, placements) = latency(&fleet, 0.002);
+            let (loads, placements) = latency(&fleet, 0.002, 1.0);
             let total: f64 = loads.iter().sum();
             assert!(
                 (total - fleet.demand).abs() < 1e-9 * fleet.demand,
@@ -653,7 +745,7 @@ mod tests {
         // At 70% of full capacity (every pod at 0.7 would take it): the 2 ms pods near 0.8, the
         // 22 ms pod kept at a probe.
         let fleet = seed_fleet(0.7, DEFAULT_CEILING);
-        let (loads, placements) = latency(&fleet, 0.002);
+        let (loads, placements) = latency(&fleet, 0.002, 1.0);
         let utilizations = utilizations(&fleet, &loads);
         assert!(
             utilizations[0] > 0.75 && utilizations[0] < 0.85,
@@ -678,7 +770,7 @@ mod tests {
         // every load, the old 0.7 ceiling's whole capacity (70% of full) among them.
         for share in [0.1, 0.3, 0.5, 0.7, 0.8, 0.85] {
             let fleet = seed_fleet(share, DEFAULT_CEILING);
-            let planned = mean_response(&fleet, &latency(&fleet, 0.002).0);
+            let planned = mean_response(&fleet, &latency(&fleet, 0.002, 1.0).0);
             let even = mean_response(&fleet, &spread(&fleet));
             println!(
                 "{share}: mean response {:.2} ms planned, {:.2} ms at equal utilization",
@@ -690,7 +782,7 @@ mod tests {
         // And against any other split nearby: moving 1% of the demand between two pods of
         // different costs never lowers the modelled mean.
         let fleet = seed_fleet(0.7, DEFAULT_CEILING);
-        let loads = latency(&fleet, 0.0).0;
+        let loads = latency(&fleet, 0.0, 1.0).0;
         let best = mean_response(&fleet, &loads);
         for (from, to) in [(0, 5), (5, 0), (3, 5), (5, 3), (0, 3)] {
             let mut moved = loads.clone();
@@ -708,22 +800,25 @@ mod tests {
     fn latency_is_continuous_in_the_demand() {
         // A step of demand moves no load by more than the step, and none down: no endpoint
         // jumps when another joins, reaches the ceiling or the plan turns into a spread.
-        let mut before: Option<(f64, Vec<f64>)> = None;
-        for step in 1..=1100 {
-            let share = f64::from(step) * 0.001;
-            let fleet = seed_fleet(share, DEFAULT_CEILING);
-            let loads = latency(&fleet, 0.002).0;
-            if let Some((demand, then)) = &before {
-                let grown = fleet.demand - demand;
-                for (now, then) in loads.iter().zip(then) {
-                    let moved = now - then;
-                    assert!(
-                        moved >= -1e-9 * fleet.demand && moved <= grown * (1.0 + 1e-6),
-                        "{share}: {then} -> {now} for {grown} more"
-                    );
+        // With room for a rise too, where the room shrinks.
+        for headroom in [1.0, 3.0] {
+            let mut before: Option<(f64, Vec<f64>)> = None;
+            for step in 1..=1100 {
+                let share = f64::from(step) * 0.001;
+                let fleet = seed_fleet(share, DEFAULT_CEILING);
+                let loads = latency(&fleet, 0.002, headroom).0;
+                if let Some((demand, then)) = &before {
+                    let grown = fleet.demand - demand;
+                    for (now, then) in loads.iter().zip(then) {
+                        let moved = now - then;
+                        assert!(
+                            moved >= -1e-9 * fleet.demand && moved <= grown * (1.0 + 1e-6),
+                            "{headroom}, {share}: {then} -> {now} for {grown} more"
+                        );
+                    }
                 }
+                before = Some((fleet.demand, loads));
             }
-            before = Some((fleet.demand, loads));
         }
     }
 
@@ -731,7 +826,7 @@ mod tests {
     fn past_the_ceiling_the_demand_is_spread_in_proportion() {
         for ceiling in [0.7, DEFAULT_CEILING] {
             let fleet = seed_fleet(ceiling + 0.01, ceiling);
-            let (loads, placements) = latency(&fleet, 0.002);
+            let (loads, placements) = latency(&fleet, 0.002, 1.0);
             let spread = utilizations(&fleet, &loads);
             for utilization in &spread {
                 assert!((utilization - (ceiling + 0.01)).abs() < 1e-9, "{spread:?}");
@@ -739,7 +834,7 @@ mod tests {
             assert_eq!(placements[0], Placement::Spread { ceiling });
             // Just under it, every pod close to the ceiling and none above.
             let fleet = seed_fleet(ceiling - 0.001, ceiling);
-            let utilizations = utilizations(&fleet, &latency(&fleet, 0.002).0);
+            let utilizations = utilizations(&fleet, &latency(&fleet, 0.002, 1.0).0);
             for utilization in &utilizations {
                 assert!(*utilization <= ceiling + 1e-9, "{utilizations:?}");
             }
@@ -749,7 +844,7 @@ mod tests {
     #[test]
     fn probes_keep_every_endpoint_measured() {
         let fleet = seed_fleet(0.05, DEFAULT_CEILING);
-        let (loads, placements) = latency(&fleet, 0.002);
+        let (loads, placements) = latency(&fleet, 0.002, 1.0);
         let probe = 0.002 * fleet.demand / 15.0;
         assert!((loads[14] - probe).abs() < 1e-9 * probe, "{loads:?}");
         assert_eq!(
@@ -769,7 +864,7 @@ mod tests {
         let mut fleet = seed_fleet(0.3, DEFAULT_CEILING);
         fleet.costs[1] *= 1.1;
         fleet.capacities[1] /= 1.1;
-        let utilizations = utilizations(&fleet, &latency(&fleet, 0.002).0);
+        let utilizations = utilizations(&fleet, &latency(&fleet, 0.002, 1.0).0);
         assert!(
             (utilizations[0] - utilizations[1]).abs() < 1e-9,
             "{utilizations:?}"
@@ -925,7 +1020,7 @@ mod tests {
                     continue;
                 };
                 searched += 1;
-                let planned = latency(&fleet, probe_share).0;
+                let planned = latency(&fleet, probe_share, 1.0).0;
                 for (index, (planned, expected)) in planned.iter().zip(&expected).enumerate() {
                     assert!(
                         (planned - expected).abs() <= 1e-6 * expected.max(1e-9 * fleet.demand),

@@ -76,6 +76,9 @@ pub struct BenchArgs {
     /// adaptive-eds `weighting.probe_share` (default: the server's own default).
     #[arg(long)]
     probe_share: Option<f64>,
+    /// adaptive-eds `weighting.surge_headroom` (default: the server's own default).
+    #[arg(long)]
+    surge_headroom: Option<f64>,
     /// How pod metrics reach adaptive-eds: `pull` (VictoriaMetrics + PromQL), `stream`
     /// (vmagent remote-write, CPU limits from the pods' limit gauge), `lrs` (Envoy's load
     /// reports every second, ORCA CPU riding along; no metrics store), `pull+lrs`, `stream+lrs`.
@@ -129,6 +132,7 @@ struct RunContext {
     lab: PathBuf,
     results: PathBuf,
     probe_share: Option<f64>,
+    surge_headroom: Option<f64>,
     pipeline: Pipeline,
     envoys: usize,
     time_scale: f64,
@@ -261,6 +265,7 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         lab,
         results,
         probe_share: args.probe_share,
+        surge_headroom: args.surge_headroom,
         pipeline,
         envoys: usize::from(args.envoys),
         time_scale: offered.time_scale,
@@ -338,7 +343,7 @@ fn write_report(
 ) -> anyhow::Result<()> {
     let command: Vec<String> = std::env::args().collect();
     let header = format!(
-        "# lab bench: {} / {}\n\nCommand: `{}`\n\n{}\n\nWarm-up {:?}, measured {:?} per policy, seed {}, probe_share {}, metrics {}. {}, all on 127.0.0.1.\n\n",
+        "# lab bench: {} / {}\n\nCommand: `{}`\n\n{}\n\nWarm-up {:?}, measured {:?} per policy, seed {}, probe_share {}, surge_headroom {}, metrics {}. {}, all on 127.0.0.1.\n\n",
         args.fleet.display(),
         context.scenario.name,
         command.join(" "),
@@ -348,6 +353,8 @@ fn write_report(
         args.seed,
         args.probe_share
             .map_or("default".to_owned(), |share| share.to_string()),
+        args.surge_headroom
+            .map_or("default".to_owned(), |headroom| headroom.to_string()),
         metrics_description(args, &context.pipeline),
         envoys_description(context.envoys),
     ) + &rolling_description(context);
@@ -610,6 +617,7 @@ fn write_server_config(
         admin_port: file.admin_port,
         metrics,
         probe_share: context.probe_share,
+        surge_headroom: context.surge_headroom,
         rate_window: context.pipeline.rate_window,
         tick_seconds: context.pipeline.tick_seconds,
         error_signal: context.error_signal,
