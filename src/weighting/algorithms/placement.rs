@@ -174,6 +174,10 @@ const MARGINAL_STEPS: usize = 100;
 /// Endpoints within [`COST_TIER_TOLERANCE`] of each other are modelled at their tier's pooled
 /// cost (cores over capacity), so noise between equally cheap endpoints cannot reorder them.
 ///
+/// With `surge_headroom` above 1 the plan keeps room for the demand to grow that much before the
+/// samples show it: the utilization no endpoint is planned above is [`surge_ceiling`], not the
+/// ceiling itself, and the optimum is the one under that bound.
+///
 /// Returns the planned traffic and how each endpoint was placed.
 pub(crate) fn latency(
     fleet: &Fleet,
