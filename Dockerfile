@@ -11,6 +11,8 @@ COPY harness/Cargo.toml ./harness/Cargo.toml
 COPY harness/src ./harness/src
 COPY lab/Cargo.toml ./lab/Cargo.toml
 COPY lab/src ./lab/src
+# h2 with its idle connection buffers released (vendor/h2/PATCHED.md), through [patch.crates-io].
+COPY vendor/h2 ./vendor/h2
 RUN cargo build --release --locked --bin adaptive-eds
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -158,7 +158,9 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Sized by each Huffman decode (`huffman::decode` reserves what it needs), so that a
+            // connection whose headers need none holds no buffer.
+            buffer: BytesMut::new(),
         }
     }
 
