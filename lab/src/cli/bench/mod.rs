@@ -100,6 +100,10 @@ pub struct BenchArgs {
     /// 1 s apart; default 5s). Not with --pipeline.
     #[arg(long, value_parser = super::parse_duration)]
     rate_window: Option<Duration>,
+    /// adaptive-eds `tick` (whole seconds), in place of the pipeline's (1 s for `fast` and
+    /// `lrs`, 10 s for `prod` and `stream-prod`).
+    #[arg(long, value_parser = super::parse_duration)]
+    tick: Option<Duration>,
     /// The pods' ORCA header also carries `eps` (errors per second), which CSWRR turns into a
     /// penalty; off, as in the fleet file, the header has CPU and request rate only.
     #[arg(long)]
@@ -275,9 +279,10 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
     })
 }
 
-/// The run's metric pipeline: the preset, or the fast one with `--metrics` and `--rate-window`.
+/// The run's metric pipeline: the preset, or the fast one with `--metrics` and `--rate-window`;
+/// `--tick` replaces its tick.
 fn pipeline(args: &BenchArgs) -> anyhow::Result<Pipeline> {
-    let pipeline = match args.pipeline {
+    let mut pipeline = match args.pipeline {
         Some(preset) => preset.pipeline(),
         None => {
             let window = args.rate_window.unwrap_or(Duration::from_secs(5));
@@ -288,6 +293,12 @@ fn pipeline(args: &BenchArgs) -> anyhow::Result<Pipeline> {
         }
     };
     pipeline.validate().context("--rate-window")?;
+    if let Some(tick) = args.tick {
+        if tick.subsec_nanos() != 0 || tick.is_zero() {
+            bail!("--tick must be whole seconds, at least 1, not {tick:?}");
+        }
+        pipeline.tick_seconds = tick.as_secs();
+    }
     Ok(pipeline)
 }
 
