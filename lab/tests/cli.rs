@@ -163,3 +163,31 @@ fn matrix_dry_run_prints_the_cells_and_the_estimate() {
         "{output}"
     );
 }
+
+/// A tick that is not whole seconds is refused before anything starts.
+#[test]
+fn bench_refuses_a_fractional_tick() {
+    let results = std::env::temp_dir().join(format!("lab-bench-tick-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "bench",
+            "--fleet",
+            "fleets/seed.yaml",
+            "--pipeline",
+            "stream-prod",
+            "--tick",
+            "1500ms",
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("--tick must be whole seconds, at least 1, not 1.5s"),
+        "{message}"
+    );
+    assert!(!results.exists(), "nothing is written for a refused run");
+}

@@ -216,6 +216,12 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
             "the offered rate is more than this machine drives through Envoy: raise --time-scale"
         );
     }
+    let pipeline = pipeline(args)?;
+    if args.error_signal == Switch::Off && pipeline.metrics.load_reports() {
+        bail!(
+            "--error-signal off needs --metrics pull or stream: load reports always carry errors"
+        );
+    }
     let results = results_folder(args);
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let mut scaled = fleet.scaled(offered.time_scale);
@@ -238,12 +244,6 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         bail!(
             "{} not found: build it with `cargo build --release -p adaptive-eds` or pass --server",
             server.display()
-        );
-    }
-    let pipeline = pipeline(args)?;
-    if args.error_signal == Switch::Off && pipeline.metrics.load_reports() {
-        bail!(
-            "--error-signal off needs --metrics pull or stream: load reports always carry errors"
         );
     }
     let pods = scaled.pods();
