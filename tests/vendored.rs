@@ -46,7 +46,8 @@ fn the_lock_file_builds_the_vendored_h2() {
 
 #[test]
 fn the_lock_parser_sees_registry_packages() {
-    // The check above passes on an absent package too; this one shows the parser finds them.
+    // The check above wants no `source` for h2; this one shows the parser reads a `source` where
+    // there is one, so a registry h2 could not pass it by a parsing miss.
     let lock = std::fs::read_to_string(repo_path("Cargo.lock")).expect("Cargo.lock is committed");
     let tokio = locked(&lock, "tokio");
     assert_eq!(tokio.len(), 1, "{tokio:?}");
