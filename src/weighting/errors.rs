@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::plan::{bounds, FreshEndpoint};
-use super::Params;
+use super::{ErrorTrack, Params};
 
 /// Share of the cluster's traffic each held endpoint keeps, so that its recovery is seen.
 ///
@@ -28,7 +28,9 @@ const MARGIN: f64 = 0.05;
 /// Standard errors (binomial) by which a ratio must exceed the baseline to be held.
 const HOLD_SIGMAS: f64 = 3.0;
 
-/// Fewest errors per second behind a judgement to hold: from fewer, a high ratio is chance.
+/// Fewest errors behind a judgement to hold, counted over the ticks its ratio stayed above the
+/// margin: from fewer, a high ratio is chance. Counted rather than read as a rate, so that a pod
+/// of a quiet cluster failing most of its one request per second is held after a few seconds.
 const HOLD_MIN_ERRORS: f64 = 3.0;
 
 /// Fewest requests answered within the margin, counted over the ticks since a held endpoint
@@ -52,28 +54,38 @@ pub(crate) struct Failing {
     pub healthy_requests: f64,
 }
 
-/// Judges each fresh endpoint: `Some` for those to hold, index-aligned with `fresh`.
+/// Judges each fresh endpoint, index-aligned with `fresh`: `Some` for those to hold, and what
+/// each carries to the next tick.
 ///
-/// An endpoint is held when its error ratio is clearly above the rest of the cluster's (by
-/// [`MARGIN`] and [`HOLD_SIGMAS`] standard errors, from at least [`HOLD_MIN_ERRORS`] errors per
-/// second). A held endpoint counts the requests of each tick whose ratio is within the margin
-/// (its rate times `elapsed`, the time since the last tick) and starts over at a tick whose
-/// ratio is above it; it is released once [`RELEASE_MIN_REQUESTS`] are counted. Without such
-/// evidence it stays held, so one quiet tick does not hand a failing pod its traffic back.
-/// Endpoints without an error reading are never held.
-pub(crate) fn judge(fresh: &[FreshEndpoint], elapsed: Duration) -> Vec<Option<Failing>> {
+/// Evidence is counted in requests, a rate times the time it covered (`elapsed`, the time since
+/// the last tick; a first tick counts one second of its rates). An endpoint whose ratio rises
+/// above the rest of the cluster's by [`MARGIN`] becomes a suspect and counts its errors and
+/// requests while it stays there; it is held once at least [`HOLD_MIN_ERRORS`] are counted and
+/// their ratio is above the baseline by [`HOLD_SIGMAS`] standard errors of the requests counted.
+/// A tick within the margin clears it. A held endpoint counts the requests of each tick whose
+/// ratio is within the margin and starts over at a tick whose ratio is above it; it is released
+/// once [`RELEASE_MIN_REQUESTS`] are counted. Without such evidence it stays held, so one quiet
+/// tick does not hand a failing pod its traffic back. A tick without requests or without an
+/// error reading changes nothing; endpoints that never had an error reading are never held.
+pub(crate) fn judge(
+    fresh: &[FreshEndpoint],
+    elapsed: Duration,
+) -> (Vec<Option<Failing>>, Vec<ErrorTrack>) {
     let (total_errors, total_rps) = fresh
         .iter()
         .filter_map(|endpoint| Some((endpoint.errors?, endpoint.rps?)))
         .fold((0.0, 0.0), |(errors, rps), (e, r)| {
             (errors + e.min(r), rps + r)
         });
+    let seconds = elapsed.as_secs_f64();
+    let hold_seconds = if elapsed.is_zero() { 1.0 } else { seconds };
     fresh
         .iter()
         .map(|endpoint| {
+            let track = endpoint.errors_track;
             let (errors, rps) = match (endpoint.errors, endpoint.rps) {
-                (Some(errors), Some(rps)) => (errors.min(rps), rps),
-                _ => return endpoint.held.map(Failing::unknown),
+                (Some(errors), Some(rps)) if rps > 0.0 => (errors.min(rps), rps),
+                _ => return (track.healthy_requests().map(Failing::unknown), track),
             };
             let others_rps = total_rps - rps;
             let baseline = if others_rps > 0.0 {
@@ -81,30 +93,48 @@ pub(crate) fn judge(fresh: &[FreshEndpoint], elapsed: Duration) -> Vec<Option<Fa
             } else {
                 0.0
             };
-            let ratio = if rps > 0.0 { errors / rps } else { 0.0 };
-            let failing = Failing {
+            let ratio = errors / rps;
+            let above = ratio > baseline + MARGIN;
+            let failing = |healthy_requests| Failing {
                 ratio,
                 baseline,
-                healthy_requests: 0.0,
+                healthy_requests,
             };
-            if let Some(healthy) = endpoint.held {
-                let healthy_requests = if ratio > baseline + MARGIN {
-                    0.0
+            if let Some(healthy) = track.healthy_requests() {
+                let healthy_requests = if above { 0.0 } else { healthy + rps * seconds };
+                return if healthy_requests < RELEASE_MIN_REQUESTS {
+                    let held = ErrorTrack::Held { healthy_requests };
+                    (Some(failing(healthy_requests)), held)
                 } else {
-                    healthy + rps * elapsed.as_secs_f64()
+                    (None, ErrorTrack::Clear)
                 };
-                (healthy_requests < RELEASE_MIN_REQUESTS).then_some(Failing {
-                    healthy_requests,
-                    ..failing
-                })
+            }
+            if !above {
+                return (None, ErrorTrack::Clear);
+            }
+            let (counted_errors, counted) = match track {
+                ErrorTrack::Suspect { errors, requests } => (errors, requests),
+                _ => (0.0, 0.0),
+            };
+            let counted_errors = counted_errors + errors * hold_seconds;
+            let counted = counted + rps * hold_seconds;
+            let floor = baseline.max(BASELINE_FLOOR);
+            let sigma = (floor * (1.0 - floor) / counted.max(1.0)).sqrt();
+            let threshold = baseline + MARGIN.max(HOLD_SIGMAS * sigma);
+            if counted_errors >= HOLD_MIN_ERRORS && counted_errors / counted > threshold {
+                let held = ErrorTrack::Held {
+                    healthy_requests: 0.0,
+                };
+                (Some(failing(0.0)), held)
             } else {
-                let floor = baseline.max(BASELINE_FLOOR);
-                let sigma = (floor * (1.0 - floor) / rps.max(1.0)).sqrt();
-                let threshold = baseline + MARGIN.max(HOLD_SIGMAS * sigma);
-                (errors >= HOLD_MIN_ERRORS && ratio > threshold).then_some(failing)
+                let suspect = ErrorTrack::Suspect {
+                    errors: counted_errors,
+                    requests: counted,
+                };
+                (None, suspect)
             }
         })
-        .collect()
+        .unzip()
 }
 
 impl Failing {
@@ -138,8 +168,21 @@ mod tests {
 
     const TICK: Duration = Duration::from_secs(1);
 
+    /// The verdicts alone.
+    fn verdicts(fresh: &[FreshEndpoint], elapsed: Duration) -> Vec<Option<Failing>> {
+        judge(fresh, elapsed).0
+    }
+
     /// An endpoint with these rates; `held`: the healthy requests counted while held.
     fn endpoint(rps: f64, errors: Option<f64>, held: Option<f64>) -> FreshEndpoint {
+        let track = held.map_or(ErrorTrack::Clear, |healthy_requests| ErrorTrack::Held {
+            healthy_requests,
+        });
+        tracked(rps, errors, track)
+    }
+
+    /// An endpoint with these rates and this judgement from the last tick.
+    fn tracked(rps: f64, errors: Option<f64>, track: ErrorTrack) -> FreshEndpoint {
         FreshEndpoint {
             cpu: 0.1,
             rps: Some(rps),
@@ -148,7 +191,7 @@ mod tests {
             previous: None,
             cost: None,
             ramping: false,
-            held,
+            errors_track: track,
             load_is_in_flight: false,
             node_prior: None,
         }
@@ -161,7 +204,7 @@ mod tests {
             endpoint(100.0, Some(1.0), None),
             endpoint(100.0, Some(0.0), None),
         ];
-        let verdicts = judge(&fresh, TICK);
+        let verdicts = verdicts(&fresh, TICK);
         let held = verdicts[0].expect("held");
         assert!((held.ratio - 0.9).abs() < 1e-12);
         assert!((held.baseline - 0.005).abs() < 1e-12);
@@ -176,7 +219,7 @@ mod tests {
             endpoint(100.0, Some(52.0), None),
             endpoint(100.0, Some(48.0), None),
         ];
-        assert!(judge(&fresh, TICK).iter().all(Option::is_none));
+        assert!(verdicts(&fresh, TICK).iter().all(Option::is_none));
     }
 
     #[test]
@@ -186,24 +229,24 @@ mod tests {
             endpoint(2.0, Some(2.0), None),
             endpoint(100.0, Some(0.0), None),
         ];
-        assert_eq!(judge(&fresh, TICK)[0], None);
+        assert_eq!(verdicts(&fresh, TICK)[0], None);
         // From ten requests with three errors against a clean cluster: held.
         let fresh = [
             endpoint(10.0, Some(3.0), None),
             endpoint(100.0, Some(0.0), None),
         ];
-        assert!(judge(&fresh, TICK)[0].is_some());
+        assert!(verdicts(&fresh, TICK)[0].is_some());
         // Unless the rest of the cluster fails about as much.
         let fresh = [
             endpoint(10.0, Some(3.0), None),
             endpoint(100.0, Some(25.0), None),
         ];
-        assert_eq!(judge(&fresh, TICK)[0], None);
+        assert_eq!(verdicts(&fresh, TICK)[0], None);
     }
 
     #[test]
     fn a_held_pod_is_released_only_on_evidence() {
-        let judge = |fresh: &[FreshEndpoint]| judge(fresh, TICK);
+        let judge = |fresh: &[FreshEndpoint]| verdicts(fresh, TICK);
         // No requests, or no reading: still held.
         assert!(judge(&[
             endpoint(0.0, Some(0.0), Some(0.0)),
@@ -255,7 +298,7 @@ mod tests {
     fn a_quiet_probe_is_released_over_several_ticks() {
         // 0.3 requests per second over ten-second ticks: three requests a tick, two ticks.
         let tick = Duration::from_secs(10);
-        let first = judge(
+        let first = verdicts(
             &[
                 endpoint(0.3, Some(0.0), Some(0.0)),
                 endpoint(100.0, Some(0.0), None),
@@ -263,7 +306,7 @@ mod tests {
             tick,
         )[0]
         .expect("held after one tick");
-        let second = judge(
+        let second = verdicts(
             &[
                 endpoint(0.3, Some(0.0), Some(first.healthy_requests)),
                 endpoint(100.0, Some(0.0), None),
@@ -274,9 +317,90 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_pod_is_held_once_its_errors_add_up() {
+        // One request per second, nine in ten failing: 0.9 errors a second, three after four
+        // one-second ticks above the margin.
+        let clean = endpoint(100.0, Some(0.0), None);
+        let mut track = ErrorTrack::Clear;
+        for tick in 1..=4 {
+            let (verdicts, tracks) = judge(&[tracked(1.0, Some(0.9), track), clean.clone()], TICK);
+            track = tracks[0];
+            assert_eq!(verdicts[0].is_some(), tick == 4, "tick {tick}: {track:?}");
+        }
+        assert_eq!(
+            track,
+            ErrorTrack::Held {
+                healthy_requests: 0.0
+            }
+        );
+        // Ten-second ticks count ten seconds of errors: held on the first after the start.
+        let (_, tracks) = judge(
+            &[tracked(1.0, Some(0.9), ErrorTrack::Clear), clean.clone()],
+            Duration::ZERO,
+        );
+        let (verdicts, _) = judge(
+            &[tracked(1.0, Some(0.9), tracks[0]), clean.clone()],
+            Duration::from_secs(10),
+        );
+        assert!(verdicts[0].is_some());
+    }
+
+    #[test]
+    fn a_suspect_is_cleared_by_a_tick_within_the_margin() {
+        let clean = endpoint(100.0, Some(0.0), None);
+        // Two errors of two requests: a suspect, not held.
+        let (verdicts, tracks) = judge(
+            &[tracked(2.0, Some(2.0), ErrorTrack::Clear), clean.clone()],
+            TICK,
+        );
+        assert_eq!(verdicts[0], None);
+        let suspect = tracks[0];
+        assert_eq!(
+            suspect,
+            ErrorTrack::Suspect {
+                errors: 2.0,
+                requests: 2.0
+            }
+        );
+        // A tick without requests or without an error reading keeps the count.
+        for quiet in [
+            tracked(0.0, Some(0.0), suspect),
+            tracked(2.0, None, suspect),
+        ] {
+            let (verdicts, tracks) = judge(&[quiet, clean.clone()], TICK);
+            assert_eq!((verdicts[0], tracks[0]), (None, suspect));
+        }
+        // Answering well clears it: two more errors later start from none.
+        let (_, tracks) = judge(&[tracked(2.0, Some(0.0), suspect), clean.clone()], TICK);
+        assert_eq!(tracks[0], ErrorTrack::Clear);
+        let (verdicts, _) = judge(&[tracked(2.0, Some(2.0), tracks[0]), clean.clone()], TICK);
+        assert_eq!(verdicts[0], None);
+        // Failing on: four of four counted, held.
+        let (verdicts, _) = judge(&[tracked(2.0, Some(2.0), suspect), clean], TICK);
+        assert!(verdicts[0].is_some());
+    }
+
+    #[test]
+    fn a_suspect_of_a_cluster_failing_evenly_is_cleared() {
+        // Above the margin on one tick, then the whole cluster fails as much: not held.
+        let suspect = ErrorTrack::Suspect {
+            errors: 2.0,
+            requests: 10.0,
+        };
+        let (verdicts, tracks) = judge(
+            &[
+                tracked(10.0, Some(3.0), suspect),
+                endpoint(100.0, Some(28.0), None),
+            ],
+            TICK,
+        );
+        assert_eq!((verdicts[0], tracks[0]), (None, ErrorTrack::Clear));
+    }
+
+    #[test]
     fn no_error_signal_holds_no_one() {
         let fresh = [endpoint(100.0, None, None), endpoint(100.0, None, None)];
-        assert!(judge(&fresh, TICK).iter().all(Option::is_none));
+        assert!(verdicts(&fresh, TICK).iter().all(Option::is_none));
     }
 
     #[test]

@@ -132,19 +132,57 @@ pub struct EndpointMemory {
     pub first_seen: Duration,
     /// Seen in the cluster's first tick: present before we started, so it does not slow-start.
     pub initial: bool,
+    /// Where the error judgement stands: clear, suspected, or held at a probe.
+    pub errors: ErrorTrack,
+}
+
+/// What the error judgement of one endpoint carries from one tick to the next.
+///
+/// Evidence is counted in requests (a rate times the time it covered), not read as a rate, so
+/// that a quiet pod earns its verdict over several ticks, one way or the other.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ErrorTrack {
+    /// Not failing, or no error reading yet.
+    #[default]
+    Clear,
+    /// Its error ratio is above the margin, on too few errors to hold it yet: what it answered
+    /// since its ratio first rose above the margin.
+    Suspect {
+        /// Errors counted.
+        errors: f64,
+        /// Requests counted (errors included).
+        requests: f64,
+    },
     /// Held at a probe because its error ratio was clearly above the cluster's.
-    pub failing: bool,
-    /// While held: requests its probe answered within the error margin since it last clearly
-    /// failed. It is released once they are enough evidence, however slowly they came.
-    pub healthy_requests: f64,
+    Held {
+        /// Requests its probe answered within the margin since it last clearly failed; it is
+        /// released once they are enough evidence, however slowly they came.
+        healthy_requests: f64,
+    },
+}
+
+impl ErrorTrack {
+    /// Held at a probe.
+    pub fn is_held(&self) -> bool {
+        matches!(self, Self::Held { .. })
+    }
+
+    /// While held, the healthy requests counted so far.
+    pub(crate) fn healthy_requests(&self) -> Option<f64> {
+        match self {
+            Self::Held { healthy_requests } => Some(*healthy_requests),
+            _ => None,
+        }
+    }
 }
 
 impl EndpointMemory {
     /// The remembered cost when it is a measurement to start others from: finite, positive, not
     /// a saturated lower bound, and not of a pod held as failing.
     pub(crate) fn measured_cost(&self) -> Option<f64> {
-        self.cost
-            .filter(|cost| !self.cost_is_floor && !self.failing && cost.is_finite() && *cost > 0.0)
+        self.cost.filter(|cost| {
+            !self.cost_is_floor && !self.errors.is_held() && cost.is_finite() && *cost > 0.0
+        })
     }
 }
 

@@ -7,8 +7,8 @@ use super::errors;
 use super::observe::{explained, Observation};
 use super::plan::{bounds, middle_weight, percentile, to_weight, Cost, FreshEndpoint, Planned};
 use super::{
-    Algorithm, ClusterMemory, ClusterMode, CostBasis, NodePrior, Params, Reason, Weight,
-    WeightSource,
+    Algorithm, ClusterMemory, ClusterMode, CostBasis, ErrorTrack, NodePrior, Params, Reason,
+    Weight, WeightSource,
 };
 
 /// A newcomer's weight, its share of the traffic, and whether its node's cost set it.
@@ -22,9 +22,8 @@ pub(crate) struct Tick {
     pub(crate) costs: Vec<Option<Cost>>,
     /// Unit of the costs, when this tick estimated any.
     pub(crate) cost_basis: Option<CostBasis>,
-    /// Held as failing, one per endpoint: the healthy requests counted since it last clearly
-    /// failed (see [`errors::judge`]).
-    pub(crate) held: Vec<Option<f64>>,
+    /// Where the error judgement stands, one per endpoint (see [`errors::judge`]).
+    pub(crate) tracks: Vec<ErrorTrack>,
     /// The demand planned (requests per second), when this tick planned one.
     pub(crate) demand: Option<f64>,
 }
@@ -36,36 +35,8 @@ pub(crate) fn fresh_weights(
     params: &Params,
     now: Duration,
 ) -> Tick {
-    let fresh: Vec<FreshEndpoint> = observations
-        .iter()
-        .filter(|observation| observation.fresh)
-        .map(|observation| FreshEndpoint {
-            cpu: observation.cpu.map_or(0.0, |reading| reading.value),
-            rps: observation
-                .rps
-                .filter(|reading| reading.age <= params.stale_after)
-                .map(|reading| reading.value),
-            limit: observation.limit,
-            previous: observation.remembered.as_ref().map(|memory| memory.weight),
-            cost: observation.remembered.as_ref().and_then(Cost::remembered),
-            ramping: observation.remembered.as_ref().is_some_and(|memory| {
-                !memory.initial && now.saturating_sub(memory.first_seen) <= params.slow_start
-            }),
-            errors: observation
-                .errors
-                .filter(|reading| reading.age <= params.stale_after)
-                .map(|reading| reading.value),
-            held: observation.remembered.as_ref().and_then(remembered_hold),
-            load_is_in_flight: observation.cpu_is_in_flight,
-            node_prior: observation.node_prior,
-        })
-        .collect();
-    // Rates times the time they covered, bounded by how long a reading stays fresh.
-    let elapsed = memory
-        .last_tick
-        .map_or(Duration::ZERO, |last| now.saturating_sub(last))
-        .min(params.stale_after);
-    let verdicts = errors::judge(&fresh, elapsed);
+    let fresh = fresh_endpoints(observations, params, now);
+    let (verdicts, fresh_tracks) = errors::judge(&fresh, judged_span(memory, params, now));
     let slowest = memory.slowest_cost_at(now).map(|(cost, _)| cost);
     let remembered = capacity::Remembered {
         basis: memory.cost_basis,
@@ -94,10 +65,10 @@ pub(crate) fn fresh_weights(
         Some((fills, scale)) => (Some(fills.into_iter()), scale),
         None => (None, 1.0),
     };
-    let mut planned = planned.into_iter().zip(verdicts);
+    let mut planned = planned.into_iter().zip(verdicts).zip(fresh_tracks);
     let mut weights = Vec::with_capacity(observations.len());
     let mut costs = Vec::with_capacity(observations.len());
-    let mut held = Vec::with_capacity(observations.len());
+    let mut tracks = Vec::with_capacity(observations.len());
     for observation in observations {
         let remembered_cost = observation.remembered.as_ref().and_then(Cost::remembered);
         let plan = if observation.fresh {
@@ -106,7 +77,7 @@ pub(crate) fn fresh_weights(
             None
         };
         match plan {
-            Some((plan, verdict)) => {
+            Some(((plan, verdict), track)) => {
                 let source = if verdict.is_some() {
                     WeightSource::Failing
                 } else {
@@ -123,7 +94,7 @@ pub(crate) fn fresh_weights(
                 };
                 weights.push(explained(observation, weight, source, reason));
                 costs.push(plan.cost.or(remembered_cost));
-                held.push(verdict.map(|failing| failing.healthy_requests));
+                tracks.push(track);
             }
             None => {
                 let newcomer = newcomer_fills.as_mut().and_then(Iterator::next);
@@ -136,8 +107,8 @@ pub(crate) fn fresh_weights(
                 };
                 weights.push(explained(observation, weight, WeightSource::NewPod, reason));
                 costs.push(remembered_cost);
-                // A held endpoint without a fresh sample stays held until one clears it.
-                held.push(observation.remembered.as_ref().and_then(remembered_hold));
+                // Without a fresh sample the judgement stands until one moves it.
+                tracks.push(remembered_track(observation));
             }
         }
     }
@@ -145,9 +116,50 @@ pub(crate) fn fresh_weights(
         weights,
         costs,
         cost_basis,
-        held,
+        tracks,
         demand,
     }
+}
+
+/// The endpoints with a fresh sample, as the planner and the error judgement see them.
+fn fresh_endpoints(
+    observations: &[Observation],
+    params: &Params,
+    now: Duration,
+) -> Vec<FreshEndpoint> {
+    observations
+        .iter()
+        .filter(|observation| observation.fresh)
+        .map(|observation| FreshEndpoint {
+            cpu: observation.cpu.map_or(0.0, |reading| reading.value),
+            rps: observation
+                .rps
+                .filter(|reading| reading.age <= params.stale_after)
+                .map(|reading| reading.value),
+            limit: observation.limit,
+            previous: observation.remembered.as_ref().map(|memory| memory.weight),
+            cost: observation.remembered.as_ref().and_then(Cost::remembered),
+            ramping: observation.remembered.as_ref().is_some_and(|memory| {
+                !memory.initial && now.saturating_sub(memory.first_seen) <= params.slow_start
+            }),
+            errors: observation
+                .errors
+                .filter(|reading| reading.age <= params.stale_after)
+                .map(|reading| reading.value),
+            errors_track: remembered_track(observation),
+            load_is_in_flight: observation.cpu_is_in_flight,
+            node_prior: observation.node_prior,
+        })
+        .collect()
+}
+
+/// The time the error judgement counts this tick's rates over: since the last tick.
+fn judged_span(memory: &ClusterMemory, params: &Params, now: Duration) -> Duration {
+    // Rates times the time they covered, bounded by how long a reading stays fresh.
+    memory
+        .last_tick
+        .map_or(Duration::ZERO, |last| now.saturating_sub(last))
+        .min(params.stale_after)
 }
 
 /// Plans the endpoints that are not failing with the cluster's algorithm, and gives each failing
@@ -355,7 +367,7 @@ impl Tick {
             weights,
             costs: remembered_costs(observations),
             cost_basis: None,
-            held: remembered_holds(observations),
+            tracks: remembered_tracks(observations),
             demand: None,
         }
     }
@@ -388,17 +400,60 @@ pub(crate) fn equal_weights(
     Tick::remembered(weights, observations)
 }
 
-/// The failing holds remembered so far, unchanged.
-pub(crate) fn remembered_holds(observations: &[Observation]) -> Vec<Option<f64>> {
-    observations
+/// Idle: equal weights, while the error judgement goes on, so that a pod failing in a quiet
+/// cluster is held at its probe as in a busy one.
+pub(crate) fn idle_weights(
+    observations: &[Observation],
+    memory: &ClusterMemory,
+    params: &Params,
+    now: Duration,
+    last_sample_at: Option<Duration>,
+) -> Tick {
+    let mut tick = equal_weights(observations, ClusterMode::Idle, params, now, last_sample_at);
+    let fresh = fresh_endpoints(observations, params, now);
+    let (verdicts, tracks) = errors::judge(&fresh, judged_span(memory, params, now));
+    let held = verdicts.iter().filter(|verdict| verdict.is_some()).count();
+    // As when planning: holding every endpoint would change no share.
+    let hold = held > 0 && held < fresh.len();
+    let others = (observations.len() - held) as f64;
+    let probe = errors::held_weight(f64::from(middle_weight(params)) * others, held, params);
+    let mut judged = verdicts.into_iter().zip(tracks);
+    for ((observation, weight), remembered) in observations
         .iter()
-        .map(|observation| observation.remembered.as_ref().and_then(remembered_hold))
-        .collect()
+        .zip(&mut tick.weights)
+        .zip(&mut tick.tracks)
+    {
+        if !observation.fresh {
+            continue;
+        }
+        let Some((verdict, track)) = judged.next() else {
+            break;
+        };
+        *remembered = track;
+        if let Some(failing) = verdict.filter(|_| hold) {
+            let reason = Reason::failing(
+                failing.ratio,
+                failing.baseline,
+                errors::HELD_SHARE,
+                (failing.healthy_requests, errors::RELEASE_MIN_REQUESTS),
+            );
+            *weight = explained(observation, probe, WeightSource::Failing, reason);
+        }
+    }
+    tick
 }
 
-/// An endpoint's hold, if it is held: the healthy requests counted so far.
-fn remembered_hold(memory: &super::EndpointMemory) -> Option<f64> {
-    memory.failing.then_some(memory.healthy_requests)
+/// The error judgements remembered so far, unchanged.
+pub(crate) fn remembered_tracks(observations: &[Observation]) -> Vec<ErrorTrack> {
+    observations.iter().map(remembered_track).collect()
+}
+
+/// An endpoint's error judgement as remembered (clear for a new one).
+fn remembered_track(observation: &Observation) -> ErrorTrack {
+    observation
+        .remembered
+        .as_ref()
+        .map_or(ErrorTrack::Clear, |memory| memory.errors)
 }
 
 /// The costs remembered so far, unchanged.

@@ -45,9 +45,8 @@ pub(crate) struct FreshEndpoint {
     pub cost: Option<Cost>,
     /// In its slow start: its weight in force was set by the ramp, so it is not step-limited.
     pub ramping: bool,
-    /// Held as failing after the last tick (see `errors::judge`): the healthy requests counted
-    /// since it last clearly failed.
-    pub held: Option<f64>,
+    /// Where the error judgement stood after the last tick (see `errors::judge`).
+    pub errors_track: super::ErrorTrack,
     /// `cpu` holds requests in flight (the cluster has no CPU signal).
     pub load_is_in_flight: bool,
     /// Without a remembered cost: what was measured on its node, if any.

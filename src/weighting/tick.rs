@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::limits::{guard_locality_sums, slow_start};
-use super::modes::{equal_weights, fresh_weights, held_weights, Tick};
+use super::modes::{equal_weights, fresh_weights, held_weights, idle_weights, Tick};
 use super::observe::{decide_mode, in_flight_for_cpu, observe, youngest_sample, Observation};
 use super::plan::endpoint_key;
 use super::{
@@ -50,7 +50,8 @@ pub(crate) fn compute<E: Borrow<Endpoint>>(
     let mut tick = match mode {
         ClusterMode::Fresh => fresh_weights(&observations, memory, params, now),
         ClusterMode::Holding => held_weights(&observations, now, last_sample_at),
-        ClusterMode::Idle | ClusterMode::Fallback | ClusterMode::Static => {
+        ClusterMode::Idle => idle_weights(&observations, memory, params, now, last_sample_at),
+        ClusterMode::Fallback | ClusterMode::Static => {
             equal_weights(&observations, mode, params, now, last_sample_at)
         }
     };
@@ -168,7 +169,7 @@ pub(crate) fn decide_push(
         mut weights,
         costs,
         cost_basis,
-        held,
+        tracks,
         demand,
     } = tick;
     let keys: BTreeSet<EndpointKey> = observations.iter().map(|o| o.key).collect();
@@ -196,8 +197,8 @@ pub(crate) fn decide_push(
         .iter()
         .zip(&weights)
         .zip(costs)
-        .zip(held)
-        .map(|(((observation, weight), cost), held)| {
+        .zip(tracks)
+        .map(|(((observation, weight), cost), errors)| {
             let (first_seen, initial) = observation
                 .remembered
                 .as_ref()
@@ -210,8 +211,7 @@ pub(crate) fn decide_push(
                 cost_is_floor: cost.is_some_and(|cost| cost.is_floor),
                 first_seen,
                 initial,
-                failing: held.is_some(),
-                healthy_requests: held.unwrap_or(0.0),
+                errors,
             };
             (observation.key, remembered)
         })

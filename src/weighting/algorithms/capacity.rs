@@ -720,7 +720,7 @@ mod tests {
             cost: None,
             ramping: false,
             errors: Some(0.0),
-            held: None,
+            errors_track: crate::weighting::ErrorTrack::Clear,
             load_is_in_flight: false,
             node_prior: None,
         }

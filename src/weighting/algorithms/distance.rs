@@ -80,7 +80,7 @@ mod tests {
             cost: None,
             ramping: false,
             errors: None,
-            held: None,
+            errors_track: crate::weighting::ErrorTrack::Clear,
             load_is_in_flight: false,
             node_prior: None,
         }
