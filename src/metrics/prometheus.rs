@@ -1,10 +1,11 @@
 //! PromQL pull: each tick, query VictoriaMetrics or Prometheus for every adaptive cluster (one
-//! query per template for the clusters sharing it, see `batch`).
+//! query per template for the clusters sharing it, see `batch`), evaluated at an instant on a
+//! wall-clock grid that every replica shares.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context;
@@ -162,13 +163,27 @@ impl PromQlClient {
         Ok(Self { http, settings })
     }
 
-    /// Runs one instant query.
+    /// Runs one instant query, evaluated now (the store's now).
     pub async fn query(&self, promql: &str) -> Result<Vec<Series>, QueryError> {
+        self.query_at(promql, None).await
+    }
+
+    /// Runs one instant query evaluated at `at` (Unix milliseconds), or at the store's now.
+    ///
+    /// With `at`, `nocache=1` goes with it: VictoriaMetrics otherwise moves an evaluation time
+    /// within its `-search.latencyOffset` (30 s by default) of its clock to its clock minus
+    /// that offset, a different instant for each caller. Prometheus ignores the parameter.
+    pub async fn query_at(&self, promql: &str, at: Option<u64>) -> Result<Vec<Series>, QueryError> {
         let url = format!("{}/api/v1/query", self.settings.url);
+        let mut parameters = vec![("query", promql.to_string())];
+        if let Some(at) = at {
+            parameters.push(("time", format_unix_millis(at)));
+            parameters.push(("nocache", "1".into()));
+        }
         let response = self
             .http
             .get(&url)
-            .query(&[("query", promql)])
+            .query(&parameters)
             .send()
             .await
             .map_err(|source| QueryError::Transport {
@@ -194,15 +209,22 @@ impl PromQlClient {
     }
 
     /// Queries every signal of the `due` clusters (name, settings) once, batched per template
-    /// where it can be (see [`batch::plan`]), and writes what succeeded into `table`.
+    /// where it can be (see [`batch::plan`]), each evaluated at `at` (Unix milliseconds; the
+    /// store's now when `None`), and writes what succeeded into `table`.
     pub async fn pull(
         &self,
         due: &[(&str, &ClusterSettings)],
         plans: &TemplatePlans,
         table: &SampleTable,
         metrics: &Metrics,
+        at: Option<u64>,
     ) {
-        let prefix = format!("{}/api/v1/query?query=", self.settings.url).len();
+        // The URL around the query, with the longest evaluation time and its companion.
+        let prefix = format!(
+            "{}/api/v1/query?query=&time=9999999999.999&nocache=1",
+            self.settings.url
+        )
+        .len();
         let jobs = batch::plan(
             due,
             plans,
@@ -211,7 +233,7 @@ impl PromQlClient {
             batch::MAX_QUERY_URL_BYTES,
         );
         let results =
-            futures::future::join_all(jobs.iter().map(|job| self.query(&job.query))).await;
+            futures::future::join_all(jobs.iter().map(|job| self.query_at(&job.query, at))).await;
         // Each cluster's answers in signal order, `None` for a failed query.
         let mut answers: BTreeMap<&str, Answered> = BTreeMap::new();
         for (job, result) in jobs.iter().zip(results) {
@@ -319,9 +341,61 @@ pub fn with_zero_errors(mut errors: SampleSet, rps: &SampleSet) -> SampleSet {
     errors
 }
 
+/// How long after a grid instant its pull starts: the replicas' clocks may differ by this much
+/// and still name the same instant, and a scrape taken at the instant has landed in the store.
+const PULL_DELAY: Duration = Duration::from_millis(100);
+
+/// The finest grid the pulls evaluate on: the shortest tick, at most a second.
+fn grid_step(config: &AdaptiveConfig) -> Duration {
+    config
+        .shortest_tick()
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(1))
+}
+
+/// `time` in Unix milliseconds (0 before the epoch).
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+/// `step` in whole milliseconds, at least one.
+fn step_millis(step: Duration) -> u64 {
+    u64::try_from(step.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The grid instant at or before `now`, in Unix milliseconds (`step` apart from the epoch on).
+fn grid_instant(now: SystemTime, step: Duration) -> u64 {
+    let millis = unix_millis(now);
+    millis - millis % step_millis(step)
+}
+
+/// From `now` to [`PULL_DELAY`] after the next grid instant.
+fn until_next_pull(now: SystemTime, step: Duration) -> Duration {
+    let step = step_millis(step);
+    Duration::from_millis(step - unix_millis(now) % step) + PULL_DELAY
+}
+
+/// The tick period of a cluster an instant falls in: a cluster is pulled once per period.
+fn tick_period(instant: u64, tick: Duration) -> u64 {
+    instant / step_millis(tick)
+}
+
+/// `1733130000.5` for 1,733,130,000,500 ms: the form PromQL's `time` parameter takes.
+fn format_unix_millis(millis: u64) -> String {
+    format!("{}.{:03}", millis / 1000, millis % 1000)
+}
+
 /// Pulls every adaptive cluster once per its tick until `config` is closed, and names the
 /// clusters of each pull on `pulled` once their samples are in `table` (the engine ticks them
 /// then).
+///
+/// Each pull is evaluated at an instant on a wall-clock grid (multiples of the shortest tick,
+/// at most a second, counted from the Unix epoch) and runs just after it, and a cluster is due
+/// once per period of its own tick on that grid. Two replicas of the same config pulling the same
+/// store therefore read the same samples at the same instants and compute the same weights,
+/// instead of reading either side of a scrape, tick after tick.
 ///
 /// Runs beside serving: a slow or dead metrics server only delays this loop.
 pub async fn run(
@@ -331,7 +405,7 @@ pub async fn run(
     pulled: mpsc::Sender<Vec<String>>,
 ) {
     let mut client: Option<(PullSettings, PromQlClient)> = None;
-    let mut last_pull: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut last_period: HashMap<String, u64> = HashMap::new();
     // The templates read once per config, not once per tick.
     let mut plans: Option<(Arc<AdaptiveConfig>, TemplatePlans)> = None;
     loop {
@@ -348,33 +422,31 @@ pub async fn run(
             let read = TemplatePlans::new(current.query_templates.as_ref(), join_label);
             plans = Some((current.clone(), read));
         }
+        let step = grid_step(&current);
         if let (Some((_, promql)), Some((_, plans))) = (&client, &plans) {
-            let now = tokio::time::Instant::now();
+            let instant = grid_instant(SystemTime::now(), step);
             let due: Vec<(&str, &ClusterSettings)> = current
                 .clusters
                 .iter()
                 .filter(|(_, settings)| settings.queries.is_some())
                 .filter(|(name, settings)| {
-                    last_pull.get(*name).is_none_or(|last| {
-                        now.duration_since(*last) + Duration::from_millis(50) >= settings.tick
-                    })
+                    last_period.get(*name) != Some(&tick_period(instant, settings.tick))
                 })
                 .map(|(name, settings)| (name.as_str(), settings))
                 .collect();
-            for (name, _) in &due {
-                last_pull.insert((*name).to_string(), now);
+            for (name, settings) in &due {
+                last_period.insert((*name).to_string(), tick_period(instant, settings.tick));
             }
             if !due.is_empty() {
-                promql.pull(&due, plans, &table, &metrics).await;
+                promql
+                    .pull(&due, plans, &table, &metrics, Some(instant))
+                    .await;
                 let names = due.iter().map(|(name, _)| (*name).to_string()).collect();
                 // Fails only once the engine has stopped, and then nothing is served any more.
                 let _ = pulled.send(names).await;
             }
         }
-        // A sleep after the pull, not a fixed period: the pulls drift against the store's
-        // scrapes, so two replicas pulling the same store do not stay locked on either side of
-        // one scrape (each reading different samples, tick after tick).
-        let wait = tokio::time::sleep(current.shortest_tick().min(Duration::from_secs(1)));
+        let wait = tokio::time::sleep(until_next_pull(SystemTime::now(), step));
         tokio::select! {
             _ = wait => {}
             changed = config.changed() => if changed.is_err() { return },
@@ -477,6 +549,61 @@ mod tests {
             .contains("instant vector"));
         let bad_value = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"x"]}]}}"#;
         assert!(parse_response(bad_value).is_err());
+    }
+
+    #[test]
+    fn replicas_a_few_milliseconds_apart_name_the_same_grid_instant() {
+        let at = |millis: u64| UNIX_EPOCH + Duration::from_millis(millis);
+        let second = Duration::from_secs(1);
+        // Pulls start PULL_DELAY after an instant; clocks 80 ms apart still name it.
+        assert_eq!(
+            grid_instant(at(1_700_000_000_100), second),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            grid_instant(at(1_700_000_000_180), second),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            grid_instant(at(1_700_000_000_999), second),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            grid_instant(at(1_700_000_001_000), second),
+            1_700_000_001_000
+        );
+        let half = Duration::from_millis(500);
+        assert_eq!(grid_instant(at(1_700_000_000_700), half), 1_700_000_000_500);
+        // The next pull: just after the next instant, wherever in the step we are.
+        assert_eq!(
+            until_next_pull(at(1_700_000_000_130), second),
+            Duration::from_millis(870) + PULL_DELAY
+        );
+        assert_eq!(
+            until_next_pull(at(1_700_000_000_000), second),
+            second + PULL_DELAY
+        );
+        assert_eq!(format_unix_millis(1_700_000_000_050), "1700000000.050");
+    }
+
+    #[test]
+    fn a_cluster_is_due_once_per_period_of_its_tick() {
+        let ten = Duration::from_secs(10);
+        // Instants a second apart: a 10 s cluster is due at 1_700_000_010_000 and not again
+        // until 1_700_000_020_000, on every replica alike.
+        let periods: Vec<u64> = (0..25)
+            .map(|second| tick_period(1_700_000_000_000 + second * 1000, ten))
+            .collect();
+        let changes = periods.windows(2).filter(|pair| pair[0] != pair[1]).count();
+        assert_eq!(changes, 2, "{periods:?}");
+        assert_eq!(
+            tick_period(1_700_000_009_000, ten),
+            tick_period(1_700_000_000_000, ten)
+        );
+        assert_ne!(
+            tick_period(1_700_000_010_000, ten),
+            tick_period(1_700_000_009_000, ten)
+        );
     }
 }
 
@@ -613,7 +740,7 @@ mod batched_pull_tests {
             .collect();
         let (table, (metrics, _registry)) = (SampleTable::default(), Metrics::registered());
         let started = std::time::Instant::now();
-        client.pull(&due, &plans, &table, &metrics).await;
+        client.pull(&due, &plans, &table, &metrics, None).await;
         (table, metrics, started.elapsed())
     }
 
