@@ -347,10 +347,7 @@ const PULL_DELAY: Duration = Duration::from_millis(100);
 
 /// The finest grid the pulls evaluate on: the shortest tick, at most a second.
 fn grid_step(config: &AdaptiveConfig) -> Duration {
-    config
-        .shortest_tick()
-        .min(Duration::from_secs(1))
-        .max(Duration::from_millis(1))
+    config.shortest_tick().min(Duration::from_secs(1))
 }
 
 /// `time` in Unix milliseconds (0 before the epoch).
@@ -556,22 +553,14 @@ mod tests {
         let at = |millis: u64| UNIX_EPOCH + Duration::from_millis(millis);
         let second = Duration::from_secs(1);
         // Pulls start PULL_DELAY after an instant; clocks 80 ms apart still name it.
-        assert_eq!(
-            grid_instant(at(1_700_000_000_100), second),
-            1_700_000_000_000
-        );
-        assert_eq!(
-            grid_instant(at(1_700_000_000_180), second),
-            1_700_000_000_000
-        );
-        assert_eq!(
-            grid_instant(at(1_700_000_000_999), second),
-            1_700_000_000_000
-        );
-        assert_eq!(
-            grid_instant(at(1_700_000_001_000), second),
-            1_700_000_001_000
-        );
+        for (now, instant) in [
+            (1_700_000_000_100, 1_700_000_000_000),
+            (1_700_000_000_180, 1_700_000_000_000),
+            (1_700_000_000_999, 1_700_000_000_000),
+            (1_700_000_001_000, 1_700_000_001_000),
+        ] {
+            assert_eq!(grid_instant(at(now), second), instant, "{now}");
+        }
         let half = Duration::from_millis(500);
         assert_eq!(grid_instant(at(1_700_000_000_700), half), 1_700_000_000_500);
         // The next pull: just after the next instant, wherever in the step we are.
