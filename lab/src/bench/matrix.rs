@@ -185,6 +185,30 @@ fn percent(cell: &str) -> Option<f64> {
         .map(|value| value / 100.0)
 }
 
+/// The figures of a cell an earlier run of the matrix finished, to keep instead of running it
+/// again: its report was written by `lab bench` with the same arguments (`bench_args`, the
+/// command line after the binary) and holds every one of `policies` (a bench stopped part way
+/// has written only the policies before it).
+pub fn finished_cell(
+    report: &str,
+    bench_args: &str,
+    policies: &[String],
+) -> Option<Vec<PolicyFigures>> {
+    let command = report
+        .lines()
+        .find_map(|line| line.strip_prefix("Command: `"))?
+        .strip_suffix('`')?;
+    let (_binary, args) = command.split_once(' ')?;
+    if args != bench_args {
+        return None;
+    }
+    let figures = figures_from_report(report);
+    policies
+        .iter()
+        .all(|policy| figures.iter().any(|entry| &entry.policy == policy))
+        .then_some(figures)
+}
+
 /// Reads each policy's figures from a bench report (summary and machine-cost tables, columns
 /// found by their names).
 pub fn figures_from_report(text: &str) -> Vec<PolicyFigures> {
@@ -438,5 +462,27 @@ mod tests {
             hours_minutes(Duration::from_secs(3 * 3600 + 61)),
             "3 h 02 min"
         );
+    }
+
+    #[test]
+    fn a_cell_is_kept_only_when_the_same_bench_wrote_every_policy() {
+        let table =
+            "| policy | p99 ms | non-2xx |\n|---|---|---|\n| least_request | 10.00 | 2.00% |\n";
+        let second = "| eds_capacity_latency | 4.00 | 0.500% |\n";
+        let args = "bench --fleet f.yaml --policy least_request,capacity_latency --load 0.5";
+        let report = format!("# lab bench\n\nCommand: `/x/lab {args}`\n\n{table}{second}");
+        let policies = [
+            "least_request".to_owned(),
+            "eds_capacity_latency".to_owned(),
+        ];
+        let kept = finished_cell(&report, args, &policies).map(|figures| figures.len());
+        assert_eq!(kept, Some(2));
+        // Stopped after the first policy.
+        let partial = format!("Command: `/x/lab {args}`\n\n{table}");
+        assert_eq!(finished_cell(&partial, args, &policies), None);
+        // Written by another command (here another load).
+        let other = args.replace("0.5", "0.7");
+        assert_eq!(finished_cell(&report, &other, &policies), None);
+        assert_eq!(finished_cell("no report", args, &policies), None);
     }
 }

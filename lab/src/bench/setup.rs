@@ -102,10 +102,22 @@ pub enum EnvoyReports {
     },
 }
 
+/// What a bench Envoy does besides balancing: the reports it sends back and whether it ejects
+/// failing hosts on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EnvoyExtras {
+    /// Load reports to our server, if any.
+    pub reports: EnvoyReports,
+    /// Envoy's outlier detection on the fleet cluster with its defaults: a host answering 5
+    /// consecutive 5xx is ejected at once for 30 s (times the number of its ejections), at most
+    /// 10% of the hosts (at least one); passive, inside each Envoy, no metrics involved.
+    pub outlier_detection: bool,
+}
+
 /// Bootstrap of Envoy number `envoy` (node id `lab-bench-<envoy>`): one listener on
 /// `listener_port` routing to the fleet cluster, with STATIC endpoints for the Envoy-only
-/// policies or EDS over ADS from `xds_port` for ours, and load reports to the same server when
-/// asked for.
+/// policies or EDS over ADS from `xds_port` for ours, load reports to the same server and
+/// outlier detection when asked for.
 pub fn envoy_bootstrap(
     policy: BenchPolicy,
     envoy: usize,
@@ -113,8 +125,9 @@ pub fn envoy_bootstrap(
     listener_port: u16,
     xds_port: Option<u16>,
     ports: &[u16],
-    reports: EnvoyReports,
+    extras: EnvoyExtras,
 ) -> String {
+    let reports = extras.reports;
     let mut text = format!(
         "node: {{ id: lab-bench-{envoy}, cluster: lab }}\n\
 admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}\n"
@@ -137,6 +150,9 @@ admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_
         text.push_str("    lrs_report_endpoint_metrics: [cpu_utilization]\n");
     }
     text.push_str(&cluster_lb(policy));
+    if extras.outlier_detection {
+        text.push_str("    outlier_detection: {}\n");
+    }
     match xds_port {
         Some(_) => text.push_str("    type: EDS\n    eds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3 } }\n"),
         None => text.push_str(&static_endpoints(ports)),
@@ -386,7 +402,7 @@ mod tests {
 
     #[test]
     fn bootstraps_name_the_policy() {
-        let none = EnvoyReports::None;
+        let none = EnvoyExtras::default();
         let text = envoy_bootstrap(BenchPolicy::Cswrr, 0, 1, 2, None, &[3, 4], none);
         assert!(text.contains("client_side_weighted_round_robin"));
         assert!(text.contains("port_value: 4"));
@@ -396,13 +412,26 @@ mod tests {
         let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 0, 1, 2, Some(5), &[3], none);
         assert!(text.contains("type: EDS") && text.contains("LEAST_REQUEST"));
         assert!(!text.contains("load_stats_config"));
-        let lrs = EnvoyReports::LoadReports { orca: true };
+        assert!(!text.contains("outlier_detection"));
+        let lrs = EnvoyExtras {
+            reports: EnvoyReports::LoadReports { orca: true },
+            outlier_detection: false,
+        };
         let text = envoy_bootstrap(BenchPolicy::CapacityLatency, 0, 1, 2, Some(5), &[3], lrs);
         assert!(text.contains("load_stats_config"), "{text}");
         assert!(text.contains("lrs_report_endpoint_metrics: [cpu_utilization]"));
         // Without our server there is no one to report to.
         let text = envoy_bootstrap(BenchPolicy::LeastRequest, 0, 1, 2, None, &[3], lrs);
         assert!(!text.contains("load_stats_config"));
+        let ejecting = EnvoyExtras {
+            outlier_detection: true,
+            ..EnvoyExtras::default()
+        };
+        for xds in [None, Some(5)] {
+            let text = envoy_bootstrap(BenchPolicy::LeastRequest, 0, 1, 2, xds, &[3], ejecting);
+            let cluster = text.split("- name: fleet").nth(1).unwrap_or_default();
+            assert!(cluster.contains("outlier_detection: {}"), "{text}");
+        }
     }
 
     fn settings<'a>(

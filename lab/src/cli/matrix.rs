@@ -3,8 +3,8 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use lab::bench::matrix::{
-    figures_from_report, hours_minutes, render, Cell, CellOutcome, MatrixPlan, SCENARIO_WARMUP,
-    STEADY,
+    figures_from_report, finished_cell, hours_minutes, render, Cell, CellOutcome, MatrixPlan,
+    PolicyFigures, SCENARIO_WARMUP, STEADY,
 };
 use lab::bench::pipeline::PipelinePreset;
 use lab::bench::plot::write_line_chart;
@@ -82,6 +82,14 @@ pub struct MatrixArgs {
     /// adaptive-eds binary (passed to every `lab bench`).
     #[arg(long)]
     server: Option<PathBuf>,
+    /// Every Envoy of every cell also runs Envoy's outlier detection (passed to every `lab bench`).
+    #[arg(long)]
+    outlier_detection: bool,
+    /// Keep the cells an earlier run into the same results folder finished (a report written by
+    /// the same bench command, with every policy) and run the others: a matrix stopped part way
+    /// goes on where it stopped.
+    #[arg(long)]
+    resume: bool,
     /// Only print the cells and the run-time estimate.
     #[arg(long)]
     dry_run: bool,
@@ -203,6 +211,9 @@ fn bench_command(
     if let Some(server) = &args.server {
         command.arg("--server").arg(server);
     }
+    if args.outlier_detection {
+        command.arg("--outlier-detection");
+    }
     Ok(command)
 }
 
@@ -264,18 +275,37 @@ async fn matrix(args: MatrixArgs) -> anyhow::Result<()> {
         .iter()
         .map(|policy| policy.name().to_owned())
         .collect();
-    let started = Instant::now();
+    let mut progress = Progress {
+        planned: cells.len(),
+        kept: 0,
+        estimate,
+        started: Instant::now(),
+    };
     let mut outcomes = Vec::new();
     for (index, cell) in cells.iter().enumerate() {
         let results = folder.join("cells").join(cell.name());
         let (warmup, _) = plan.times(cell);
         let scenario = scenario_file(&args, &cell.scenario, warmup, &folder)?;
         let mut command = bench_command(&args, &plan, cell, scenario.as_deref(), &results)?;
+        let kept = args
+            .resume
+            .then(|| earlier_figures(&command, &results.join("report.md"), &names))
+            .flatten();
+        if let Some(figures) = kept {
+            tracing::info!(cell = cell.name(), "cell kept from an earlier run");
+            progress.kept += 1;
+            outcomes.push(CellOutcome {
+                cell: cell.clone(),
+                figures: Ok(figures),
+            });
+            write_matrix(&args, &folder, &outcomes, &names, &progress)?;
+            continue;
+        }
         tracing::info!(
             cell = cell.name(),
             step = index + 1,
             of = cells.len(),
-            elapsed_s = started.elapsed().as_secs(),
+            elapsed_s = progress.started.elapsed().as_secs(),
             "cell starting"
         );
         let log = folder.join("cells").join(format!("{}.log", cell.name()));
@@ -291,19 +321,35 @@ async fn matrix(args: MatrixArgs) -> anyhow::Result<()> {
             cell: cell.clone(),
             figures,
         });
-        write_matrix(
-            &args,
-            &folder,
-            &outcomes,
-            &names,
-            cells.len(),
-            estimate,
-            started,
-        )?;
+        write_matrix(&args, &folder, &outcomes, &names, &progress)?;
     }
     plots(&plan, &outcomes, &names, &folder);
     println!("matrix written to {}", folder.join("matrix.md").display());
     Ok(())
+}
+
+/// How far the matrix has come, for the header of `matrix.md`.
+struct Progress {
+    planned: usize,
+    /// Cells kept from an earlier run (`--resume`).
+    kept: usize,
+    estimate: Duration,
+    started: Instant,
+}
+
+/// The figures of the cell an earlier run wrote to `report`, when the same bench command wrote
+/// every policy of it.
+fn earlier_figures(
+    command: &Command,
+    report: &Path,
+    names: &[String],
+) -> Option<Vec<PolicyFigures>> {
+    let text = std::fs::read_to_string(report).ok()?;
+    let args: Vec<String> = command
+        .get_args()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    finished_cell(&text, &args.join(" "), names)
 }
 
 fn write_matrix(
@@ -311,19 +357,21 @@ fn write_matrix(
     folder: &Path,
     outcomes: &[CellOutcome],
     names: &[String],
-    planned: usize,
-    estimate: Duration,
-    started: Instant,
+    progress: &Progress,
 ) -> anyhow::Result<()> {
     let command: Vec<String> = std::env::args().collect();
+    let kept = match progress.kept {
+        0 => String::new(),
+        kept => format!(" ({kept} of them kept from an earlier run)"),
+    };
     let header = format!(
-        "# lab matrix: {}\n\nCommand: `{}`\n\n{} cells run of {} planned, {} so far (estimated {} in all). Each cell is one `lab bench` (its report in `cells/<cell>/report.md`); ratios are to least_request in the same cell. Cell names: load (% of capacity), pipeline, Envoys, scenario.\n",
+        "# lab matrix: {}\n\nCommand: `{}`\n\n{} cells run of {} planned{kept}, {} so far (estimated {} in all). Each cell is one `lab bench` (its report in `cells/<cell>/report.md`); ratios are to least_request in the same cell. Cell names: load (% of capacity), pipeline, Envoys, scenario.\n",
         args.fleet.display(),
         command.join(" "),
         outcomes.len(),
-        planned,
-        hours_minutes(started.elapsed()),
-        hours_minutes(estimate),
+        progress.planned,
+        hours_minutes(progress.started.elapsed()),
+        hours_minutes(progress.estimate),
     );
     let path = folder.join("matrix.md");
     std::fs::write(&path, header + &render(outcomes, names))

@@ -16,8 +16,8 @@ use lab::bench::process::{
 };
 use lab::bench::report::{render_markdown, PodOutcome, ProcessCpu, RunOutcome};
 use lab::bench::setup::{
-    envoy_bootstrap, pod_nodes, scrape_config, server_config, BenchPolicy, EnvoyReports,
-    MetricsPath, MetricsSource, ServerSettings, CLUSTER,
+    envoy_bootstrap, pod_nodes, scrape_config, server_config, BenchPolicy, EnvoyExtras,
+    EnvoyReports, MetricsPath, MetricsSource, ServerSettings, CLUSTER,
 };
 use lab::bench::utilization::busiest_per_window;
 use lab::fleet::{load_fleet, load_scenario, Action, Pod, RestartNode, Scenario};
@@ -108,6 +108,10 @@ pub struct BenchArgs {
     /// penalty; off, as in the fleet file, the header has CPU and request rate only.
     #[arg(long)]
     orca_eps: bool,
+    /// Every Envoy, for every policy, also runs its own outlier detection on the fleet cluster
+    /// (Envoy's defaults: 5 consecutive 5xx eject a host for 30 s, at most 10% of the hosts).
+    #[arg(long)]
+    outlier_detection: bool,
     /// Only redraw the PNG plots of an existing results folder from its `report.md`.
     #[arg(long)]
     replot: bool,
@@ -143,6 +147,7 @@ struct RunContext {
     offered: OfferedLoad,
     error_signal: bool,
     orca: bool,
+    outlier_detection: bool,
 }
 
 /// Runs the bench on a two-thread tokio runtime (the machine has two cores).
@@ -186,6 +191,9 @@ fn results_folder(args: &BenchArgs) -> PathBuf {
     }
     if args.orca_eps {
         name.push_str("-orca-eps");
+    }
+    if args.outlier_detection {
+        name.push_str("-outlier-detection");
     }
     if args.envoys > 1 {
         name.push_str(&format!("-envoys{}", args.envoys));
@@ -276,6 +284,7 @@ fn context(args: &BenchArgs) -> anyhow::Result<RunContext> {
         offered,
         error_signal: args.error_signal == Switch::On,
         orca: fleet.orca,
+        outlier_detection: args.outlier_detection,
     })
 }
 
@@ -411,7 +420,12 @@ fn metrics_description(args: &BenchArgs, pipeline: &Pipeline) -> String {
     } else {
         ""
     };
-    format!("{}; {errors}{eps}", pipeline.describe())
+    let ejection = if args.outlier_detection {
+        "; every Envoy also ejects hosts by outlier detection (5 consecutive 5xx, 30 s)"
+    } else {
+        ""
+    };
+    format!("{}; {errors}{eps}{ejection}", pipeline.describe())
 }
 
 /// The processes of one run; dropping it stops them all.
@@ -488,6 +502,10 @@ async fn start_stack(
     } else {
         EnvoyReports::None
     };
+    let extras = EnvoyExtras {
+        reports,
+        outlier_detection: context.outlier_detection,
+    };
     let mut envoys = Vec::with_capacity(context.envoys);
     for index in 0..context.envoys {
         let (admin, listener) = (free_port()?, free_port()?);
@@ -498,7 +516,7 @@ async fn start_stack(
             listener,
             server.as_ref().map(|server| server.1.xds_port),
             &context.ports[..context.initial],
-            reports,
+            extras,
         );
         let path = directory.join(format!("envoy-{index}.yaml"));
         std::fs::write(&path, bootstrap).with_context(|| format!("writing {}", path.display()))?;
