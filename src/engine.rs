@@ -4,7 +4,7 @@
 //! (endpoint updates on a channel, samples through the [`SampleTable`]); it never does I/O.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -23,7 +23,18 @@ use crate::snapshot::{
     ClusterExplanation, ClusterResource, EncodedEndpoints, ServedEndpoint, Snapshot, SnapshotStore,
 };
 use crate::telemetry::{ClusterLabels, EndpointLabels, Metrics, ModeLabels};
-use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weight};
+use crate::weighting::{self, params::Algorithm, ClusterMemory, ClusterMode, Weight, WeightSource};
+
+/// Whether an endpoint has not served a measured request yet: no sample at all, or a request
+/// rate of zero (a new pod is often scraped before it joins, so its first samples read 0).
+fn unmeasured(weight: &Weight) -> bool {
+    weight.source == WeightSource::NewPod || weight.rps.is_none_or(|rps| rps <= 0.0)
+}
+
+/// How long after a cluster gained an endpoint its pull may run at every grid step while that
+/// endpoint waits for its first sample: two scrapes of a 60 s interval and the store's lag. A
+/// pod whose metrics never come costs a minute or two of such pulls, not more.
+const EAGER_PULLS_FOR: Duration = Duration::from_secs(150);
 
 /// One cluster's state between ticks.
 #[derive(Debug, Default)]
@@ -41,6 +52,8 @@ struct ClusterState {
     memory: ClusterMemory,
     mode: ClusterMode,
     last_tick: Option<Duration>,
+    /// When the endpoint set last gained an endpoint it did not have (engine time).
+    gained: Option<Duration>,
     resource: Option<Arc<ClusterResource>>,
 }
 
@@ -52,6 +65,10 @@ pub struct Engine {
     store: SnapshotStore,
     metrics: Metrics,
     started: Instant,
+    /// Pull-fed clusters that gained an endpoint lately while one of theirs is still
+    /// [`unmeasured`]: the PromQL task pulls them at every grid step, not once per tick, so
+    /// that a new pod is measured within a second of the scrape that makes its first rate.
+    eager: watch::Sender<BTreeSet<String>>,
 }
 
 impl Engine {
@@ -69,7 +86,13 @@ impl Engine {
             store,
             metrics,
             started: Instant::now(),
+            eager: watch::Sender::new(BTreeSet::new()),
         }
+    }
+
+    /// The clusters to pull at every grid step (see [`Engine::eager`]), for the PromQL task.
+    pub fn eager_pulls(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.eager.subscribe()
     }
 
     /// Monotonic time since the engine started (the weighting's `now`).
@@ -82,7 +105,19 @@ impl Engine {
         for update in updates {
             match update {
                 ClusterUpdate::Reset { cluster, endpoints } => {
+                    let now = self.now();
                     let state = self.clusters.entry(cluster.clone()).or_default();
+                    let known: BTreeSet<(std::net::IpAddr, u16)> = state
+                        .endpoints
+                        .iter()
+                        .map(|endpoint| (endpoint.address, endpoint.port))
+                        .collect();
+                    if endpoints
+                        .iter()
+                        .any(|endpoint| !known.contains(&(endpoint.address, endpoint.port)))
+                    {
+                        state.gained = Some(now);
+                    }
                     forget_endpoint_metrics(&self.metrics, &state.labels);
                     state.labels = endpoints
                         .iter()
@@ -102,6 +137,7 @@ impl Engine {
                     if let Some(state) = self.clusters.remove(&cluster) {
                         forget_endpoint_metrics(&self.metrics, &state.labels);
                     }
+                    self.eager.send_if_modified(|eager| eager.remove(&cluster));
                     self.metrics.endpoints_failing.remove(&ClusterLabels {
                         cluster: cluster.clone(),
                     });
@@ -222,6 +258,18 @@ impl Engine {
             (output.weights, output.mode, output.moved)
         };
         state.last_tick = Some(now);
+        let waiting = settings.queries.is_some()
+            && state
+                .gained
+                .is_some_and(|gained| now.saturating_sub(gained) < EAGER_PULLS_FOR)
+            && weights.iter().any(unmeasured);
+        self.eager.send_if_modified(|eager| {
+            if waiting {
+                eager.insert(name.to_string())
+            } else {
+                eager.remove(name)
+            }
+        });
         if state.mode != mode {
             tracing::info!(
                 cluster = name,
@@ -626,6 +674,80 @@ mod tests {
         assert!((2..=4).contains(&timer_ticks), "{timer_ticks} ticks in 6 s");
         drop(config_sender);
         running.await.expect("stops with its config");
+    }
+
+    /// CPU and request-rate samples of cluster `a` for these pods (pod, requests per second),
+    /// fresh by the wall clock (which a paused tokio clock does not move).
+    fn give_samples(table: &SampleTable, pods: &[(&str, f64)]) {
+        use crate::config::metrics::JoinBy;
+        use crate::samples::{Sample, SampleSet, Signal, SourceKind};
+        let now_ms = crate::samples::unix_millis(SystemTime::now());
+        for (signal, of_rps) in [(Signal::Cpu, 0.02), (Signal::Rps, 1.0)] {
+            let samples = pods
+                .iter()
+                .map(|(pod, rps)| {
+                    let sample = Sample {
+                        value: rps * of_rps,
+                        timestamp_ms: now_ms,
+                    };
+                    ((*pod).to_string(), sample)
+                })
+                .collect();
+            let set = SampleSet {
+                join_by: JoinBy::Pod,
+                samples,
+            };
+            table.replace(SourceKind::Pull, "a", signal, set);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_pod_is_pulled_at_every_step_until_it_is_measured() {
+        use crate::discovery::file::diff;
+        let configs: Vec<config::ValidConfig> =
+            [&["one"][..], &["one", "two"], &["one", "two", "three"]]
+                .iter()
+                .map(|pods| adaptive_config(pods))
+                .collect();
+        let table = SampleTable::default();
+        give_samples(&table, &[("one", 10.0)]);
+        let (metrics, _registry) = Metrics::registered();
+        let mut engine = Engine::new(
+            Arc::new(configs[0].adaptive.clone()),
+            table.clone(),
+            SnapshotStore::new(),
+            metrics,
+        );
+        let eager = engine.eager_pulls();
+        engine.apply(diff(&BTreeMap::new(), &configs[0].clusters));
+        assert!(eager.borrow().is_empty(), "every pod has a sample");
+        // `two` joins without a sample: pulled eagerly, on every tick, until its first sample.
+        engine.apply(diff(&configs[0].clusters, &configs[1].clusters));
+        assert!(eager.borrow().contains("a"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        engine.pulled(&["a".to_string()]);
+        assert!(eager.borrow().contains("a"));
+        // Scraped before it takes traffic, its first samples read no requests: still unmeasured.
+        give_samples(&table, &[("one", 10.0), ("two", 0.0)]);
+        engine.pulled(&["a".to_string()]);
+        assert!(eager.borrow().contains("a"));
+        give_samples(&table, &[("one", 10.0), ("two", 5.0)]);
+        engine.pulled(&["a".to_string()]);
+        assert!(eager.borrow().is_empty(), "`two` is measured");
+        // `three` never gets a sample: eager for a bounded time only.
+        engine.apply(diff(&configs[1].clusters, &configs[2].clusters));
+        tokio::time::advance(EAGER_PULLS_FOR - Duration::from_secs(10)).await;
+        engine.pulled(&["a".to_string()]);
+        assert!(eager.borrow().contains("a"));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        engine.pulled(&["a".to_string()]);
+        assert!(eager.borrow().is_empty(), "the bound has passed");
+        // A cluster that goes away is no longer pulled.
+        engine.apply(diff(&configs[2].clusters, &configs[0].clusters));
+        engine.apply(diff(&configs[0].clusters, &configs[2].clusters));
+        assert!(eager.borrow().contains("a"), "`three` is new again");
+        engine.apply(diff(&configs[2].clusters, &BTreeMap::new()));
+        assert!(eager.borrow().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -79,6 +79,7 @@ pub async fn serve(
         table.clone(),
         metrics.clone(),
         pulled_sender,
+        engine.eager_pulls(),
     ));
     if let Some(series) = &series {
         tasks.spawn(remote_write::aggregate(

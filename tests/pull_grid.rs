@@ -73,11 +73,14 @@ async fn replicas_pulling_apart_read_the_same_samples() {
         let (pulled, mut names) = mpsc::channel::<Vec<String>>(16);
         let table = SampleTable::default();
         let (metrics, _registry) = Metrics::registered();
+        // No engine here, so no cluster is ever pulled eagerly.
+        let (_eager, eager) = watch::channel(std::collections::BTreeSet::new());
         tasks.push(tokio::spawn(prometheus::run(
             config_receiver,
             table.clone(),
             metrics,
             pulled,
+            eager,
         )));
         // Drained, so that the loop never waits on the engine it has not got.
         tasks.push(tokio::spawn(async move {

@@ -3,7 +3,7 @@
 //! wall-clock grid that every replica shares.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -384,6 +384,13 @@ fn format_unix_millis(millis: u64) -> String {
     format!("{}.{:03}", millis / 1000, millis % 1000)
 }
 
+/// Whether a cluster of tick `tick`, last pulled in tick period `last`, is due at `instant`:
+/// once per period of its tick, and at every grid step while it is `eager` (a new endpoint of
+/// it waits for its first sample).
+fn is_due(last: Option<u64>, instant: u64, tick: Duration, eager: bool) -> bool {
+    eager || last != Some(tick_period(instant, tick))
+}
+
 /// Pulls every adaptive cluster once per its tick until `config` is closed, and names the
 /// clusters of each pull on `pulled` once their samples are in `table` (the engine ticks them
 /// then).
@@ -392,7 +399,9 @@ fn format_unix_millis(millis: u64) -> String {
 /// at most a second, counted from the Unix epoch) and runs just after it, and a cluster is due
 /// once per period of its own tick on that grid. Two replicas of the same config pulling the same
 /// store therefore read the same samples at the same instants and compute the same weights,
-/// instead of reading either side of a scrape, tick after tick.
+/// instead of reading either side of a scrape, tick after tick. The clusters the engine names
+/// on `eager` (a new pod not yet measured) are pulled at every grid step until it is measured,
+/// so a new pod waits for its scrapes, not for the tick too.
 ///
 /// Runs beside serving: a slow or dead metrics server only delays this loop.
 pub async fn run(
@@ -400,6 +409,7 @@ pub async fn run(
     table: SampleTable,
     metrics: Metrics,
     pulled: mpsc::Sender<Vec<String>>,
+    eager: watch::Receiver<BTreeSet<String>>,
 ) {
     let mut client: Option<(PullSettings, PromQlClient)> = None;
     let mut last_period: HashMap<String, u64> = HashMap::new();
@@ -422,12 +432,14 @@ pub async fn run(
         let step = grid_step(&current);
         if let (Some((_, promql)), Some((_, plans))) = (&client, &plans) {
             let instant = grid_instant(SystemTime::now(), step);
+            let eager = eager.borrow().clone();
             let due: Vec<(&str, &ClusterSettings)> = current
                 .clusters
                 .iter()
                 .filter(|(_, settings)| settings.queries.is_some())
                 .filter(|(name, settings)| {
-                    last_period.get(*name) != Some(&tick_period(instant, settings.tick))
+                    let last = last_period.get(*name).copied();
+                    is_due(last, instant, settings.tick, eager.contains(*name))
                 })
                 .map(|(name, settings)| (name.as_str(), settings))
                 .collect();
@@ -593,6 +605,12 @@ mod tests {
             tick_period(1_700_000_010_000, ten),
             tick_period(1_700_000_009_000, ten)
         );
+        // Pulled in the period of 1_700_000_000_000: not due again within it, unless eager.
+        let last = Some(tick_period(1_700_000_000_000, ten));
+        assert!(!is_due(last, 1_700_000_004_000, ten, false));
+        assert!(is_due(last, 1_700_000_004_000, ten, true));
+        assert!(is_due(last, 1_700_000_010_000, ten, false));
+        assert!(is_due(None, 1_700_000_004_000, ten, false));
     }
 }
 
