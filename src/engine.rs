@@ -31,9 +31,9 @@ fn unmeasured(weight: &Weight) -> bool {
     weight.source == WeightSource::NewPod || weight.rps.is_none_or(|rps| rps <= 0.0)
 }
 
-/// How long after a cluster gained an endpoint its pull may run at every grid step while that
-/// endpoint waits for its first sample: two scrapes of a 60 s interval and the store's lag. A
-/// pod whose metrics never come costs a minute or two of such pulls, not more.
+/// How long after a cluster gained an endpoint its pull may run at every grid step while one of
+/// its endpoints is [`unmeasured`]: two scrapes of a 60 s interval and the store's lag. A pod
+/// whose metrics never come costs a couple of minutes of such pulls, not more.
 const EAGER_PULLS_FOR: Duration = Duration::from_secs(150);
 
 /// One cluster's state between ticks.
@@ -721,7 +721,7 @@ mod tests {
         let eager = engine.eager_pulls();
         engine.apply(diff(&BTreeMap::new(), &configs[0].clusters));
         assert!(eager.borrow().is_empty(), "every pod has a sample");
-        // `two` joins without a sample: pulled eagerly, on every tick, until its first sample.
+        // `two` joins without a sample: pulled eagerly, on every tick, until it is measured.
         engine.apply(diff(&configs[0].clusters, &configs[1].clusters));
         assert!(eager.borrow().contains("a"));
         tokio::time::advance(Duration::from_secs(5)).await;

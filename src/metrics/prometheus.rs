@@ -385,8 +385,8 @@ fn format_unix_millis(millis: u64) -> String {
 }
 
 /// Whether a cluster of tick `tick`, last pulled in tick period `last`, is due at `instant`:
-/// once per period of its tick, and at every grid step while it is `eager` (a new endpoint of
-/// it waits for its first sample).
+/// once per period of its tick, and at every grid step while it is `eager` (it has a new
+/// endpoint not measured yet).
 fn is_due(last: Option<u64>, instant: u64, tick: Duration, eager: bool) -> bool {
     eager || last != Some(tick_period(instant, tick))
 }
