@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::adaptive::AdaptiveConfig;
 use crate::model::{ClusterUpdate, Endpoint};
-use crate::samples::SampleTable;
+use crate::samples::{Arrived, SampleTable, SourceKind};
 use crate::snapshot::{
     ClusterExplanation, ClusterResource, EncodedEndpoints, ServedEndpoint, Snapshot, SnapshotStore,
 };
@@ -35,6 +35,12 @@ fn unmeasured(weight: &Weight) -> bool {
 /// its endpoints is [`unmeasured`]: two scrapes of a 60 s interval and the store's lag. A pod
 /// whose metrics never come costs a couple of minutes of such pulls, not more.
 const EAGER_PULLS_FOR: Duration = Duration::from_secs(150);
+
+/// Whether a cluster last ticked at `last` is due at `now` for a tick of `period`; a tick 50 ms
+/// early counts, so timers and sources a little out of step do not skip a whole period.
+fn tick_due(last: Option<Duration>, now: Duration, period: Duration) -> bool {
+    last.is_none_or(|last| now.saturating_sub(last) + Duration::from_millis(50) >= period)
+}
 
 /// One cluster's state between ticks.
 #[derive(Debug, Default)]
@@ -54,6 +60,8 @@ struct ClusterState {
     last_tick: Option<Duration>,
     /// When the endpoint set last gained an endpoint it did not have (engine time).
     gained: Option<Duration>,
+    /// When load reports last named this cluster (engine time).
+    reported: Option<Duration>,
     resource: Option<Arc<ClusterResource>>,
 }
 
@@ -168,8 +176,10 @@ impl Engine {
     /// Recomputes every cluster whose tick is due; returns how many were recomputed.
     ///
     /// A cluster fed by the PromQL pull ticks when its pull has answered (see [`Engine::pulled`]),
-    /// so its samples are never a tick old; the timer ticks it only when the pull is half a tick
-    /// late (a hung metrics server), so it still falls back to holding and equal weights.
+    /// and one fed by load reports when they are published (see [`Engine::reported`]), so its
+    /// samples are never a tick old; the timer ticks it only when its source is half a tick
+    /// late (a hung metrics server, Envoys gone), so it still falls back to holding and equal
+    /// weights.
     pub fn tick(&mut self) -> usize {
         let now = self.now();
         let due: Vec<String> = self
@@ -177,17 +187,45 @@ impl Engine {
             .iter()
             .filter(|(name, state)| {
                 let settings = self.config.settings(name);
-                let period = if settings.queries.is_some() {
+                let reported = state
+                    .reported
+                    .is_some_and(|at| now.saturating_sub(at) < settings.tick * 2);
+                let period = if settings.queries.is_some() || reported {
                     settings.tick + settings.tick / 2
                 } else {
                     settings.tick
                 };
-                state.last_tick.is_none_or(|last| {
-                    now.saturating_sub(last) + Duration::from_millis(50) >= period
-                })
+                tick_due(state.last_tick, now, period)
             })
             .map(|(name, _)| name.clone())
             .collect();
+        self.recompute_ticked(&due)
+    }
+
+    /// Samples have just arrived for these clusters: their tick. A pull is its cluster's tick;
+    /// load reports are published once per report interval, which may be shorter than a
+    /// cluster's tick, so a reported cluster is recomputed only when its tick is due.
+    pub fn arrived(&mut self, arrived: &Arrived) -> usize {
+        match arrived.source {
+            SourceKind::Pull => self.pulled(&arrived.clusters),
+            SourceKind::LoadReports | SourceKind::RemoteWrite => self.reported(&arrived.clusters),
+        }
+    }
+
+    /// Load reports have just been published for these clusters: those due are recomputed.
+    pub fn reported(&mut self, clusters: &[String]) -> usize {
+        let now = self.now();
+        let mut due = Vec::new();
+        for name in clusters {
+            let tick = self.config.settings(name).tick;
+            let Some(state) = self.clusters.get_mut(name) else {
+                continue;
+            };
+            state.reported = Some(now);
+            if tick_due(state.last_tick, now, tick) {
+                due.push(name.clone());
+            }
+        }
         self.recompute_ticked(&due)
     }
 
@@ -339,14 +377,14 @@ impl Engine {
     }
 
     /// Runs until every source is gone: applies updates as they come, ticks (on its timer, and
-    /// for pull-fed clusters when `pulled` names them), follows config reloads.
+    /// for clusters whose samples `arrived` names), follows config reloads.
     pub async fn run(
         mut self,
         mut updates: mpsc::Receiver<Vec<ClusterUpdate>>,
         mut config: watch::Receiver<Arc<AdaptiveConfig>>,
-        mut pulled: mpsc::Receiver<Vec<String>>,
+        mut arrived: mpsc::Receiver<Arrived>,
     ) {
-        let mut pulling = true;
+        let mut arriving = true;
         // One timer for the whole run: a sleep started afresh after every update would never
         // fire while updates come more often than the period (a busy Kubernetes source).
         let period = |config: &AdaptiveConfig| config.shortest_tick().min(Duration::from_secs(1));
@@ -370,11 +408,11 @@ impl Engine {
                 _ = ticks.tick() => {
                     self.tick();
                 }
-                names = pulled.recv(), if pulling => match names {
-                    Some(names) => {
-                        self.pulled(&names);
+                samples = arrived.recv(), if arriving => match samples {
+                    Some(samples) => {
+                        self.arrived(&samples);
                     }
-                    None => pulling = false,
+                    None => arriving = false,
                 },
             }
             self.publish();
@@ -661,10 +699,11 @@ mod tests {
         // all of them on a pull (the timer adds none while the pulls keep the tick).
         tokio::time::sleep(Duration::from_millis(400)).await;
         for _ in 0..10 {
-            pulls
-                .send(vec!["a".to_string(), "gone".to_string()])
-                .await
-                .expect("runs");
+            let arrived = Arrived {
+                source: SourceKind::Pull,
+                clusters: vec!["a".to_string(), "gone".to_string()],
+            };
+            pulls.send(arrived).await.expect("runs");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         assert_eq!(ticks(&registry), 10);
@@ -672,6 +711,59 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(6)).await;
         let timer_ticks = ticks(&registry) - 10;
         assert!((2..=4).contains(&timer_ticks), "{timer_ticks} ticks in 6 s");
+        drop(config_sender);
+        running.await.expect("stops with its config");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reported_cluster_ticks_when_its_reports_are_published() {
+        let config = config::parse(
+            "tick: 1s\nmetrics: { load_reports: { enabled: true } }\nclusters:\n- name: a\n  endpoints:\n  - {address: 10.0.0.1, port: 1}\n",
+        )
+        .expect("valid");
+        let (metrics, registry) = Metrics::registered();
+        let mut engine = Engine::new(
+            Arc::new(config.adaptive.clone()),
+            SampleTable::default(),
+            SnapshotStore::new(),
+            metrics,
+        );
+        engine.apply(crate::discovery::file::diff(
+            &BTreeMap::new(),
+            &config.clusters,
+        ));
+        let (_updates, receiver) = mpsc::channel(1);
+        let (config_sender, config_receiver) = watch::channel(Arc::new(config.adaptive.clone()));
+        let (reports, arrived) = mpsc::channel(1);
+        let running = tokio::spawn(engine.run(receiver, config_receiver, arrived));
+        let report = || Arrived {
+            source: SourceKind::LoadReports,
+            clusters: vec!["a".to_string(), "gone".to_string()],
+        };
+        // Reports published every second, 0.4 s out of phase with the engine's timer: from the
+        // second on (the first comes 0.4 s after the endpoints' own recompute), each is a tick
+        // at once, and the timer adds none.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for round in 0..10 {
+            let before = ticks(&registry);
+            reports.send(report()).await.expect("runs");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let at_once = ticks(&registry) - before;
+            assert_eq!(at_once, u64::from(round > 0), "report {round}");
+            tokio::time::sleep(Duration::from_millis(990)).await;
+        }
+        assert_eq!(ticks(&registry), 9);
+        // Published four times a second (a report interval shorter than the tick): still one
+        // tick per second.
+        for _ in 0..16 {
+            reports.send(report()).await.expect("runs");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(ticks(&registry), 13);
+        // The reports stop: the timer goes on ticking.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let timer_ticks = ticks(&registry) - 13;
+        assert!((3..=6).contains(&timer_ticks), "{timer_ticks} ticks in 6 s");
         drop(config_sender);
         running.await.expect("stops with its config");
     }

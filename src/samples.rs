@@ -64,6 +64,13 @@ pub enum SourceKind {
     LoadReports,
 }
 
+/// A source has just written the samples of these clusters: their tick, for the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arrived {
+    pub source: SourceKind,
+    pub clusters: Vec<String>,
+}
+
 /// Samples of one signal of one cluster from one source, keyed by the join label's value.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SampleSet {

@@ -73,12 +73,13 @@ pub async fn serve(
     engine.apply(source.initial_updates());
     engine.publish();
     let (updates_sender, updates) = mpsc::channel(16);
-    let (pulled_sender, pulled) = mpsc::channel(4);
+    // Pulls and load reports name the clusters whose samples they have just written.
+    let (arrived_sender, arrived) = mpsc::channel(4);
     tasks.spawn(prometheus::run(
         settings.clone(),
         table.clone(),
         metrics.clone(),
-        pulled_sender,
+        arrived_sender.clone(),
         engine.eager_pulls(),
     ));
     if let Some(series) = &series {
@@ -88,7 +89,7 @@ pub async fn serve(
             table.clone(),
         ));
     }
-    tasks.spawn(engine.run(updates, settings.clone(), pulled));
+    tasks.spawn(engine.run(updates, settings.clone(), arrived));
     if let Some(kubernetes) = kubernetes {
         tasks.spawn(kubernetes.run(updates_sender.clone()));
     }
@@ -162,7 +163,7 @@ pub async fn serve(
         )
     });
     if let Some(reports) = &load_reports {
-        tasks.spawn(reports.clone().run());
+        tasks.spawn(reports.clone().run(arrived_sender));
     }
     let lrs = LrsService::new(context.clone(), load_reports);
     let grpc = grpc_router(context, clients, lrs, xds_config)?;

@@ -70,7 +70,7 @@ async fn replicas_pulling_apart_read_the_same_samples() {
     for delay in [0, 400] {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let (config_sender, config_receiver) = watch::channel(Arc::new(config.adaptive.clone()));
-        let (pulled, mut names) = mpsc::channel::<Vec<String>>(16);
+        let (pulled, mut names) = mpsc::channel::<adaptive_eds::samples::Arrived>(16);
         let table = SampleTable::default();
         let (metrics, _registry) = Metrics::registered();
         // No engine here, so no cluster is ever pulled eagerly.

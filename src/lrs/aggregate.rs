@@ -10,7 +10,8 @@
 //! holds for the time average of what is in flight, and a single snapshot of a few requests is
 //! mostly noise (with 2 intervals of 1 s, 3 snapshots: a change is half seen after one report).
 //! The endpoint's figures are the sum over the streams that reported within [`STALE_INTERVALS`]
-//! intervals; a stream that ends (or falls silent) stops counting.
+//! intervals; a stream that ends (or falls silent) stops counting. The sums are published once
+//! per interval as a report comes, and the engine told which clusters they cover.
 //!
 //! The first report of a stream for a cluster is not used for rates: after a reconnect Envoy's
 //! first report covers the outage (e.g. `load_report_interval` 5 s) with its counts reset, so a
@@ -33,9 +34,11 @@ use envoy_types::pb::{
     google::protobuf,
 };
 
+use tokio::sync::{mpsc, Notify};
+
 use super::wire::EncodedClusterStats;
 use crate::config::metrics::JoinBy;
-use crate::samples::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
+use crate::samples::{unix_millis, Arrived, Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::telemetry::{EndpointLabels, Metrics};
 
@@ -59,6 +62,20 @@ const MAX_RATE: f64 = 1e7;
 const MAX_IN_PROGRESS: u64 = 10_000_000;
 /// Largest credible mean `cpu_utilization` (ORCA allows above 1 past soft limits, not this).
 const MAX_CPU_UTILIZATION: f64 = 100.0;
+
+/// How much earlier than a whole interval after the last publish a report may come and still
+/// be published: Envoy's report timer is not exact.
+const PUBLISH_SLACK: Duration = Duration::from_millis(50);
+
+/// How long a publish waits after the report that makes it due, for the reports that come with
+/// it.
+const PUBLISH_GATHER: Duration = Duration::from_millis(20);
+
+/// Whether the sums are due again `since` the last publish: once per interval, a little early
+/// allowed (see [`PUBLISH_SLACK`]).
+fn publish_due(since: Duration, interval: Duration) -> bool {
+    since + PUBLISH_SLACK >= interval
+}
 
 /// What happened to one `ClusterStats` of a report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,6 +233,8 @@ pub struct LoadReports {
     metrics: Metrics,
     interval: Duration,
     gauged: Arc<Mutex<HashSet<EndpointLabels>>>,
+    /// Woken by every recorded report, so the sums are published when the reports come.
+    arrived: Arc<Notify>,
 }
 
 /// One stream's handle: records its reports; dropping it removes its contributions.
@@ -243,6 +262,7 @@ impl LoadReports {
             metrics,
             interval,
             gauged: Arc::default(),
+            arrived: Arc::default(),
         }
     }
 
@@ -374,11 +394,12 @@ impl LoadReports {
             .collect()
     }
 
-    /// Writes the current sums into the sample table and the per-endpoint gauges.
+    /// Writes the current sums into the sample table and the per-endpoint gauges; the clusters
+    /// written.
     ///
     /// Clusters no stream reports any more are left alone in the table: their samples age
     /// toward `stale_after`, as with the other sources when they fail.
-    pub fn publish(&self, now: Instant) {
+    pub fn publish(&self, now: Instant) -> Vec<String> {
         let figures = self.figures(now);
         let mut gauged = HashSet::new();
         for (cluster, (newest_ms, endpoints)) in &figures {
@@ -451,15 +472,43 @@ impl LoadReports {
             }
             *previous = gauged;
         }
+        figures.into_keys().collect()
     }
 
-    /// Publishes every `interval` until the process ends.
-    pub async fn run(self) {
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Publishes once per `interval`, when a report comes (Envoys report on their own
+    /// clocks, so a timer of ours would add up to an interval of delay), and names the clusters
+    /// written on `reported`, whose weights are then due. Without reports it still publishes
+    /// every 1.5 intervals, so silent streams age out. Runs until `reported` is closed.
+    pub async fn run(self, reported: mpsc::Sender<Arrived>) {
+        let fallback = self.interval * 3 / 2;
+        let mut last: Option<tokio::time::Instant> = None;
         loop {
-            ticker.tick().await;
-            self.publish(Instant::now());
+            let silent = last.unwrap_or_else(tokio::time::Instant::now) + fallback;
+            tokio::select! {
+                () = self.arrived.notified() => {}
+                () = tokio::time::sleep_until(silent) => {}
+            }
+            let now = tokio::time::Instant::now();
+            if last.is_some_and(|last| {
+                !publish_due(now.saturating_duration_since(last), self.interval)
+            }) {
+                continue;
+            }
+            // Envoys started together report within moments of each other: one publish for them.
+            tokio::time::sleep(PUBLISH_GATHER).await;
+            let clusters = self.publish(Instant::now());
+            if clusters.is_empty() {
+                // Nothing to sum yet (a stream's first report): the next report may publish.
+                continue;
+            }
+            last = Some(now);
+            let arrived = Arrived {
+                source: SourceKind::LoadReports,
+                clusters,
+            };
+            if reported.send(arrived).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -524,6 +573,7 @@ impl StreamReports {
         record_idle(&mut windows, &served, &present, now, now_ms);
         drop(windows);
         self.reports.count(&recorded);
+        self.reports.arrived.notify_one();
         recorded
     }
 
@@ -554,6 +604,7 @@ impl StreamReports {
         record_idle(&mut windows, &served, &present, now, unix_millis(wall));
         drop(windows);
         self.reports.count(&recorded);
+        self.reports.arrived.notify_one();
         recorded
     }
 }
@@ -944,6 +995,50 @@ mod tests {
             .and_then(|(_, endpoints)| endpoints.get(&address))
             .copied()
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn publishing_is_due_once_per_interval_a_little_early_allowed() {
+        let second = Duration::from_secs(1);
+        assert!(!publish_due(Duration::from_millis(900), second));
+        assert!(publish_due(Duration::from_millis(960), second));
+        assert!(publish_due(Duration::from_secs(3), second));
+    }
+
+    #[tokio::test]
+    async fn sums_are_published_when_a_report_comes_once_per_interval() {
+        // A 10 s interval: only a publish driven by the report can come within the waits here.
+        let reports = LoadReports {
+            interval: Duration::from_secs(10),
+            ..reports()
+        };
+        let (sender, mut arrived) = mpsc::channel(4);
+        let running = tokio::spawn(reports.clone().run(sender));
+        let stream = reports.open_stream(1);
+        let report = || [stats("checkout", 10, &[("10.0.0.1", 10, 0, 10, 0)])];
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.record(&report(), Instant::now(), SystemTime::now());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(arrived.try_recv().is_err(), "a first report has no rates");
+        stream.record(&report(), Instant::now(), SystemTime::now());
+        let published = tokio::time::timeout(Duration::from_secs(2), arrived.recv()).await;
+        let expected = Arrived {
+            source: SourceKind::LoadReports,
+            clusters: vec!["checkout".to_string()],
+        };
+        assert_eq!(published.ok().flatten(), Some(expected));
+        let loads = reports
+            .table
+            .loads("checkout", &[endpoint("10.0.0.1")], SystemTime::now());
+        assert_eq!(loads[0].rps.map(|rps| rps.value), Some(1.0));
+        // The next report within the interval waits for it.
+        stream.record(&report(), Instant::now(), SystemTime::now());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            arrived.try_recv().is_err(),
+            "published twice in an interval"
+        );
+        running.abort();
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::batch::{self, TemplatePlans};
 use crate::config::adaptive::{AdaptiveConfig, ClusterSettings};
 use crate::config::metrics::{redact_url, PullSettings};
-use crate::samples::{Sample, SampleSet, SampleTable, Signal, SourceKind};
+use crate::samples::{Arrived, Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::telemetry::{Metrics, QueryLabels};
 
 /// One series of an instant-vector result.
@@ -408,7 +408,7 @@ pub async fn run(
     mut config: watch::Receiver<Arc<AdaptiveConfig>>,
     table: SampleTable,
     metrics: Metrics,
-    pulled: mpsc::Sender<Vec<String>>,
+    pulled: mpsc::Sender<Arrived>,
     eager: watch::Receiver<BTreeSet<String>>,
 ) {
     let mut client: Option<(PullSettings, PromQlClient)> = None;
@@ -450,9 +450,12 @@ pub async fn run(
                 promql
                     .pull(&due, plans, &table, &metrics, Some(instant))
                     .await;
-                let names = due.iter().map(|(name, _)| (*name).to_string()).collect();
+                let arrived = Arrived {
+                    source: SourceKind::Pull,
+                    clusters: due.iter().map(|(name, _)| (*name).to_string()).collect(),
+                };
                 // Fails only once the engine has stopped, and then nothing is served any more.
-                let _ = pulled.send(names).await;
+                let _ = pulled.send(arrived).await;
             }
         }
         let wait = tokio::time::sleep(until_next_pull(SystemTime::now(), step));
