@@ -60,8 +60,8 @@ struct ClusterState {
     last_tick: Option<Duration>,
     /// When the endpoint set last gained an endpoint it did not have (engine time).
     gained: Option<Duration>,
-    /// When load reports last named this cluster (engine time).
-    reported: Option<Duration>,
+    /// When a pushed source (load reports, remote-write) last named this cluster (engine time).
+    pushed: Option<Duration>,
     resource: Option<Arc<ClusterResource>>,
 }
 
@@ -176,10 +176,10 @@ impl Engine {
     /// Recomputes every cluster whose tick is due; returns how many were recomputed.
     ///
     /// A cluster fed by the PromQL pull ticks when its pull has answered (see [`Engine::pulled`]),
-    /// and one fed by load reports when they are published (see [`Engine::reported`]), so its
-    /// samples are never a tick old; the timer ticks it only when its source is half a tick
-    /// late (a hung metrics server, Envoys gone), so it still falls back to holding and equal
-    /// weights.
+    /// and one fed by load reports or remote-write when new samples come (see
+    /// [`Engine::pushed`]), so its samples are never a tick old; the timer ticks it only when
+    /// its source is half a tick late (a hung metrics server, Envoys or scrapes gone), so it
+    /// still falls back to holding and equal weights.
     pub fn tick(&mut self) -> usize {
         let now = self.now();
         let due: Vec<String> = self
@@ -187,10 +187,10 @@ impl Engine {
             .iter()
             .filter(|(name, state)| {
                 let settings = self.config.settings(name);
-                let reported = state
-                    .reported
+                let pushed = state
+                    .pushed
                     .is_some_and(|at| now.saturating_sub(at) < settings.tick * 2);
-                let period = if settings.queries.is_some() || reported {
+                let period = if settings.queries.is_some() || pushed {
                     settings.tick + settings.tick / 2
                 } else {
                     settings.tick
@@ -203,17 +203,19 @@ impl Engine {
     }
 
     /// Samples have just arrived for these clusters: their tick. A pull is its cluster's tick;
-    /// load reports are published once per report interval, which may be shorter than a
-    /// cluster's tick, so a reported cluster is recomputed only when its tick is due.
+    /// load reports (once per report interval) and remote-written scrapes come on the senders'
+    /// clocks, which may be faster than a cluster's tick, so such a cluster is recomputed only
+    /// when its tick is due.
     pub fn arrived(&mut self, arrived: &Arrived) -> usize {
         match arrived.source {
             SourceKind::Pull => self.pulled(&arrived.clusters),
-            SourceKind::LoadReports | SourceKind::RemoteWrite => self.reported(&arrived.clusters),
+            SourceKind::LoadReports | SourceKind::RemoteWrite => self.pushed(&arrived.clusters),
         }
     }
 
-    /// Load reports have just been published for these clusters: those due are recomputed.
-    pub fn reported(&mut self, clusters: &[String]) -> usize {
+    /// A pushed source has just written new samples of these clusters: those due are
+    /// recomputed.
+    pub fn pushed(&mut self, clusters: &[String]) -> usize {
         let now = self.now();
         let mut due = Vec::new();
         for name in clusters {
@@ -221,7 +223,7 @@ impl Engine {
             let Some(state) = self.clusters.get_mut(name) else {
                 continue;
             };
-            state.reported = Some(now);
+            state.pushed = Some(now);
             if tick_due(state.last_tick, now, tick) {
                 due.push(name.clone());
             }
@@ -678,12 +680,19 @@ mod tests {
         (config, metrics, registry)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pulled_cluster_ticks_when_its_pull_answers() {
-        let (config, metrics, registry) = pulled_cluster();
+    /// An engine running `config`'s clusters on `table`, with the handles a test drives it by.
+    struct Running {
+        /// Kept open: the engine stops once its update sources are gone.
+        _updates: mpsc::Sender<Vec<ClusterUpdate>>,
+        config: watch::Sender<Arc<AdaptiveConfig>>,
+        arrivals: mpsc::Sender<Arrived>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn run_engine(config: &config::ValidConfig, table: SampleTable, metrics: Metrics) -> Running {
         let mut engine = Engine::new(
             Arc::new(config.adaptive.clone()),
-            cpu_table([("one".to_string(), 0.2)]),
+            table,
             SnapshotStore::new(),
             metrics,
         );
@@ -691,10 +700,29 @@ mod tests {
             &BTreeMap::new(),
             &config.clusters,
         ));
-        let (_updates, receiver) = mpsc::channel(1);
+        let (updates, receiver) = mpsc::channel(1);
         let (config_sender, config_receiver) = watch::channel(Arc::new(config.adaptive.clone()));
-        let (pulls, pulled) = mpsc::channel(1);
-        let running = tokio::spawn(engine.run(receiver, config_receiver, pulled));
+        let (arrivals, arrived) = mpsc::channel(1);
+        Running {
+            _updates: updates,
+            config: config_sender,
+            arrivals,
+            task: tokio::spawn(engine.run(receiver, config_receiver, arrived)),
+        }
+    }
+
+    impl Running {
+        /// Closes the config channel and waits for the engine to stop.
+        async fn stop(self) {
+            drop(self.config);
+            self.task.await.expect("stops with its config");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pulled_cluster_ticks_when_its_pull_answers() {
+        let (config, metrics, registry) = pulled_cluster();
+        let running = run_engine(&config, cpu_table([("one".to_string(), 0.2)]), metrics);
         // Pulls answering every second, 0.4 s out of phase with the engine's timer: ten ticks,
         // all of them on a pull (the timer adds none while the pulls keep the tick).
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -703,7 +731,7 @@ mod tests {
                 source: SourceKind::Pull,
                 clusters: vec!["a".to_string(), "gone".to_string()],
             };
-            pulls.send(arrived).await.expect("runs");
+            running.arrivals.send(arrived).await.expect("runs");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         assert_eq!(ticks(&registry), 10);
@@ -711,8 +739,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(6)).await;
         let timer_ticks = ticks(&registry) - 10;
         assert!((2..=4).contains(&timer_ticks), "{timer_ticks} ticks in 6 s");
-        drop(config_sender);
-        running.await.expect("stops with its config");
+        running.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -722,20 +749,7 @@ mod tests {
         )
         .expect("valid");
         let (metrics, registry) = Metrics::registered();
-        let mut engine = Engine::new(
-            Arc::new(config.adaptive.clone()),
-            SampleTable::default(),
-            SnapshotStore::new(),
-            metrics,
-        );
-        engine.apply(crate::discovery::file::diff(
-            &BTreeMap::new(),
-            &config.clusters,
-        ));
-        let (_updates, receiver) = mpsc::channel(1);
-        let (config_sender, config_receiver) = watch::channel(Arc::new(config.adaptive.clone()));
-        let (reports, arrived) = mpsc::channel(1);
-        let running = tokio::spawn(engine.run(receiver, config_receiver, arrived));
+        let running = run_engine(&config, SampleTable::default(), metrics);
         let report = || Arrived {
             source: SourceKind::LoadReports,
             clusters: vec!["a".to_string(), "gone".to_string()],
@@ -746,7 +760,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         for round in 0..10 {
             let before = ticks(&registry);
-            reports.send(report()).await.expect("runs");
+            running.arrivals.send(report()).await.expect("runs");
             tokio::time::sleep(Duration::from_millis(10)).await;
             let at_once = ticks(&registry) - before;
             assert_eq!(at_once, u64::from(round > 0), "report {round}");
@@ -756,7 +770,7 @@ mod tests {
         // Published four times a second (a report interval shorter than the tick): still one
         // tick per second.
         for _ in 0..16 {
-            reports.send(report()).await.expect("runs");
+            running.arrivals.send(report()).await.expect("runs");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         assert_eq!(ticks(&registry), 13);
@@ -764,8 +778,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(6)).await;
         let timer_ticks = ticks(&registry) - 13;
         assert!((3..=6).contains(&timer_ticks), "{timer_ticks} ticks in 6 s");
-        drop(config_sender);
-        running.await.expect("stops with its config");
+        running.stop().await;
     }
 
     /// CPU and request-rate samples of cluster `a` for these pods (pod, requests per second),

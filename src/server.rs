@@ -73,7 +73,7 @@ pub async fn serve(
     engine.apply(source.initial_updates());
     engine.publish();
     let (updates_sender, updates) = mpsc::channel(16);
-    // Pulls and load reports name the clusters whose samples they have just written.
+    // Pulls, remote-write and load reports name the clusters whose samples they have just written.
     let (arrived_sender, arrived) = mpsc::channel(4);
     tasks.spawn(prometheus::run(
         settings.clone(),
@@ -87,6 +87,7 @@ pub async fn serve(
             settings.clone(),
             series.clone(),
             table.clone(),
+            arrived_sender.clone(),
         ));
     }
     tasks.spawn(engine.run(updates, settings.clone(), arrived));

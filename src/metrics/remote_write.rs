@@ -7,11 +7,11 @@ use std::{
 };
 
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::adaptive::AdaptiveConfig;
 use crate::config::metrics::{ErrorSource, LabelPatterns, RemoteWriteSettings};
-use crate::samples::{unix_millis, Sample, SampleSet, SampleTable, Signal, SourceKind};
+use crate::samples::{unix_millis, Arrived, Sample, SampleSet, SampleTable, Signal, SourceKind};
 use crate::telemetry::{Metrics, ResultLabels};
 use crate::weighting::params::Algorithm;
 
@@ -348,16 +348,29 @@ pub fn cluster_selector(labels: &BTreeMap<String, String>) -> BTreeMap<String, S
         .collect()
 }
 
-/// Turns stored series into samples for every adaptive cluster, once per tick.
+/// Turns stored series into samples for every adaptive cluster every second (or the shortest
+/// tick), and names on `arrived` the clusters whose samples are newer than the pass before (a
+/// scrape came), whose weights are then due.
 pub async fn aggregate(
     mut config: watch::Receiver<Arc<AdaptiveConfig>>,
     store: SeriesStore,
     table: SampleTable,
+    arrived: mpsc::Sender<Arrived>,
 ) {
+    let mut newest: HashMap<String, i64> = HashMap::new();
     loop {
         let current = config.borrow_and_update().clone();
         if let Some(settings) = &current.remote_write {
-            aggregate_once(&current, settings, &store, &table, SystemTime::now());
+            let written = aggregate_once(&current, settings, &store, &table, SystemTime::now());
+            let clusters = newer_clusters(&mut newest, written);
+            if !clusters.is_empty() {
+                let samples = Arrived {
+                    source: SourceKind::RemoteWrite,
+                    clusters,
+                };
+                // Fails only once the engine has stopped, and then nothing is served any more.
+                let _ = arrived.send(samples).await;
+            }
         }
         let wait = tokio::time::sleep(current.shortest_tick().min(Duration::from_secs(1)));
         tokio::select! {
@@ -367,14 +380,31 @@ pub async fn aggregate(
     }
 }
 
-/// One aggregation pass (separate for tests).
+/// The clusters of `written` (cluster, newest sample) whose newest sample is newer than in
+/// `newest`, which is updated; clusters no longer written are forgotten.
+fn newer_clusters(
+    newest: &mut HashMap<String, i64>,
+    written: BTreeMap<String, i64>,
+) -> Vec<String> {
+    let newer = written
+        .iter()
+        .filter(|(cluster, at)| newest.get(*cluster).is_none_or(|before| *at > before))
+        .map(|(cluster, _)| cluster.clone())
+        .collect();
+    *newest = written.into_iter().collect();
+    newer
+}
+
+/// One aggregation pass (separate for tests): the newest CPU or request-rate sample of each
+/// cluster that has any, in UNIX ms.
 pub fn aggregate_once(
     config: &AdaptiveConfig,
     settings: &RemoteWriteSettings,
     store: &SeriesStore,
     table: &SampleTable,
     now: SystemTime,
-) {
+) -> BTreeMap<String, i64> {
+    let mut newest = BTreeMap::new();
     let now_ms = unix_millis(now);
     for (cluster, cluster_settings) in &config.clusters {
         if cluster_settings.params.algorithm == Algorithm::Static {
@@ -421,6 +451,10 @@ pub fn aggregate_once(
                 settings.rate_window,
                 now_ms,
             );
+            if let Some(at) = samples.values().map(|sample| sample.timestamp_ms).max() {
+                let cluster_newest = newest.entry(cluster.clone()).or_insert(at);
+                *cluster_newest = (*cluster_newest).max(at);
+            }
             if signal == Signal::Rps {
                 rps = Some(samples.clone());
             }
@@ -457,6 +491,7 @@ pub fn aggregate_once(
             );
         }
     }
+    newest
 }
 
 /// Errors per second per join value, with a zero for every value that has a request rate but no
@@ -793,7 +828,8 @@ mod tests {
         assert_eq!((stats.accepted, stats.filtered), (10, 0));
         let table = SampleTable::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(11);
-        aggregate_once(&one_cluster(&settings), &settings, &store, &table, now);
+        let written = aggregate_once(&one_cluster(&settings), &settings, &store, &table, now);
+        assert_eq!(written, BTreeMap::from([("c".to_string(), 10_000)]));
         assert_near(
             &errors_of(&table, &["a", "b", "c"], now),
             &[Some(90.0), Some(0.0), Some(0.0)],
@@ -802,6 +838,24 @@ mod tests {
         let table = SampleTable::default();
         aggregate_once(&one_cluster(&plain), &plain, &store, &table, now);
         assert_near(&errors_of(&table, &["a"], now), &[None]);
+    }
+
+    #[test]
+    fn a_cluster_is_named_when_its_samples_are_newer_than_the_pass_before() {
+        let mut newest = HashMap::new();
+        let mut pass = |written: &[(&str, i64)]| {
+            let written = written
+                .iter()
+                .map(|(cluster, at)| ((*cluster).to_string(), *at))
+                .collect();
+            newer_clusters(&mut newest, written)
+        };
+        assert_eq!(pass(&[("a", 10), ("b", 10)]), ["a", "b"]);
+        assert_eq!(pass(&[("a", 10), ("b", 25)]), ["b"], "only b was scraped");
+        assert!(pass(&[("a", 10), ("b", 25)]).is_empty());
+        // A cluster without samples for a pass is named again when they come back.
+        assert!(pass(&[("b", 25)]).is_empty());
+        assert_eq!(pass(&[("a", 10), ("b", 25)]), ["a"]);
     }
 
     fn limit(pod: &str, resource: &str, time: i64, value: f64) -> pb::TimeSeries {
