@@ -1,7 +1,7 @@
 //! Prometheus remote-write in: keep the newest samples per series (bounded) and turn counters into rates.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -56,6 +56,8 @@ struct Series {
     metric: String,
     labels: BTreeMap<String, String>,
     points: VecDeque<(i64, f64)>,
+    /// Whether older points were dropped: then one point left is not a new series.
+    trimmed: bool,
 }
 
 impl Series {
@@ -134,6 +136,7 @@ impl SeriesStore {
                 metric,
                 labels,
                 points: VecDeque::new(),
+                trimmed: false,
             });
             for sample in series.samples {
                 let in_order = entry
@@ -149,6 +152,7 @@ impl SeriesStore {
             }
             while entry.points.len() > MAX_POINTS {
                 entry.points.pop_front();
+                entry.trimmed = true;
             }
         }
         stats
@@ -205,8 +209,16 @@ impl SeriesStore {
         window: Duration,
         now_ms: i64,
     ) -> HashMap<String, Sample> {
-        self.rates_of(metric, selector, &|_| true, join_label, window, now_ms)
-            .0
+        self.rates_of(
+            metric,
+            selector,
+            &|_| true,
+            None,
+            join_label,
+            window,
+            now_ms,
+        )
+        .0
     }
 
     /// Per value of `join_label`: errors per second from the counter `metric` (an error counter,
@@ -216,26 +228,40 @@ impl SeriesStore {
     /// A series with no point in the `window` before the newest of its pod's `metric` series is
     /// left out: a process that restarted does not export its old error series again until its
     /// first new error, and that series' last rate must not hold the pod down.
+    ///
+    /// A series with one point is new: a client library creates an error series (`code="503"`)
+    /// at its first error, so where the pod's `requests` series (the request counter) was
+    /// scraped before that point within the window, the error counter read 0 then, and its rate
+    /// runs from the earliest such scrape, as the request rate does. A failing pod is thus seen
+    /// at the first scrape of its errors, not the second. A pod whose series are all new has
+    /// no such scrape: unknown until the next.
+    #[allow(clippy::too_many_arguments)]
     pub fn error_rates(
         &self,
         metric: &str,
         selector: &BTreeMap<String, String>,
         patterns: Option<&LabelPatterns>,
+        requests: &str,
         join_label: &str,
         window: Duration,
         now_ms: i64,
     ) -> (HashMap<String, Sample>, HashSet<String>) {
         let keep =
             |series: &Series| patterns.is_none_or(|patterns| patterns.matches(&series.labels));
-        self.rates_of(metric, selector, &keep, join_label, window, now_ms)
+        let born = Some(requests);
+        self.rates_of(metric, selector, &keep, born, join_label, window, now_ms)
     }
 
-    /// [`Self::rates`] of the series that `keep` accepts, and the join values those series have.
+    /// [`Self::rates`] of the series that `keep` accepts, and the join values those series have;
+    /// with `born_after`, a one-point series starts from 0 at the earliest point in the window
+    /// of its pod's series of that metric (see [`Self::error_rates`]).
+    #[allow(clippy::too_many_arguments)]
     fn rates_of(
         &self,
         metric: &str,
         selector: &BTreeMap<String, String>,
         keep: &dyn Fn(&Series) -> bool,
+        born_after: Option<&str>,
         join_label: &str,
         window: Duration,
         now_ms: i64,
@@ -271,6 +297,19 @@ impl SeriesStore {
             .into_iter()
             .map(|(key, newest)| (key.to_owned(), newest))
             .collect();
+        // The times each pod's reference series were scraped at, for series born since.
+        let mut scraped: HashMap<String, BTreeSet<i64>> = HashMap::new();
+        if let Some(reference) = born_after {
+            for series in store.values() {
+                if let (true, Some(key)) = (
+                    series.is(reference, selector),
+                    series.labels.get(join_label),
+                ) {
+                    let times = scraped.entry(key.clone()).or_default();
+                    times.extend(series.points.iter().map(|(time, _)| *time));
+                }
+            }
+        }
         for series in store.values_mut() {
             if !series.is(metric, selector) || !keep(series) {
                 continue;
@@ -294,14 +333,29 @@ impl SeriesStore {
                 .is_some_and(|(time, _)| newest - time > 2 * window_ms)
             {
                 series.points.pop_front();
+                series.trimmed = true;
             }
-            let Some(rate) = counter_rate(&series.points, newest - window_ms) else {
+            let rate = match (series.points.len(), series.trimmed, scraped.get(key)) {
+                (1, false, Some(times)) => born_rate(newest, series.points[0].1, times, window_ms),
+                _ => counter_rate(&series.points, newest - window_ms),
+            };
+            let Some(rate) = rate else {
                 continue;
             };
             add_to(&mut sums, key, rate, newest);
         }
         (sums, seen)
     }
+}
+
+/// Per-second rate of a counter first seen at `at_ms` with `value`, that read 0 at the earliest
+/// of `scraped` within `window_ms` before it; none without such a scrape.
+fn born_rate(at_ms: i64, value: f64, scraped: &BTreeSet<i64>, window_ms: i64) -> Option<f64> {
+    let since = scraped
+        .range(at_ms.saturating_sub(window_ms)..at_ms)
+        .next()?;
+    let seconds = (at_ms - since) as f64 / 1000.0;
+    (seconds > 0.0 && value >= 0.0).then_some(value / seconds)
 }
 
 /// Per-second increase of a counter over the points at or after `since_ms`, allowing resets.
@@ -496,8 +550,9 @@ pub fn aggregate_once(
 
 /// Errors per second per join value, with a zero for every value that has a request rate but no
 /// error series at all (labelled series such as `code="503"` appear at their first use, so a pod
-/// that never failed has none). A value whose error series has no rate yet (one point) is left
-/// out: unknown, not zero.
+/// that never failed has none). A value whose error series has no rate yet (one point, and no
+/// earlier scrape of its request series: see [`SeriesStore::error_rates`]) is left out:
+/// unknown, not zero.
 fn errors_per_pod(
     store: &SeriesStore,
     errors: &ErrorSource,
@@ -515,6 +570,7 @@ fn errors_per_pod(
         metric,
         selector,
         patterns,
+        rps_metric,
         &settings.join_label,
         settings.rate_window,
         now_ms,
@@ -743,9 +799,13 @@ mod tests {
                 // b: no error series at all (a client library creates `code="503"` at the first
                 // 503): it served without errors.
                 with_code("requests_total", "b", "200", &[(0, 0.0), (10_000, 500.0)]),
-                // c: its first 503 arrived in the last scrape: one point, no rate yet: unknown.
+                // c: its first 503s arrived in the last scrape: the series is new, so it read 0
+                // at the scrape before (its 200 series was scraped then): 3 over 10 s.
                 with_code("requests_total", "c", "200", &[(0, 0.0), (10_000, 500.0)]),
                 with_code("requests_total", "c", "503", &[(10_000, 3.0)]),
+                // f: every series of the pod is new: no earlier scrape, unknown.
+                with_code("requests_total", "f", "200", &[(10_000, 50.0)]),
+                with_code("requests_total", "f", "503", &[(10_000, 3.0)]),
                 // d: a 4xx is not an error here, and "1500" does not match the anchored "5..".
                 with_code("requests_total", "d", "404", &[(0, 0.0), (10_000, 50.0)]),
                 with_code("requests_total", "d", "1500", &[(0, 0.0), (10_000, 50.0)]),
@@ -764,16 +824,24 @@ mod tests {
             match_labels: BTreeMap::new(),
             ..settings
         };
-        assert_eq!(store.ingest(request, &settings).accepted, 21);
+        assert_eq!(store.ingest(request, &settings).accepted, 23);
         let table = SampleTable::default();
         let config = one_cluster(&settings);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(131);
         aggregate_once(&config, &settings, &store, &table, now);
         // a: 503s 100 + 0 (reset to 100: counted as 100) = 200 over 10 s, plus 500s 10/s.
-        let found = errors_of(&table, &["a", "b", "c", "d", "e", "missing"], now);
+        let found = errors_of(&table, &["a", "b", "c", "d", "e", "f", "missing"], now);
         assert_near(
             &found,
-            &[Some(30.0), Some(0.0), None, Some(0.0), Some(0.0), None],
+            &[
+                Some(30.0),
+                Some(0.0),
+                Some(0.3),
+                Some(0.0),
+                Some(0.0),
+                None,
+                None,
+            ],
         );
         // The zero of b is as old as b's request rate.
         let endpoints = [crate::model::Endpoint {
