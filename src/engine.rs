@@ -62,6 +62,9 @@ struct ClusterState {
     gained: Option<Duration>,
     /// When a pushed source (load reports, remote-write) last named this cluster (engine time).
     pushed: Option<Duration>,
+    /// When such a source last made it tick (engine time): a timer tick just before new
+    /// samples come must not make them wait for the next ones.
+    pushed_tick: Option<Duration>,
     resource: Option<Arc<ClusterResource>>,
 }
 
@@ -214,7 +217,9 @@ impl Engine {
     }
 
     /// A pushed source has just written new samples of these clusters: those due are
-    /// recomputed.
+    /// recomputed. Due is a tick since the last such tick, whatever the timer did meanwhile:
+    /// with scrapes every 15 s and a 10 s tick the timer's fallback (every 15 s) would otherwise
+    /// fall just before each scrape's samples and hold them back a whole scrape.
     pub fn pushed(&mut self, clusters: &[String]) -> usize {
         let now = self.now();
         let mut due = Vec::new();
@@ -224,7 +229,8 @@ impl Engine {
                 continue;
             };
             state.pushed = Some(now);
-            if tick_due(state.last_tick, now, tick) {
+            if tick_due(state.pushed_tick, now, tick) {
+                state.pushed_tick = Some(now);
                 due.push(name.clone());
             }
         }
@@ -754,30 +760,57 @@ mod tests {
             source: SourceKind::LoadReports,
             clusters: vec!["a".to_string(), "gone".to_string()],
         };
-        // Reports published every second, 0.4 s out of phase with the engine's timer: from the
-        // second on (the first comes 0.4 s after the endpoints' own recompute), each is a tick
-        // at once, and the timer adds none.
+        // Reports published every second, 0.4 s out of phase with the engine's timer: each is a
+        // tick at once, and the timer adds none.
         tokio::time::sleep(Duration::from_millis(400)).await;
         for round in 0..10 {
             let before = ticks(&registry);
             running.arrivals.send(report()).await.expect("runs");
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let at_once = ticks(&registry) - before;
-            assert_eq!(at_once, u64::from(round > 0), "report {round}");
+            assert_eq!(ticks(&registry) - before, 1, "report {round}");
             tokio::time::sleep(Duration::from_millis(990)).await;
         }
-        assert_eq!(ticks(&registry), 9);
+        assert_eq!(ticks(&registry), 10);
         // Published four times a second (a report interval shorter than the tick): still one
         // tick per second.
         for _ in 0..16 {
             running.arrivals.send(report()).await.expect("runs");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        assert_eq!(ticks(&registry), 13);
+        assert_eq!(ticks(&registry), 14);
         // The reports stop: the timer goes on ticking.
         tokio::time::sleep(Duration::from_secs(6)).await;
-        let timer_ticks = ticks(&registry) - 13;
+        let timer_ticks = ticks(&registry) - 14;
         assert!((3..=6).contains(&timer_ticks), "{timer_ticks} ticks in 6 s");
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scrapes_slower_than_the_tick_are_used_at_once_though_the_timer_ticked_before() {
+        // A 10 s tick, remote-written scrapes every 16 s: the timer's fallback (15 s after the
+        // last tick) fires just before each scrape's samples come; they still tick at once.
+        let config = config::parse(
+            "tick: 10s\nmetrics: { remote_write: { enabled: true } }\nclusters:\n- name: a\n  endpoints:\n  - {address: 10.0.0.1, port: 1}\n",
+        )
+        .expect("valid");
+        let (metrics, registry) = Metrics::registered();
+        let running = run_engine(&config, SampleTable::default(), metrics);
+        let scrape = || Arrived {
+            source: SourceKind::RemoteWrite,
+            clusters: vec!["a".to_string()],
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut timer_ticks = 0;
+        for round in 0..4 {
+            let before = ticks(&registry);
+            running.arrivals.send(scrape()).await.expect("runs");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(ticks(&registry) - before, 1, "scrape {round}");
+            let after = ticks(&registry);
+            tokio::time::sleep(Duration::from_millis(15_990)).await;
+            timer_ticks += ticks(&registry) - after;
+        }
+        assert_eq!(timer_ticks, 4, "one fallback tick before each next scrape");
         running.stop().await;
     }
 
