@@ -289,19 +289,27 @@ fn failing_pods() -> Vec<(FakePod, f64)> {
     pods.into_iter().zip([90.0, 0.0, 0.0]).collect()
 }
 
-/// Waits until Inspect shows errors per second for every endpoint, then checks them: about
-/// 90/s (ratio 0.9) for pod-a, exactly 0 for the pods without an error series.
+/// Waits (40 s at most) until Inspect shows errors per second for every endpoint and pod-a held
+/// below the others (Inspect shows the samples as they are now and the weights of the last
+/// tick, which may not have seen them yet), then checks the figures: about 90/s (ratio 0.9)
+/// for pod-a, exactly 0 for the pods without an error series.
 async fn assert_errors_arrive(server: &Server) -> adaptive_eds::inspect::pb::Cluster {
     let explained = wait_for(
         Duration::from_secs(40),
-        "errors per second of every pod in Inspect",
+        "errors per second of every pod in Inspect, and pod-a held",
         || async {
             let explained = cluster(server).await;
             let all = explained.endpoints.len() == 3
                 && explained.endpoints.iter().all(|endpoint| {
                     endpoint.errors_per_second.is_some() && endpoint.requests_per_second.is_some()
                 });
-            all.then_some(explained)
+            // pod-a first in the list, held below the others once a tick has seen its errors.
+            let held = explained.endpoints.first().is_some_and(|failing| {
+                explained.endpoints[1..]
+                    .iter()
+                    .all(|healthy| failing.weight < healthy.weight)
+            });
+            (all && held).then_some(explained)
         },
     )
     .await;

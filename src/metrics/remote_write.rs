@@ -449,8 +449,8 @@ fn newer_clusters(
     newer
 }
 
-/// One aggregation pass (separate for tests): the newest CPU or request-rate sample of each
-/// cluster that has any, in UNIX ms.
+/// One aggregation pass (separate for tests): the newest CPU, request-rate or error sample of
+/// each cluster that has any, in UNIX ms.
 pub fn aggregate_once(
     config: &AdaptiveConfig,
     settings: &RemoteWriteSettings,
@@ -534,6 +534,10 @@ pub fn aggregate_once(
                 rps,
                 now_ms,
             );
+            if let Some(at) = samples.values().map(|sample| sample.timestamp_ms).max() {
+                let cluster_newest = newest.entry(cluster.clone()).or_insert(at);
+                *cluster_newest = (*cluster_newest).max(at);
+            }
             table.replace(
                 SourceKind::RemoteWrite,
                 cluster,
