@@ -690,7 +690,8 @@ mod tests {
     struct Running {
         /// Kept open: the engine stops once its update sources are gone.
         _updates: mpsc::Sender<Vec<ClusterUpdate>>,
-        config: watch::Sender<Arc<AdaptiveConfig>>,
+        /// The settings' sender, held only to be dropped (the engine stops then); never sent on.
+        config: Box<dyn std::any::Any + Send>,
         arrivals: mpsc::Sender<Arrived>,
         task: tokio::task::JoinHandle<()>,
     }
@@ -711,7 +712,7 @@ mod tests {
         let (arrivals, arrived) = mpsc::channel(1);
         Running {
             _updates: updates,
-            config: config_sender,
+            config: Box::new(config_sender),
             arrivals,
             task: tokio::spawn(engine.run(receiver, config_receiver, arrived)),
         }
