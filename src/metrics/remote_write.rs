@@ -297,16 +297,33 @@ impl SeriesStore {
             .into_iter()
             .map(|(key, newest)| (key.to_owned(), newest))
             .collect();
-        // The times each pod's reference series were scraped at, for series born since.
+        // The times each pod's reference series were scraped at, for its series born since;
+        // gathered only for pods that have such a series (rarely any).
         let mut scraped: HashMap<String, BTreeSet<i64>> = HashMap::new();
         if let Some(reference) = born_after {
             for series in store.values() {
-                if let (true, Some(key)) = (
-                    series.is(reference, selector),
-                    series.labels.get(join_label),
-                ) {
-                    let times = scraped.entry(key.clone()).or_default();
-                    times.extend(series.points.iter().map(|(time, _)| *time));
+                if series.points.len() == 1
+                    && !series.trimmed
+                    && series.is(metric, selector)
+                    && keep(series)
+                {
+                    if let Some(key) = series.labels.get(join_label) {
+                        scraped.entry(key.clone()).or_default();
+                    }
+                }
+            }
+            if !scraped.is_empty() {
+                for series in store.values() {
+                    if !series.is(reference, selector) {
+                        continue;
+                    }
+                    let times = series
+                        .labels
+                        .get(join_label)
+                        .and_then(|key| scraped.get_mut(key));
+                    if let Some(times) = times {
+                        times.extend(series.points.iter().map(|(time, _)| *time));
+                    }
                 }
             }
         }
@@ -434,6 +451,18 @@ pub async fn aggregate(
     }
 }
 
+/// Raises `cluster`'s newest sample time in `newest` to the newest of `samples`.
+fn note_newest(
+    newest: &mut BTreeMap<String, i64>,
+    cluster: &str,
+    samples: &HashMap<String, Sample>,
+) {
+    if let Some(at) = samples.values().map(|sample| sample.timestamp_ms).max() {
+        let cluster_newest = newest.entry(cluster.to_string()).or_insert(at);
+        *cluster_newest = (*cluster_newest).max(at);
+    }
+}
+
 /// The clusters of `written` (cluster, newest sample) whose newest sample is newer than in
 /// `newest`, which is updated; clusters no longer written are forgotten.
 fn newer_clusters(
@@ -505,10 +534,7 @@ pub fn aggregate_once(
                 settings.rate_window,
                 now_ms,
             );
-            if let Some(at) = samples.values().map(|sample| sample.timestamp_ms).max() {
-                let cluster_newest = newest.entry(cluster.clone()).or_insert(at);
-                *cluster_newest = (*cluster_newest).max(at);
-            }
+            note_newest(&mut newest, cluster, &samples);
             if signal == Signal::Rps {
                 rps = Some(samples.clone());
             }
@@ -534,10 +560,7 @@ pub fn aggregate_once(
                 rps,
                 now_ms,
             );
-            if let Some(at) = samples.values().map(|sample| sample.timestamp_ms).max() {
-                let cluster_newest = newest.entry(cluster.clone()).or_insert(at);
-                *cluster_newest = (*cluster_newest).max(at);
-            }
+            note_newest(&mut newest, cluster, &samples);
             table.replace(
                 SourceKind::RemoteWrite,
                 cluster,
