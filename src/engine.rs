@@ -65,6 +65,9 @@ struct ClusterState {
     /// When such a source last made it tick (engine time): a timer tick just before new
     /// samples come must not make them wait for the next ones.
     pushed_tick: Option<Duration>,
+    /// When pushed samples last brought a tick early because they showed a failure (engine
+    /// time): at most one such tick per tick period.
+    early_tick: Option<Duration>,
     resource: Option<Arc<ClusterResource>>,
 }
 
@@ -220,17 +223,35 @@ impl Engine {
     /// recomputed. Due is a tick since the last such tick, whatever the timer did meanwhile:
     /// with scrapes every 15 s and a 10 s tick the timer's fallback (every 15 s) would otherwise
     /// fall just before each scrape's samples and hold them back a whole scrape.
+    ///
+    /// A cluster not due is recomputed all the same when its new samples show an endpoint
+    /// beginning to fail (see [`weighting::failure_news`]), at most once per tick period: its
+    /// pods are scraped at offsets of their own, so some pod's scrape drives each pushed tick
+    /// and a failing pod's scrape could otherwise wait most of a tick to be judged.
     pub fn pushed(&mut self, clusters: &[String]) -> usize {
         let now = self.now();
+        let wall = SystemTime::now();
         let mut due = Vec::new();
         for name in clusters {
-            let tick = self.config.settings(name).tick;
+            let settings = self.config.settings(name);
+            let tick = settings.tick;
             let Some(state) = self.clusters.get_mut(name) else {
                 continue;
             };
             state.pushed = Some(now);
             if tick_due(state.pushed_tick, now, tick) {
                 state.pushed_tick = Some(now);
+                due.push(name.clone());
+            } else if settings.params.algorithm != Algorithm::Static
+                && tick_due(state.early_tick, now, tick)
+                && weighting::failure_news(
+                    &state.endpoints,
+                    &self.table.loads(name, &state.endpoints, wall),
+                    &state.memory,
+                    &settings.params,
+                )
+            {
+                state.early_tick = Some(now);
                 due.push(name.clone());
             }
         }
@@ -838,6 +859,98 @@ mod tests {
             };
             table.replace(SourceKind::Pull, "a", signal, set);
         }
+    }
+
+    /// Remote-written CPU, request and error rates of cluster `a` (pod, requests per second,
+    /// errors per second), fresh by the wall clock.
+    fn give_pushed_samples(table: &SampleTable, pods: &[(&str, f64, f64)]) {
+        use crate::config::metrics::JoinBy;
+        use crate::samples::{Sample, SampleSet, Signal};
+        let now_ms = crate::samples::unix_millis(SystemTime::now());
+        for signal in [Signal::Cpu, Signal::Rps, Signal::Errors] {
+            let value = |rps: f64, errors: f64| match signal {
+                Signal::Cpu => rps * 0.02,
+                Signal::Errors => errors,
+                _ => rps,
+            };
+            let samples = pods
+                .iter()
+                .map(|(pod, rps, errors)| {
+                    let sample = Sample {
+                        value: value(*rps, *errors),
+                        timestamp_ms: now_ms,
+                    };
+                    ((*pod).to_string(), sample)
+                })
+                .collect();
+            let set = SampleSet {
+                join_by: JoinBy::Pod,
+                samples,
+            };
+            table.replace(SourceKind::RemoteWrite, "a", signal, set);
+        }
+    }
+
+    #[test]
+    fn pushed_samples_showing_a_failure_are_judged_at_once_once_per_tick() {
+        let config = config::parse(
+            "tick: 10s\nmetrics: { remote_write: { enabled: true } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n  - {address: 10.0.0.2, port: 1, pod: two}\n  - {address: 10.0.0.3, port: 1, pod: three}\n",
+        )
+        .expect("valid");
+        let table = SampleTable::default();
+        let mut engine = Engine::new(
+            Arc::new(config.adaptive.clone()),
+            table.clone(),
+            SnapshotStore::new(),
+            Metrics::registered().0,
+        );
+        engine.apply(crate::discovery::file::diff(
+            &BTreeMap::new(),
+            &config.clusters,
+        ));
+        let a = || vec!["a".to_string()];
+        let healthy = [
+            ("one", 100.0, 0.0),
+            ("two", 100.0, 0.0),
+            ("three", 100.0, 0.0),
+        ];
+        give_pushed_samples(&table, &healthy);
+        assert_eq!(engine.pushed(&a()), 1, "the first samples are due");
+        // Healthy samples within the tick wait for it.
+        give_pushed_samples(&table, &healthy);
+        assert_eq!(engine.pushed(&a()), 0);
+        // Pod one answers half its requests with errors: judged now, not at the next tick.
+        let failing = [
+            ("one", 100.0, 50.0),
+            ("two", 100.0, 0.0),
+            ("three", 100.0, 0.0),
+        ];
+        give_pushed_samples(&table, &failing);
+        assert_eq!(engine.pushed(&a()), 1, "a failure is news");
+        let track = |engine: &Engine| {
+            let key = (std::net::IpAddr::from([10, 0, 0, 1]), 1);
+            engine.clusters["a"].memory.endpoints[&key].errors
+        };
+        assert_ne!(
+            track(&engine),
+            weighting::ErrorTrack::Clear,
+            "judged by that tick"
+        );
+        // Suspected or held, it is left to the ticks; and a second failure within the same
+        // tick period waits for the tick too.
+        give_pushed_samples(&table, &failing);
+        assert_eq!(engine.pushed(&a()), 0);
+        let two_failing = [
+            ("one", 100.0, 50.0),
+            ("two", 100.0, 50.0),
+            ("three", 100.0, 0.0),
+        ];
+        give_pushed_samples(&table, &two_failing);
+        assert_eq!(
+            engine.pushed(&a()),
+            0,
+            "at most one early tick per tick period"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -137,6 +137,35 @@ pub(crate) fn judge(
         .unzip()
 }
 
+/// Whether an endpoint the last tick left clear now shows an error ratio above the rest of the
+/// cluster's by [`MARGIN`]: `(errors, rps, track)` per endpoint, rates as the sources give them.
+///
+/// Cheap, and for the engine: samples that arrive between two ticks wait for the next one,
+/// but a pod that has just begun failing should not wait up to a tick before it is judged (a
+/// fast-failing pod takes a few times its share meanwhile). Endpoints already suspected or held
+/// are left to the ticks, so one failure brings at most one early tick.
+pub(crate) fn newly_above(rates: &[(Option<f64>, Option<f64>, ErrorTrack)]) -> bool {
+    let usable = |value: Option<f64>| value.filter(|value| value.is_finite() && *value >= 0.0);
+    let known: Vec<(f64, f64, ErrorTrack)> = rates
+        .iter()
+        .filter_map(|(errors, rps, track)| {
+            let rps = usable(*rps)?;
+            Some((usable(*errors)?.min(rps), rps, *track))
+        })
+        .collect();
+    let (total_errors, total_rps) = known
+        .iter()
+        .fold((0.0, 0.0), |(errors, rps), (e, r, _)| (errors + e, rps + r));
+    known.iter().any(|(errors, rps, track)| {
+        let others_rps = total_rps - rps;
+        if *track != ErrorTrack::Clear || *rps <= 0.0 || others_rps <= 0.0 {
+            return false;
+        }
+        let baseline = ((total_errors - errors) / others_rps).clamp(0.0, 1.0);
+        errors / rps > baseline + MARGIN
+    })
+}
+
 impl Failing {
     /// Held from an earlier tick with `healthy_requests` counted, no error reading this tick.
     fn unknown(healthy_requests: f64) -> Self {
@@ -395,6 +424,45 @@ mod tests {
             TICK,
         );
         assert_eq!((verdicts[0], tracks[0]), (None, ErrorTrack::Clear));
+    }
+
+    #[test]
+    fn news_of_a_failure_is_an_endpoint_left_clear_now_above_the_margin() {
+        let clear = ErrorTrack::Clear;
+        let suspect = ErrorTrack::Suspect {
+            errors: 1.0,
+            requests: 10.0,
+        };
+        // 20% errors against the others' 1%: news while clear, not once suspected.
+        let failing = [
+            (Some(20.0), Some(100.0), clear),
+            (Some(1.0), Some(100.0), clear),
+            (Some(1.0), Some(100.0), clear),
+        ];
+        assert!(newly_above(&failing));
+        let mut judged = failing;
+        judged[0].2 = suspect;
+        assert!(!newly_above(&judged));
+        // 5% over the others' 1%: within the margin.
+        let within = [
+            (Some(5.0), Some(100.0), clear),
+            (Some(1.0), Some(100.0), clear),
+        ];
+        assert!(!newly_above(&within));
+        // Unknown, NaN or negative readings and a lone endpoint tell nothing.
+        assert!(!newly_above(&[
+            (None, Some(100.0), clear),
+            (Some(0.0), Some(100.0), clear)
+        ]));
+        assert!(!newly_above(&[
+            (Some(f64::NAN), Some(1.0), clear),
+            (Some(0.0), Some(1.0), clear)
+        ]));
+        assert!(!newly_above(&[
+            (Some(-1.0), Some(1.0), clear),
+            (Some(0.0), Some(1.0), clear)
+        ]));
+        assert!(!newly_above(&[(Some(90.0), Some(100.0), clear)]));
     }
 
     #[test]

@@ -320,6 +320,35 @@ pub fn compute<E: Borrow<Endpoint>>(
     tick::compute(endpoints, loads, memory, params, now)
 }
 
+/// Whether `loads` (index-aligned with `endpoints`) show an endpoint that `memory` has as clear
+/// with an error ratio clearly above the rest of the cluster's: a failure the next tick would
+/// begin to judge, worth that tick now (see `errors::newly_above`). Readings older than
+/// `params.stale_after` are not news, as the ticks do not judge them either.
+pub fn failure_news<E: Borrow<Endpoint>>(
+    endpoints: &[E],
+    loads: &[EndpointLoad],
+    memory: &ClusterMemory,
+    params: &Params,
+) -> bool {
+    let rates: Vec<(Option<f64>, Option<f64>, ErrorTrack)> = endpoints
+        .iter()
+        .zip(loads)
+        .map(|(endpoint, load)| {
+            let track = memory
+                .endpoints
+                .get(&endpoint_key(endpoint.borrow()))
+                .map_or(ErrorTrack::Clear, |remembered| remembered.errors);
+            let value = |reading: Option<Reading>| {
+                reading
+                    .filter(|reading| reading.age <= params.stale_after)
+                    .map(|reading| reading.value)
+            };
+            (value(load.errors), value(load.rps), track)
+        })
+        .collect();
+    errors::newly_above(&rates)
+}
+
 /// Weight given to every endpoint of a cluster in which no endpoint has a configured weight.
 pub const DEFAULT_WEIGHT: u32 = 100;
 

@@ -122,6 +122,51 @@ pub fn recovery(
     })
 }
 
+/// How a run's share of requests not served settled after a scenario event (a pod failing),
+/// from the 1 s counts of requests sent and not served.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ErrorsSettled {
+    /// Share not served from the settling time past the event to the end: the new steady state.
+    pub steady_share: f64,
+    /// Seconds after the event until the first [`SPAN`] window whose share is within
+    /// [`ERRORS_TOLERANCE`] of the steady state (`None`: never): when a failing pod was held.
+    pub seconds: Option<u64>,
+}
+
+/// "Settled" means at most twice the steady share, plus 0.1 percentage point so that a steady
+/// state without any error does not make one unlucky request count as unsettled.
+pub const ERRORS_TOLERANCE: (f64, f64) = (2.0, 0.001);
+
+/// The settling of the share not served after `event`, from per-second `sent` and `failed`
+/// counts, the new steady state measured from `settled_after` seconds after it: `None` when the
+/// run is too short to see it.
+pub fn errors_settled(
+    sent: &[u64],
+    failed: &[u64],
+    event: Duration,
+    settled_after: u64,
+) -> Option<ErrorsSettled> {
+    let seconds = sent.len().min(failed.len());
+    let event = event.as_secs() as usize;
+    let settled = event + settled_after as usize;
+    let span = SPAN as usize;
+    if settled + span > seconds {
+        return None;
+    }
+    let share = |from: usize, to: usize| {
+        let sent: u64 = sent[from..to].iter().sum();
+        let failed: u64 = failed[from..to].iter().sum();
+        failed as f64 / sent.max(1) as f64
+    };
+    let steady_share = share(settled, seconds);
+    let bound = steady_share * ERRORS_TOLERANCE.0 + ERRORS_TOLERANCE.1;
+    let back = (event..=seconds - span).position(|start| share(start, start + span) <= bound);
+    Some(ErrorsSettled {
+        steady_share,
+        seconds: back.map(|back| back as u64),
+    })
+}
+
 /// Milliseconds at `quantile` of a microsecond histogram (0 when empty).
 pub fn quantile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     if histogram.is_empty() {
@@ -308,7 +353,55 @@ fn recoveries(text: &mut String, runs: &[RunOutcome]) {
             recovery.steady_p99, recovery.worst_later
         );
     }
+    errors_after_event(text, runs);
     around_event(text, runs);
+}
+
+/// When the share of requests not served settled after the event (runs with any), for the
+/// time a failing pod took to be held.
+fn errors_after_event(text: &mut String, runs: &[RunOutcome]) {
+    if !runs.iter().any(|run| run.load.failed() > 0) {
+        return;
+    }
+    let rows: Vec<(&str, ErrorsSettled)> = runs
+        .iter()
+        .filter_map(|run| {
+            let settled = errors_settled(
+                &run.load.sent_per_second,
+                &run.load.failed_per_second,
+                run.event?,
+                run.settled_after,
+            )?;
+            Some((run.policy.as_str(), settled))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let settled = runs.first().map_or(SETTLED_AFTER, |run| run.settled_after);
+    let (factor, points) = ERRORS_TOLERANCE;
+    let _ = writeln!(
+        text,
+        "\nRequests not served after the event: the share from {settled} s after it to the end, \
+         and seconds until a {SPAN} s window starting then is within {factor}x of it (+{} \
+         percentage point): for a failing pod, when it was held\n",
+        points * 100.0
+    );
+    let _ = writeln!(
+        text,
+        "| policy | not served, new steady state | settled after s |"
+    );
+    let _ = writeln!(text, "|---|---|---|");
+    for (policy, settled) in rows {
+        let back = settled
+            .seconds
+            .map_or("never".to_owned(), |seconds| seconds.to_string());
+        let _ = writeln!(
+            text,
+            "| {policy} | {} | {back} |",
+            percent(settled.steady_share)
+        );
+    }
 }
 
 /// Seconds shown around an event: from `AROUND.0` before to `AROUND.1` after.
@@ -706,6 +799,37 @@ mod tests {
         assert!((found.worst_later - 1.0).abs() < 0.01, "{found:?}");
         let instant = recovery(&run(0), Duration::from_secs(5), SETTLED_AFTER).unwrap();
         assert_eq!(instant.seconds, Some(0));
+    }
+
+    #[test]
+    fn errors_settle_when_a_window_is_within_twice_the_new_steady_share() {
+        // 1000 requests a second; from second 5 a fifth fail until second 12, then 1%.
+        let sent = vec![1000; 40];
+        let failed: Vec<u64> = (0..40)
+            .map(|second| match second {
+                0..5 => 0,
+                5..12 => 200,
+                _ => 10,
+            })
+            .collect();
+        let found = errors_settled(&sent, &failed, Duration::from_secs(5), SETTLED_AFTER).unwrap();
+        assert!((found.steady_share - 0.01).abs() < 1e-9, "{found:?}");
+        // The window starting at 12 is the first without a failing second: 7 s after the event.
+        assert_eq!(found.seconds, Some(7));
+        // Failing the same share throughout (LEAST_REQUEST) is settled at once.
+        let steady: Vec<u64> = (0..40)
+            .map(|second| if second < 5 { 0 } else { 100 })
+            .collect();
+        let at_once = errors_settled(&sent, &steady, Duration::from_secs(5), SETTLED_AFTER);
+        assert_eq!(at_once.map(|found| found.seconds), Some(Some(0)));
+        assert!(errors_settled(&sent, &failed, Duration::from_secs(25), SETTLED_AFTER).is_none());
+        let mut outcome = outcome("least_request", 40_000, 1_570, 0.0);
+        outcome.load.seconds = run(0);
+        outcome.load.sent_per_second = sent;
+        outcome.load.failed_per_second = failed;
+        outcome.event = Some(Duration::from_secs(5));
+        let text = render_markdown(&[outcome]);
+        assert!(text.contains("| least_request | 1.00% | 7 |"), "{text}");
     }
 
     #[test]
