@@ -839,55 +839,42 @@ mod tests {
     /// CPU and request-rate samples of cluster `a` for these pods (pod, requests per second),
     /// fresh by the wall clock (which a paused tokio clock does not move).
     fn give_samples(table: &SampleTable, pods: &[(&str, f64)]) {
-        use crate::config::metrics::JoinBy;
-        use crate::samples::{Sample, SampleSet, Signal, SourceKind};
-        let now_ms = crate::samples::unix_millis(SystemTime::now());
-        for (signal, of_rps) in [(Signal::Cpu, 0.02), (Signal::Rps, 1.0)] {
-            let samples = pods
-                .iter()
-                .map(|(pod, rps)| {
-                    let sample = Sample {
-                        value: rps * of_rps,
-                        timestamp_ms: now_ms,
-                    };
-                    ((*pod).to_string(), sample)
-                })
-                .collect();
-            let set = SampleSet {
-                join_by: JoinBy::Pod,
-                samples,
-            };
-            table.replace(SourceKind::Pull, "a", signal, set);
-        }
+        let pods: Vec<(&str, f64, Option<f64>)> =
+            pods.iter().map(|(pod, rps)| (*pod, *rps, None)).collect();
+        give_rates(table, SourceKind::Pull, &pods);
     }
 
-    /// Remote-written CPU, request and error rates of cluster `a` (pod, requests per second,
-    /// errors per second), fresh by the wall clock.
-    fn give_pushed_samples(table: &SampleTable, pods: &[(&str, f64, f64)]) {
+    /// CPU (0.02 core per request per second), request and, where given, error rates of
+    /// cluster `a` from `source` (pod, requests per second, errors per second), fresh by the
+    /// wall clock.
+    fn give_rates(table: &SampleTable, source: SourceKind, pods: &[(&str, f64, Option<f64>)]) {
         use crate::config::metrics::JoinBy;
         use crate::samples::{Sample, SampleSet, Signal};
         let now_ms = crate::samples::unix_millis(SystemTime::now());
         for signal in [Signal::Cpu, Signal::Rps, Signal::Errors] {
-            let value = |rps: f64, errors: f64| match signal {
-                Signal::Cpu => rps * 0.02,
-                Signal::Errors => errors,
-                _ => rps,
-            };
-            let samples = pods
+            let samples: std::collections::HashMap<String, Sample> = pods
                 .iter()
-                .map(|(pod, rps, errors)| {
+                .filter_map(|(pod, rps, errors)| {
+                    let value = match signal {
+                        Signal::Cpu => rps * 0.02,
+                        Signal::Errors => (*errors)?,
+                        _ => *rps,
+                    };
                     let sample = Sample {
-                        value: value(*rps, *errors),
+                        value,
                         timestamp_ms: now_ms,
                     };
-                    ((*pod).to_string(), sample)
+                    Some(((*pod).to_string(), sample))
                 })
                 .collect();
+            if samples.is_empty() {
+                continue;
+            }
             let set = SampleSet {
                 join_by: JoinBy::Pod,
                 samples,
             };
-            table.replace(SourceKind::RemoteWrite, "a", signal, set);
+            table.replace(source, "a", signal, set);
         }
     }
 
@@ -910,22 +897,22 @@ mod tests {
         ));
         let a = || vec!["a".to_string()];
         let healthy = [
-            ("one", 100.0, 0.0),
-            ("two", 100.0, 0.0),
-            ("three", 100.0, 0.0),
+            ("one", 100.0, Some(0.0)),
+            ("two", 100.0, Some(0.0)),
+            ("three", 100.0, Some(0.0)),
         ];
-        give_pushed_samples(&table, &healthy);
+        give_rates(&table, SourceKind::RemoteWrite, &healthy);
         assert_eq!(engine.pushed(&a()), 1, "the first samples are due");
         // Healthy samples within the tick wait for it.
-        give_pushed_samples(&table, &healthy);
+        give_rates(&table, SourceKind::RemoteWrite, &healthy);
         assert_eq!(engine.pushed(&a()), 0);
         // Pod one answers half its requests with errors: judged now, not at the next tick.
         let failing = [
-            ("one", 100.0, 50.0),
-            ("two", 100.0, 0.0),
-            ("three", 100.0, 0.0),
+            ("one", 100.0, Some(50.0)),
+            ("two", 100.0, Some(0.0)),
+            ("three", 100.0, Some(0.0)),
         ];
-        give_pushed_samples(&table, &failing);
+        give_rates(&table, SourceKind::RemoteWrite, &failing);
         assert_eq!(engine.pushed(&a()), 1, "a failure is news");
         let track = |engine: &Engine| {
             let key = (std::net::IpAddr::from([10, 0, 0, 1]), 1);
@@ -938,14 +925,14 @@ mod tests {
         );
         // Suspected or held, it is left to the ticks; and a second failure within the same
         // tick period waits for the tick too.
-        give_pushed_samples(&table, &failing);
+        give_rates(&table, SourceKind::RemoteWrite, &failing);
         assert_eq!(engine.pushed(&a()), 0);
         let two_failing = [
-            ("one", 100.0, 50.0),
-            ("two", 100.0, 50.0),
-            ("three", 100.0, 0.0),
+            ("one", 100.0, Some(50.0)),
+            ("two", 100.0, Some(50.0)),
+            ("three", 100.0, Some(0.0)),
         ];
-        give_pushed_samples(&table, &two_failing);
+        give_rates(&table, SourceKind::RemoteWrite, &two_failing);
         assert_eq!(
             engine.pushed(&a()),
             0,
