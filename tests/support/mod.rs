@@ -230,10 +230,19 @@ impl Envoy {
         let text = std::fs::read_to_string(repo_path(&format!("deploy/envoy/{bootstrap}")))
             .expect("read bootstrap");
         let (admin_port, listener_port) = (free_port(), free_port());
-        let text = text
-            .replace("port_value: 18000", &format!("port_value: {xds_port}"))
-            .replace("port_value: 9901", &format!("port_value: {admin_port}"))
-            .replace("port_value: 10000", &format!("port_value: {listener_port}"));
+        // Each port through a placeholder first: a port picked equal to one of the bootstrap's
+        // (admin 10000 from the free range) must not be replaced again by the next rule.
+        let ports = [
+            ("port_value: 18000", "port_value: @xds@", xds_port),
+            ("port_value: 9901", "port_value: @admin@", admin_port),
+            ("port_value: 10000", "port_value: @listener@", listener_port),
+        ];
+        let text = ports.iter().fold(text, |text, (from, placeholder, _)| {
+            text.replace(from, placeholder)
+        });
+        let text = ports.iter().fold(text, |text, (_, placeholder, port)| {
+            text.replace(placeholder, &format!("port_value: {port}"))
+        });
         let text = replacements
             .iter()
             .fold(text, |text, (from, to)| text.replace(from, to));
