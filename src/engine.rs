@@ -896,23 +896,24 @@ mod tests {
             &config.clusters,
         ));
         let a = || vec!["a".to_string()];
-        let healthy = [
-            ("one", 100.0, Some(0.0)),
-            ("two", 100.0, Some(0.0)),
-            ("three", 100.0, Some(0.0)),
-        ];
-        give_rates(&table, SourceKind::RemoteWrite, &healthy);
+        // Pods one, two and three at 100 requests per second, with these errors per second.
+        let push = |errors: [f64; 3]| {
+            let pods: Vec<(&str, f64, Option<f64>)> = ["one", "two", "three"]
+                .into_iter()
+                .zip(errors)
+                .map(|(pod, errors)| (pod, 100.0, Some(errors)))
+                .collect();
+            give_rates(&table, SourceKind::RemoteWrite, &pods);
+        };
+        let healthy = [0.0, 0.0, 0.0];
+        push(healthy);
         assert_eq!(engine.pushed(&a()), 1, "the first samples are due");
         // Healthy samples within the tick wait for it.
-        give_rates(&table, SourceKind::RemoteWrite, &healthy);
+        push(healthy);
         assert_eq!(engine.pushed(&a()), 0);
         // Pod one answers half its requests with errors: judged now, not at the next tick.
-        let failing = [
-            ("one", 100.0, Some(50.0)),
-            ("two", 100.0, Some(0.0)),
-            ("three", 100.0, Some(0.0)),
-        ];
-        give_rates(&table, SourceKind::RemoteWrite, &failing);
+        let failing = [50.0, 0.0, 0.0];
+        push(failing);
         assert_eq!(engine.pushed(&a()), 1, "a failure is news");
         let track = |engine: &Engine| {
             let key = (std::net::IpAddr::from([10, 0, 0, 1]), 1);
@@ -925,14 +926,9 @@ mod tests {
         );
         // Suspected or held, it is left to the ticks; and a second failure within the same
         // tick period waits for the tick too.
-        give_rates(&table, SourceKind::RemoteWrite, &failing);
+        push(failing);
         assert_eq!(engine.pushed(&a()), 0);
-        let two_failing = [
-            ("one", 100.0, Some(50.0)),
-            ("two", 100.0, Some(50.0)),
-            ("three", 100.0, Some(0.0)),
-        ];
-        give_rates(&table, SourceKind::RemoteWrite, &two_failing);
+        push([50.0, 50.0, 0.0]);
         assert_eq!(
             engine.pushed(&a()),
             0,

@@ -71,12 +71,11 @@ pub(crate) fn judge(
     fresh: &[FreshEndpoint],
     elapsed: Duration,
 ) -> (Vec<Option<Failing>>, Vec<ErrorTrack>) {
-    let (total_errors, total_rps) = fresh
-        .iter()
-        .filter_map(|endpoint| Some((endpoint.errors?, endpoint.rps?)))
-        .fold((0.0, 0.0), |(errors, rps), (e, r)| {
-            (errors + e.min(r), rps + r)
-        });
+    let cluster = ClusterRates::of(
+        fresh
+            .iter()
+            .filter_map(|endpoint| Some((endpoint.errors?, endpoint.rps?))),
+    );
     let seconds = elapsed.as_secs_f64();
     let hold_seconds = if elapsed.is_zero() { 1.0 } else { seconds };
     fresh
@@ -87,12 +86,7 @@ pub(crate) fn judge(
                 (Some(errors), Some(rps)) if rps > 0.0 => (errors.min(rps), rps),
                 _ => return (track.healthy_requests().map(Failing::unknown), track),
             };
-            let others_rps = total_rps - rps;
-            let baseline = if others_rps > 0.0 {
-                ((total_errors - errors) / others_rps).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
+            let baseline = cluster.baseline_without(errors, rps);
             let ratio = errors / rps;
             let above = ratio > baseline + MARGIN;
             let failing = |healthy_requests| Failing {
@@ -153,17 +147,42 @@ pub(crate) fn newly_above(rates: &[(Option<f64>, Option<f64>, ErrorTrack)]) -> b
             Some((usable(*errors)?.min(rps), rps, *track))
         })
         .collect();
-    let (total_errors, total_rps) = known
-        .iter()
-        .fold((0.0, 0.0), |(errors, rps), (e, r, _)| (errors + e, rps + r));
+    let cluster = ClusterRates::of(known.iter().map(|(errors, rps, _)| (*errors, *rps)));
     known.iter().any(|(errors, rps, track)| {
-        let others_rps = total_rps - rps;
-        if *track != ErrorTrack::Clear || *rps <= 0.0 || others_rps <= 0.0 {
-            return false;
-        }
-        let baseline = ((total_errors - errors) / others_rps).clamp(0.0, 1.0);
-        errors / rps > baseline + MARGIN
+        *track == ErrorTrack::Clear
+            && *rps > 0.0
+            && cluster.rps > *rps
+            && errors / rps > cluster.baseline_without(*errors, *rps) + MARGIN
     })
+}
+
+/// Errors and requests per second summed over a cluster's endpoints with both readings (errors
+/// capped at the requests): what one endpoint's ratio is compared with.
+#[derive(Clone, Copy, Debug)]
+struct ClusterRates {
+    errors: f64,
+    rps: f64,
+}
+
+impl ClusterRates {
+    /// Sums `(errors, rps)` pairs.
+    fn of(rates: impl Iterator<Item = (f64, f64)>) -> Self {
+        let (errors, rps) = rates.fold((0.0, 0.0), |(errors, rps), (e, r)| {
+            (errors + e.min(r), rps + r)
+        });
+        Self { errors, rps }
+    }
+
+    /// The error ratio of the rest of the cluster, without one endpoint's `errors` (capped at
+    /// its `rps`) and `rps`: 0 when the rest served nothing.
+    fn baseline_without(self, errors: f64, rps: f64) -> f64 {
+        let others_rps = self.rps - rps;
+        if others_rps > 0.0 {
+            ((self.errors - errors) / others_rps).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
 }
 
 impl Failing {
