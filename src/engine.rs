@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::adaptive::AdaptiveConfig;
+use crate::config::adaptive::{AdaptiveConfig, ClusterSettings};
 use crate::model::{ClusterUpdate, Endpoint};
 use crate::samples::{Arrived, SampleTable, SourceKind};
 use crate::snapshot::{
@@ -213,6 +213,9 @@ impl Engine {
     /// clocks, which may be faster than a cluster's tick, so such a cluster is recomputed only
     /// when its tick is due.
     pub fn arrived(&mut self, arrived: &Arrived) -> usize {
+        if arrived.failure_watch {
+            return self.watched(&arrived.clusters);
+        }
         match arrived.source {
             SourceKind::Pull => self.pulled(&arrived.clusters),
             SourceKind::LoadReports | SourceKind::RemoteWrite => self.pushed(&arrived.clusters),
@@ -242,16 +245,26 @@ impl Engine {
             if tick_due(state.pushed_tick, now, tick) {
                 state.pushed_tick = Some(now);
                 due.push(name.clone());
-            } else if settings.params.algorithm != Algorithm::Static
-                && tick_due(state.early_tick, now, tick)
-                && weighting::failure_news(
-                    &state.endpoints,
-                    &self.table.loads(name, &state.endpoints, wall),
-                    &state.memory,
-                    &settings.params,
-                )
-            {
-                state.early_tick = Some(now);
+            } else if early_for_failure(&self.table, name, settings, state, now, wall) {
+                due.push(name.clone());
+            }
+        }
+        self.recompute_ticked(&due)
+    }
+
+    /// The PromQL pull has just written the request and error rates of these clusters between
+    /// their ticks: those that show an endpoint beginning to fail are recomputed, at most once
+    /// per tick period (as pushed samples are, see [`Engine::pushed`]).
+    pub fn watched(&mut self, clusters: &[String]) -> usize {
+        let now = self.now();
+        let wall = SystemTime::now();
+        let mut due = Vec::new();
+        for name in clusters {
+            let settings = self.config.settings(name);
+            let Some(state) = self.clusters.get_mut(name) else {
+                continue;
+            };
+            if early_for_failure(&self.table, name, settings, state, now, wall) {
                 due.push(name.clone());
             }
         }
@@ -464,6 +477,31 @@ impl Engine {
                 .set(1);
         }
     }
+}
+
+/// Whether a cluster not due for a tick gets one now because its samples in `table` show an
+/// endpoint beginning to fail (see [`weighting::failure_news`]); at most one such tick per tick
+/// period, recorded in `state`.
+fn early_for_failure(
+    table: &SampleTable,
+    name: &str,
+    settings: &ClusterSettings,
+    state: &mut ClusterState,
+    now: Duration,
+    wall: SystemTime,
+) -> bool {
+    let early = settings.params.algorithm != Algorithm::Static
+        && tick_due(state.early_tick, now, settings.tick)
+        && weighting::failure_news(
+            &state.endpoints,
+            &table.loads(name, &state.endpoints, wall),
+            &state.memory,
+            &settings.params,
+        );
+    if early {
+        state.early_tick = Some(now);
+    }
+    early
 }
 
 /// The engine's wake-up timer: every `period`, the first one a period from now; a late wake-up
@@ -758,6 +796,7 @@ mod tests {
             let arrived = Arrived {
                 source: SourceKind::Pull,
                 clusters: vec!["a".to_string(), "gone".to_string()],
+                failure_watch: false,
             };
             running.arrivals.send(arrived).await.expect("runs");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -781,6 +820,7 @@ mod tests {
         let report = || Arrived {
             source: SourceKind::LoadReports,
             clusters: vec!["a".to_string(), "gone".to_string()],
+            failure_watch: false,
         };
         // Reports published every second, 0.4 s out of phase with the engine's timer: each is a
         // tick at once, and the timer adds none.
@@ -820,6 +860,7 @@ mod tests {
         let scrape = || Arrived {
             source: SourceKind::RemoteWrite,
             clusters: vec!["a".to_string()],
+            failure_watch: false,
         };
         tokio::time::sleep(Duration::from_millis(400)).await;
         let mut timer_ticks = 0;
@@ -933,6 +974,70 @@ mod tests {
             engine.pushed(&a()),
             0,
             "at most one early tick per tick period"
+        );
+    }
+
+    #[test]
+    fn rates_pulled_between_ticks_are_a_tick_only_when_they_show_a_failure() {
+        let config = config::parse(
+            "tick: 10s\nmetrics:\n  prometheus:\n    url: http://127.0.0.1:1\n    rps_query: 'sum(rate(r[1m])) by (pod)'\n    error_query: 'sum(rate(e[1m])) by (pod)'\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n  - {address: 10.0.0.2, port: 1, pod: two}\n  - {address: 10.0.0.3, port: 1, pod: three}\n",
+        )
+        .expect("valid");
+        let table = SampleTable::default();
+        let mut engine = Engine::new(
+            Arc::new(config.adaptive.clone()),
+            table.clone(),
+            SnapshotStore::new(),
+            Metrics::registered().0,
+        );
+        engine.apply(crate::discovery::file::diff(
+            &BTreeMap::new(),
+            &config.clusters,
+        ));
+        // Pods one, two and three at 100 requests per second, with these errors per second.
+        let pull = |errors: [f64; 3]| {
+            let pods: Vec<(&str, f64, Option<f64>)> = ["one", "two", "three"]
+                .into_iter()
+                .zip(errors)
+                .map(|(pod, errors)| (pod, 100.0, Some(errors)))
+                .collect();
+            give_rates(&table, SourceKind::Pull, &pods);
+        };
+        let arrived = |engine: &mut Engine, failure_watch: bool| {
+            engine.arrived(&Arrived {
+                source: SourceKind::Pull,
+                clusters: vec!["a".to_string()],
+                failure_watch,
+            })
+        };
+        let healthy = [0.0, 0.0, 0.0];
+        pull(healthy);
+        assert_eq!(arrived(&mut engine, false), 1, "a tick's pull is its tick");
+        pull(healthy);
+        assert_eq!(
+            arrived(&mut engine, true),
+            0,
+            "healthy rates wait for the tick"
+        );
+        let failing = [50.0, 0.0, 0.0];
+        pull(failing);
+        assert_eq!(arrived(&mut engine, true), 1, "a failure is news");
+        let key = (std::net::IpAddr::from([10, 0, 0, 1]), 1);
+        assert_ne!(
+            engine.clusters["a"].memory.endpoints[&key].errors,
+            weighting::ErrorTrack::Clear,
+            "judged by that tick"
+        );
+        pull([50.0, 50.0, 0.0]);
+        assert_eq!(
+            arrived(&mut engine, true),
+            0,
+            "at most one early tick per tick period"
+        );
+        assert_eq!(
+            arrived(&mut engine, false),
+            1,
+            "the tick's pull still ticks"
         );
     }
 

@@ -69,6 +69,9 @@ pub enum SourceKind {
 pub struct Arrived {
     pub source: SourceKind,
     pub clusters: Vec<String>,
+    /// Only the request and error samples, pulled between the clusters' ticks to see a pod
+    /// beginning to fail: a tick only if they show one.
+    pub failure_watch: bool,
 }
 
 /// Samples of one signal of one cluster from one source, keyed by the join label's value.

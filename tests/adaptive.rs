@@ -406,3 +406,92 @@ weighting:
     assert_errors_arrive(&server).await;
     server.process.assert_running();
 }
+
+/// With a 60 s tick, a pod that begins to fail between two ticks is held within seconds of the
+/// scrape that shows it, not at the next tick: between ticks the pull reads the request and
+/// error rates every second (`failure_watch`), and the engine recomputes when they show news
+/// of a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_failing_between_ticks_is_held_before_the_next_tick() {
+    let backends = FakeBackends::start("shop", "web", pods()).await;
+    let victoria = VictoriaMetrics::start(&backends.addresses).await;
+    let config = format!(
+        r#"tick: 60s
+metrics:
+  prometheus:
+    url: {url}
+    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
+    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
+    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
+    timeout: 1s
+weighting:
+  algorithm: capacity
+  objective: latency
+{clusters}"#,
+        url = victoria.url(),
+        clusters = cluster_yaml(&backends)
+    );
+    let mut server = Server::start(&config).await;
+    // Measured (the new pods' eager pulls), pod-a, the cheapest, first by weight.
+    wait_for(Duration::from_secs(40), "every pod measured", || async {
+        let explained = cluster(&server).await;
+        let measured = explained.endpoints.len() == 3
+            && explained
+                .endpoints
+                .iter()
+                .all(|endpoint| endpoint.source == "fresh");
+        (measured && explained.endpoints[0].weight > explained.endpoints[2].weight).then_some(())
+    })
+    .await;
+    // The pull ticks 100 ms after each minute of Unix time: fail the pod at least 30 s before
+    // the next one, so that a hold within 20 s cannot be that tick's. (VictoriaMetrics shows a
+    // new series, the pod's first `code="503"`, 2-8 s after its first scrape.)
+    let seconds_in_minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() % 60)
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "a second 3-29 of a minute",
+        || async {
+            let second = seconds_in_minute();
+            if (3..30).contains(&second) {
+                Some(())
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                None
+            }
+        },
+    )
+    .await;
+    let minute = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() / 60)
+    };
+    let failed_at = std::time::SystemTime::now();
+    backends.set_errors(0, 90.0);
+    let explained = wait_for(Duration::from_secs(20), "pod-a held", || async {
+        let explained = cluster(&server).await;
+        (explained.endpoints[0].source == "failing").then_some(explained)
+    })
+    .await;
+    let held_at = std::time::SystemTime::now();
+    eprintln!(
+        "held {:?} after the failure: {:?}",
+        held_at.duration_since(failed_at),
+        explained.endpoints[0]
+    );
+    assert_eq!(
+        minute(held_at),
+        minute(failed_at),
+        "held before the next tick"
+    );
+    for healthy in &explained.endpoints[1..] {
+        assert!(
+            explained.endpoints[0].weight < healthy.weight,
+            "{explained:?}"
+        );
+    }
+    server.process.assert_running();
+}

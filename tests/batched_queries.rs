@@ -368,6 +368,7 @@ async fn escaping_holds_in_victoria_metrics(victoria: &Victoria) {
         join_label: "pod".into(),
         join_by: JoinBy::Pod,
         batch: true,
+        failure_watch: true,
     })
     .expect("PromQL client");
     let template = promql::analyze(DEFAULT_CPU_QUERY, "pod").expect("batchable");

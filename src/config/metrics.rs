@@ -107,6 +107,11 @@ pub struct PrometheusConfig {
     /// `false` queries every cluster separately, as before.
     #[serde(default = "default_batch")]
     pub batch: bool,
+    /// Between its ticks, a cluster with an `error_query` has its request and error queries
+    /// pulled at every step of the pull grid, and is recomputed at once when they show a pod
+    /// beginning to fail; `false` pulls it once per tick only.
+    #[serde(default = "default_failure_watch")]
+    pub failure_watch: bool,
 }
 
 impl PrometheusConfig {
@@ -185,6 +190,9 @@ fn default_cpu_query() -> String {
 fn default_batch() -> bool {
     true
 }
+fn default_failure_watch() -> bool {
+    true
+}
 fn default_join_label() -> String {
     "pod".into()
 }
@@ -215,6 +223,8 @@ pub struct PullSettings {
     pub join_by: JoinBy,
     /// Batch the clusters' queries per template (`metrics.prometheus.batch`).
     pub batch: bool,
+    /// Pull the request and error queries between ticks (`metrics.prometheus.failure_watch`).
+    pub failure_watch: bool,
 }
 
 impl std::fmt::Debug for PullSettings {
@@ -233,6 +243,7 @@ impl std::fmt::Debug for PullSettings {
             .field("join_label", &self.join_label)
             .field("join_by", &self.join_by)
             .field("batch", &self.batch)
+            .field("failure_watch", &self.failure_watch)
             .finish()
     }
 }
@@ -444,6 +455,7 @@ fn validate_prometheus(config: &PrometheusConfig, problems: &mut Vec<Problem>) -
         join_label: config.join_label.clone(),
         join_by: config.join_by,
         batch: config.batch,
+        failure_watch: config.failure_watch,
     }
 }
 

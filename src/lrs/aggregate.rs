@@ -505,6 +505,7 @@ impl LoadReports {
             let arrived = Arrived {
                 source: SourceKind::LoadReports,
                 clusters,
+                failure_watch: false,
             };
             if reported.send(arrived).await.is_err() {
                 return;
@@ -1025,6 +1026,7 @@ mod tests {
         let expected = Arrived {
             source: SourceKind::LoadReports,
             clusters: vec!["checkout".to_string()],
+            failure_watch: false,
         };
         assert_eq!(published.ok().flatten(), Some(expected));
         let loads = reports

@@ -208,9 +208,9 @@ impl PromQlClient {
         parse_response(&body)
     }
 
-    /// Queries every signal of the `due` clusters (name, settings) once, batched per template
-    /// where it can be (see [`batch::plan`]), each evaluated at `at` (Unix milliseconds; the
-    /// store's now when `None`), and writes what succeeded into `table`.
+    /// Queries every signal (or those of `only`) of the `due` clusters (name, settings) once,
+    /// batched per template where it can be (see [`batch::plan`]), each evaluated at `at` (Unix
+    /// milliseconds; the store's now when `None`), and writes what succeeded into `table`.
     pub async fn pull(
         &self,
         due: &[(&str, &ClusterSettings)],
@@ -218,7 +218,11 @@ impl PromQlClient {
         table: &SampleTable,
         metrics: &Metrics,
         at: Option<u64>,
+        only: Option<&[Signal]>,
     ) {
+        if due.is_empty() {
+            return;
+        }
         // The URL around the query, with the longest evaluation time and its companion.
         let prefix = format!(
             "{}/api/v1/query?query=&time=9999999999.999&nocache=1",
@@ -232,6 +236,10 @@ impl PromQlClient {
             prefix,
             batch::MAX_QUERY_URL_BYTES,
         );
+        let jobs: Vec<_> = jobs
+            .into_iter()
+            .filter(|job| only.is_none_or(|only| only.contains(&job.signal)))
+            .collect();
         let results =
             futures::future::join_all(jobs.iter().map(|job| self.query_at(&job.query, at))).await;
         // Each cluster's answers in signal order, `None` for a failed query.
@@ -391,6 +399,46 @@ fn is_due(last: Option<u64>, instant: u64, tick: Duration, eager: bool) -> bool 
     eager || last != Some(tick_period(instant, tick))
 }
 
+/// The signals that show a pod beginning to fail: its errors as a part of its requests.
+pub const FAILURE_SIGNALS: [Signal; 2] = [Signal::Rps, Signal::Errors];
+
+/// What one step of the pull grid reads.
+#[derive(Debug, Default, PartialEq)]
+struct StepPulls<'a> {
+    /// Clusters due for their tick: every signal.
+    due: Vec<(&'a str, &'a ClusterSettings)>,
+    /// Clusters between their ticks that have an error query, with `failure_watch`: their
+    /// [`FAILURE_SIGNALS`] only.
+    watched: Vec<(&'a str, &'a ClusterSettings)>,
+}
+
+/// The pulls of the step at `instant`; records the tick period of the clusters due.
+fn step_pulls<'a>(
+    config: &'a AdaptiveConfig,
+    last_period: &mut HashMap<String, u64>,
+    instant: u64,
+    eager: &BTreeSet<String>,
+) -> StepPulls<'a> {
+    let watch = config
+        .prometheus
+        .as_ref()
+        .is_some_and(|settings| settings.failure_watch);
+    let mut pulls = StepPulls::default();
+    for (name, settings) in &config.clusters {
+        let Some(queries) = &settings.queries else {
+            continue;
+        };
+        let last = last_period.get(name).copied();
+        if is_due(last, instant, settings.tick, eager.contains(name)) {
+            last_period.insert(name.clone(), tick_period(instant, settings.tick));
+            pulls.due.push((name.as_str(), settings));
+        } else if watch && queries.errors.is_some() {
+            pulls.watched.push((name.as_str(), settings));
+        }
+    }
+    pulls
+}
+
 /// Pulls every adaptive cluster once per its tick until `config` is closed, and names the
 /// clusters of each pull on `pulled` once their samples are in `table` (the engine ticks them
 /// then).
@@ -401,7 +449,10 @@ fn is_due(last: Option<u64>, instant: u64, tick: Duration, eager: bool) -> bool 
 /// store therefore read the same samples at the same instants and compute the same weights,
 /// instead of reading either side of a scrape, tick after tick. The clusters the engine names
 /// on `eager` (a new pod not yet measured) are pulled at every grid step until it is measured,
-/// so a new pod waits for its scrapes, not for the tick too.
+/// so a new pod waits for its scrapes, not for the tick too. Between its ticks, a cluster with
+/// an error query has its request and error rates pulled at every grid step
+/// (`failure_watch`), named on `pulled` as such: the engine recomputes it only when they show
+/// a pod beginning to fail, so a failing pod waits for its scrape, not for the tick too.
 ///
 /// Runs beside serving: a slow or dead metrics server only delays this loop.
 pub async fn run(
@@ -433,26 +484,30 @@ pub async fn run(
         if let (Some((_, promql)), Some((_, plans))) = (&client, &plans) {
             let instant = grid_instant(SystemTime::now(), step);
             let eager = eager.borrow().clone();
-            let due: Vec<(&str, &ClusterSettings)> = current
-                .clusters
-                .iter()
-                .filter(|(_, settings)| settings.queries.is_some())
-                .filter(|(name, settings)| {
-                    let last = last_period.get(*name).copied();
-                    is_due(last, instant, settings.tick, eager.contains(*name))
-                })
-                .map(|(name, settings)| (name.as_str(), settings))
-                .collect();
-            for (name, settings) in &due {
-                last_period.insert((*name).to_string(), tick_period(instant, settings.tick));
-            }
-            if !due.is_empty() {
-                promql
-                    .pull(&due, plans, &table, &metrics, Some(instant))
-                    .await;
+            let pulls = step_pulls(&current, &mut last_period, instant, &eager);
+            futures::future::join(
+                promql.pull(&pulls.due, plans, &table, &metrics, Some(instant), None),
+                promql.pull(
+                    &pulls.watched,
+                    plans,
+                    &table,
+                    &metrics,
+                    Some(instant),
+                    Some(&FAILURE_SIGNALS),
+                ),
+            )
+            .await;
+            for (clusters, failure_watch) in [(&pulls.due, false), (&pulls.watched, true)] {
+                if clusters.is_empty() {
+                    continue;
+                }
                 let arrived = Arrived {
                     source: SourceKind::Pull,
-                    clusters: due.iter().map(|(name, _)| (*name).to_string()).collect(),
+                    clusters: clusters
+                        .iter()
+                        .map(|(name, _)| (*name).to_string())
+                        .collect(),
+                    failure_watch,
                 };
                 // Fails only once the engine has stopped, and then nothing is served any more.
                 let _ = pulled.send(arrived).await;
@@ -489,6 +544,58 @@ fn refresh_client(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn between_ticks_only_clusters_with_an_error_query_are_watched_and_only_when_asked() {
+        let text = |watch: bool, errors: bool| {
+            let errors = if errors {
+                "    error_query: 'sum(rate(e{namespace=\"${namespace}\",code=~\"5..\"}[1m])) by (pod)'\n"
+            } else {
+                ""
+            };
+            format!(
+                "tick: 10s\nmetrics:\n  prometheus:\n    url: http://127.0.0.1:1\n    failure_watch: {watch}\n    rps_query: 'sum(rate(r{{namespace=\"${{namespace}}\"}}[1m])) by (pod)'\n{errors}clusters:\n- {{ name: errors, namespace: n, container: c, endpoints: [{{address: 10.0.0.1, port: 1}}] }}\n- {{ name: quick, namespace: q, container: c, tick: 1s, endpoints: [{{address: 10.0.0.2, port: 1}}] }}\n- {{ name: fixed, namespace: f, weighting: {{ algorithm: static }}, endpoints: [{{address: 10.0.0.3, port: 1}}] }}\n"
+            )
+        };
+        let names = |pulls: &[(&str, &ClusterSettings)]| -> Vec<String> {
+            pulls.iter().map(|(name, _)| (*name).to_string()).collect()
+        };
+        let config = crate::config::parse(&text(true, true)).expect("valid");
+        let mut last = HashMap::new();
+        let none = BTreeSet::new();
+        let first = step_pulls(&config.adaptive, &mut last, 1_700_000_000_000, &none);
+        assert_eq!(
+            names(&first.due),
+            ["errors", "quick"],
+            "static pulls nothing"
+        );
+        assert!(first.watched.is_empty());
+        // A second on: `quick` (1 s tick) is due, `errors` is between its ticks.
+        let between = step_pulls(&config.adaptive, &mut last, 1_700_000_001_000, &none);
+        assert_eq!(names(&between.due), ["quick"]);
+        assert_eq!(names(&between.watched), ["errors"]);
+        let eager = BTreeSet::from(["errors".to_string()]);
+        let pulled = step_pulls(&config.adaptive, &mut last, 1_700_000_002_000, &eager);
+        assert_eq!(names(&pulled.due), ["errors", "quick"], "eager: a tick");
+        assert!(pulled.watched.is_empty());
+        let next = step_pulls(&config.adaptive, &mut last, 1_700_000_010_000, &none);
+        assert_eq!(
+            names(&next.due),
+            ["errors", "quick"],
+            "the next tick period"
+        );
+        for (watch, errors, why) in [
+            (false, true, "failure_watch: false"),
+            (true, false, "no error query"),
+        ] {
+            let config = crate::config::parse(&text(watch, errors)).expect("valid");
+            let mut last = HashMap::new();
+            step_pulls(&config.adaptive, &mut last, 1_700_000_000_000, &none);
+            let off = step_pulls(&config.adaptive, &mut last, 1_700_000_001_000, &none);
+            assert_eq!(names(&off.due), ["quick"]);
+            assert!(off.watched.is_empty(), "{why}");
+        }
+    }
 
     #[test]
     fn parses_an_instant_vector() {
@@ -649,6 +756,7 @@ mod slow_server_tests {
             join_label: "pod".into(),
             join_by: JoinBy::Pod,
             batch: true,
+            failure_watch: true,
         })
         .expect("client");
         let started = std::time::Instant::now();
@@ -750,7 +858,9 @@ mod batched_pull_tests {
             .collect();
         let (table, (metrics, _registry)) = (SampleTable::default(), Metrics::registered());
         let started = std::time::Instant::now();
-        client.pull(&due, &plans, &table, &metrics, None).await;
+        client
+            .pull(&due, &plans, &table, &metrics, None, None)
+            .await;
         (table, metrics, started.elapsed())
     }
 

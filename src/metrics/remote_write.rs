@@ -438,6 +438,7 @@ pub async fn aggregate(
                 let samples = Arrived {
                     source: SourceKind::RemoteWrite,
                     clusters,
+                    failure_watch: false,
                 };
                 // Fails only once the engine has stopped, and then nothing is served any more.
                 let _ = arrived.send(samples).await;

@@ -12,6 +12,7 @@ use std::{
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
     process::Command,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -358,6 +359,8 @@ impl Envoy {
 /// `container_cpu_usage_seconds_total` for a pod that uses `cores` CPU and serves `rps`.
 pub struct FakeBackends {
     pub addresses: Vec<std::net::SocketAddr>,
+    errors: Vec<Arc<Mutex<ErrorCounter>>>,
+    started: Instant,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -366,6 +369,26 @@ pub struct FakePod {
     pub pod: &'static str,
     pub cores: f64,
     pub rps: f64,
+}
+
+/// A fake pod's error counter: `rate` per second since `since` (seconds of its clock), on top
+/// of `base` counted before, so a change of rate keeps the counter continuous.
+#[derive(Clone, Copy)]
+struct ErrorCounter {
+    rate: f64,
+    since: f64,
+    base: f64,
+}
+
+impl ErrorCounter {
+    fn at(&self, seconds: f64) -> f64 {
+        self.base + self.rate * (seconds - self.since).max(0.0)
+    }
+}
+
+/// The fake pods' clock: seconds since they started, from 1000 (counters far from zero).
+fn fake_seconds(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() + 1000.0
 }
 
 impl FakeBackends {
@@ -380,9 +403,9 @@ impl FakeBackends {
     }
 
     /// As [`Self::start`], each pod answering the given requests per second (of its `rps`) with
-    /// 503: its request counter has a `code="503"` series at that rate (and none when it is 0, as
-    /// a client library creates a labelled series at its first use), the rest under
-    /// `code="200"`; `http_request_errors_total` counts the same errors, and the gauge
+    /// 503: its request counter has a `code="503"` series at that rate (and none while it has
+    /// counted none, as a client library creates a labelled series at its first use), the rest
+    /// under `code="200"`; `http_request_errors_total` counts the same errors, and the gauge
     /// `http_requests_in_flight` reads `rps / 100` (10 ms per request, by Little's law).
     pub async fn start_failing(
         namespace: &'static str,
@@ -391,21 +414,28 @@ impl FakeBackends {
     ) -> Self {
         let started = Instant::now();
         let mut addresses = Vec::new();
+        let mut counters = Vec::new();
         let mut tasks = Vec::new();
         for (pod, errors) in pods {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind backend");
             addresses.push(listener.local_addr().expect("backend address"));
+            let counter = Arc::new(Mutex::new(ErrorCounter {
+                rate: errors,
+                since: 0.0,
+                base: 0.0,
+            }));
+            counters.push(counter.clone());
             // The application's own request counter has no `container` label (cAdvisor adds
             // that one to the CPU counter only), as with most instrumented apps.
             let page = move || {
-                let seconds = started.elapsed().as_secs_f64() + 1000.0;
+                let seconds = fake_seconds(started);
+                let errors = counter.lock().map_or(0.0, |counter| counter.at(seconds));
                 let name = pod.pod;
                 let failed = if errors > 0.0 {
                     format!(
-                        "http_requests_total{{namespace=\"{namespace}\",pod=\"{name}\",code=\"503\"}} {}\n",
-                        errors * seconds
+                        "http_requests_total{{namespace=\"{namespace}\",pod=\"{name}\",code=\"503\"}} {errors}\n"
                     )
                 } else {
                     String::new()
@@ -420,12 +450,11 @@ impl FakeBackends {
                      http_requests_total{{namespace=\"{namespace}\",pod=\"{name}\",code=\"200\"}} {}\n\
                      {failed}\
                      # TYPE http_request_errors_total counter\n\
-                     http_request_errors_total{{namespace=\"{namespace}\",pod=\"{name}\"}} {}\n\
+                     http_request_errors_total{{namespace=\"{namespace}\",pod=\"{name}\"}} {errors}\n\
                      # TYPE http_requests_in_flight gauge\n\
                      http_requests_in_flight{{namespace=\"{namespace}\",pod=\"{name}\"}} {}\n",
                     pod.cores * seconds,
-                    (pod.rps - errors) * seconds,
-                    errors * seconds,
+                    pod.rps * seconds - errors,
                     pod.rps / 100.0,
                 )
             };
@@ -439,7 +468,24 @@ impl FakeBackends {
                 let _ = axum::serve(listener, app).await;
             }));
         }
-        Self { addresses, tasks }
+        Self {
+            addresses,
+            errors: counters,
+            started,
+            tasks,
+        }
+    }
+
+    /// From now on pod `index` answers `errors` of its requests per second with 503.
+    pub fn set_errors(&self, index: usize, errors: f64) {
+        let seconds = fake_seconds(self.started);
+        if let Ok(mut counter) = self.errors[index].lock() {
+            *counter = ErrorCounter {
+                rate: errors,
+                since: seconds,
+                base: counter.at(seconds),
+            };
+        }
     }
 }
 
