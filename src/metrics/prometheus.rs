@@ -254,6 +254,13 @@ impl PromQlClient {
                             .push((job.signal, Some(part)));
                     }
                 }
+                Err(error) if only.is_some() => {
+                    // Pulled every second between ticks: the tick's pull says it once a tick.
+                    tracing::debug!(signal = job.signal.as_str(), %error, "metrics query between ticks failed");
+                    for cluster in job.clusters() {
+                        answers.entry(cluster).or_default().push((job.signal, None));
+                    }
+                }
                 Err(error) => {
                     let clusters = job.clusters();
                     match &job.answers {
