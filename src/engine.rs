@@ -919,11 +919,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pushed_samples_showing_a_failure_are_judged_at_once_once_per_tick() {
-        let config = config::parse(
-            "tick: 10s\nmetrics: { remote_write: { enabled: true } }\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n  - {address: 10.0.0.2, port: 1, pod: two}\n  - {address: 10.0.0.3, port: 1, pod: three}\n",
-        )
+    /// An engine over cluster `a` of pods one, two and three (10.0.0.1-3), ticking every 10 s
+    /// with this `metrics:` section, and its sample table.
+    fn three_pods(metrics: &str) -> (Engine, SampleTable) {
+        let config = config::parse(&format!(
+            "tick: 10s\nmetrics: {metrics}\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {{address: 10.0.0.1, port: 1, pod: one}}\n  - {{address: 10.0.0.2, port: 1, pod: two}}\n  - {{address: 10.0.0.3, port: 1, pod: three}}\n",
+        ))
         .expect("valid");
         let table = SampleTable::default();
         let mut engine = Engine::new(
@@ -936,16 +937,25 @@ mod tests {
             &BTreeMap::new(),
             &config.clusters,
         ));
+        (engine, table)
+    }
+
+    /// Pods one, two and three of `three_pods` at 100 requests per second, with these errors
+    /// per second.
+    fn give_errors(table: &SampleTable, source: SourceKind, errors: [f64; 3]) {
+        let pods: Vec<(&str, f64, Option<f64>)> = ["one", "two", "three"]
+            .into_iter()
+            .zip(errors)
+            .map(|(pod, errors)| (pod, 100.0, Some(errors)))
+            .collect();
+        give_rates(table, source, &pods);
+    }
+
+    #[test]
+    fn pushed_samples_showing_a_failure_are_judged_at_once_once_per_tick() {
+        let (mut engine, table) = three_pods("{ remote_write: { enabled: true } }");
         let a = || vec!["a".to_string()];
-        // Pods one, two and three at 100 requests per second, with these errors per second.
-        let push = |errors: [f64; 3]| {
-            let pods: Vec<(&str, f64, Option<f64>)> = ["one", "two", "three"]
-                .into_iter()
-                .zip(errors)
-                .map(|(pod, errors)| (pod, 100.0, Some(errors)))
-                .collect();
-            give_rates(&table, SourceKind::RemoteWrite, &pods);
-        };
+        let push = |errors| give_errors(&table, SourceKind::RemoteWrite, errors);
         let healthy = [0.0, 0.0, 0.0];
         push(healthy);
         assert_eq!(engine.pushed(&a()), 1, "the first samples are due");
@@ -979,30 +989,10 @@ mod tests {
 
     #[test]
     fn rates_pulled_between_ticks_are_a_tick_only_when_they_show_a_failure() {
-        let config = config::parse(
-            "tick: 10s\nmetrics:\n  prometheus:\n    url: http://127.0.0.1:1\n    rps_query: 'sum(rate(r[1m])) by (pod)'\n    error_query: 'sum(rate(e[1m])) by (pod)'\nclusters:\n- name: a\n  namespace: n\n  container: c\n  endpoints:\n  - {address: 10.0.0.1, port: 1, pod: one}\n  - {address: 10.0.0.2, port: 1, pod: two}\n  - {address: 10.0.0.3, port: 1, pod: three}\n",
-        )
-        .expect("valid");
-        let table = SampleTable::default();
-        let mut engine = Engine::new(
-            Arc::new(config.adaptive.clone()),
-            table.clone(),
-            SnapshotStore::new(),
-            Metrics::registered().0,
+        let (mut engine, table) = three_pods(
+            "\n  prometheus:\n    url: http://127.0.0.1:1\n    rps_query: 'sum(rate(r[1m])) by (pod)'\n    error_query: 'sum(rate(e[1m])) by (pod)'",
         );
-        engine.apply(crate::discovery::file::diff(
-            &BTreeMap::new(),
-            &config.clusters,
-        ));
-        // Pods one, two and three at 100 requests per second, with these errors per second.
-        let pull = |errors: [f64; 3]| {
-            let pods: Vec<(&str, f64, Option<f64>)> = ["one", "two", "three"]
-                .into_iter()
-                .zip(errors)
-                .map(|(pod, errors)| (pod, 100.0, Some(errors)))
-                .collect();
-            give_rates(&table, SourceKind::Pull, &pods);
-        };
+        let pull = |errors| give_errors(&table, SourceKind::Pull, errors);
         let arrived = |engine: &mut Engine, failure_watch: bool| {
             engine.arrived(&Arrived {
                 source: SourceKind::Pull,

@@ -100,22 +100,13 @@ async fn pulled_cpu_orders_envoy_weights_and_survives_a_metrics_outage() {
     let mut victoria = VictoriaMetrics::start(&backends.addresses).await;
     let config = format!(
         r#"tick: 1s
-metrics:
-  prometheus:
-    url: {url}
-    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
-    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
-    # No pod fails, so this returns no series: every pod reads 0 errors/s, and the cheapest pod
-    # is believed (without an error signal it would only be capped at an equal share).
-    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
-    timeout: 1s
-weighting:
+{metrics}weighting:
   algorithm: capacity
   objective: balance
   stale_after: 4s
   fallback_after: 10s
 {clusters}"#,
-        url = victoria.url(),
+        metrics = victoria.prometheus_yaml(""),
         clusters = cluster_yaml(&backends)
     );
     let mut server = Server::start(&config).await;
@@ -346,19 +337,11 @@ async fn pulled_error_rates_reach_the_engine_per_pod() {
     let victoria = VictoriaMetrics::start(&backends.addresses).await;
     let config = format!(
         r#"tick: 1s
-metrics:
-  prometheus:
-    url: {url}
-    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
-    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
-    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
-    in_flight_query: 'sum(http_requests_in_flight{{namespace="${{namespace}}"}}) by (pod)'
-    timeout: 1s
-weighting:
+{metrics}weighting:
   algorithm: capacity
   objective: latency
 {clusters}"#,
-        url = victoria.url(),
+        metrics = victoria.prometheus_yaml("    in_flight_query: 'sum(http_requests_in_flight{namespace=\"${namespace}\"}) by (pod)'\n"),
         clusters = cluster_yaml(&backends)
     );
     let mut server = Server::start(&config).await;
@@ -417,18 +400,11 @@ async fn a_pod_failing_between_ticks_is_held_before_the_next_tick() {
     let victoria = VictoriaMetrics::start(&backends.addresses).await;
     let config = format!(
         r#"tick: 60s
-metrics:
-  prometheus:
-    url: {url}
-    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
-    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
-    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
-    timeout: 1s
-weighting:
+{metrics}weighting:
   algorithm: capacity
   objective: latency
 {clusters}"#,
-        url = victoria.url(),
+        metrics = victoria.prometheus_yaml(""),
         clusters = cluster_yaml(&backends)
     );
     let mut server = Server::start(&config).await;

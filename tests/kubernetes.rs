@@ -607,19 +607,11 @@ async fn discovered_cluster_gets_cpu_driven_weights_from_victoriametrics() {
     // container defaults to the Service name, `checkout`).
     let config = format!(
         r#"tick: 1s
-metrics:
-  prometheus:
-    url: {url}
-    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
-    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
-    # No pod fails: every pod reads 0 errors/s, so the cheapest is believed, not capped.
-    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
-    timeout: 1s
-weighting:
+{metrics}weighting:
   algorithm: capacity
   objective: balance
 {kubernetes}"#,
-        url = victoria.url(),
+        metrics = victoria.prometheus_yaml(""),
         kubernetes = server_config(&kubeconfig)
     );
     let server = Server::start(&config).await;

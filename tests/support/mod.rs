@@ -564,6 +564,25 @@ impl VictoriaMetrics {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// The `metrics:` block that pulls the fake pods' CPU, request and 5xx rates over 5 s from
+    /// here (`${namespace}` and `${container}` left to adaptive-eds), and then `extra` lines.
+    /// While no pod fails, the error query returns no series: every pod reads 0 errors/s and
+    /// the cheapest is believed (without an error signal it would only be capped at an equal
+    /// share).
+    pub fn prometheus_yaml(&self, extra: &str) -> String {
+        format!(
+            r#"metrics:
+  prometheus:
+    url: {url}
+    cpu_query: 'sum(rate(container_cpu_usage_seconds_total{{namespace="${{namespace}}",container="${{container}}"}}[5s])) by (pod)'
+    rps_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}"}}[5s])) by (pod)'
+    error_query: 'sum(rate(http_requests_total{{namespace="${{namespace}}",code=~"5.."}}[5s])) by (pod)'
+    timeout: 1s
+{extra}"#,
+            url = self.url()
+        )
+    }
 }
 
 /// A real vmagent scraping `targets` and remote-writing to `write_url`.
