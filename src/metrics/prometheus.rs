@@ -254,16 +254,13 @@ impl PromQlClient {
                             .push((job.signal, Some(part)));
                     }
                 }
-                Err(error) if only.is_some() => {
-                    // Pulled every second between ticks: the tick's pull says it once a tick.
-                    tracing::debug!(signal = job.signal.as_str(), %error, "metrics query between ticks failed");
-                    for cluster in job.clusters() {
-                        answers.entry(cluster).or_default().push((job.signal, None));
-                    }
-                }
                 Err(error) => {
                     let clusters = job.clusters();
                     match &job.answers {
+                        // Pulled every second between ticks: the tick's pull says it once a tick.
+                        _ if only.is_some() => {
+                            tracing::debug!(signal = job.signal.as_str(), %error, "metrics query between ticks failed");
+                        }
                         batch::Answers::One(cluster) => {
                             tracing::warn!(cluster, signal = job.signal.as_str(), query = %job.query, %error, "metrics query failed; keeping the last samples (they age into stale)");
                         }
